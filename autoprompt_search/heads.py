@@ -1,0 +1,79 @@
+"""Heads that turn the head token's final hidden state into class logits.
+
+- `classifier`: a trainable Linear(d, C) on the first text token (encoders, after the
+  pretrained pooler where the family has one) or the last real token (decoders).
+- `label_words`: the frozen LM head at the head token, read at one label word per class
+  (encoders: the mask token appended to the input; decoders: the next-token prediction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import Backbone
+from .errors import ConfigError, require
+
+HEAD_KINDS = ("classifier", "label_words")
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "classifier"  # classifier | label_words
+    label_words: tuple[str, ...] = ()  # one word per class for label_words; empty = the task's defaults
+    pooler: bool = True  # pass encoders' head token through their pretrained (frozen) pooler if any
+
+    def __post_init__(self) -> None:
+        require(self.kind in HEAD_KINDS, f"head.kind: {self.kind!r} unknown; use one of {', '.join(HEAD_KINDS)}")
+
+
+class ClassifierHead(nn.Module):
+    def __init__(self, backbone: Backbone, num_classes: int, pooler: bool) -> None:
+        super().__init__()
+        self.pool = backbone.pool if pooler else None
+        self.linear = nn.Linear(backbone.hidden_size, num_classes)
+
+    def init_parameters(self, generator: torch.Generator) -> None:
+        with torch.no_grad():
+            self.linear.weight.normal_(0.0, 0.02, generator=generator)
+            self.linear.bias.zero_()
+
+    def forward(self, token: Tensor) -> Tensor:
+        """token (B, d) -> logits (B, C)."""
+        if self.pool is not None:
+            token = self.pool(token)
+        return self.linear(token.to(self.linear.weight.dtype))
+
+
+class LabelWordHead(nn.Module):
+    """Frozen LM head read at one vocabulary id per class; no trainable parameters."""
+
+    def __init__(self, backbone: Backbone, label_ids: list[int]) -> None:
+        super().__init__()
+        if backbone.lm_head is None:
+            raise ConfigError("head.kind: label_words needs a backbone loaded with its LM head")
+        self.lm_head = backbone.lm_head
+        self.register_buffer("label_ids", torch.tensor(label_ids, dtype=torch.long), persistent=False)
+
+    def init_parameters(self, generator: torch.Generator) -> None:
+        return None
+
+    def forward(self, token: Tensor) -> Tensor:
+        logits = self.lm_head(token[:, None, :])[:, 0]  # (B, V)
+        return logits[:, self.label_ids]  # (B, C)
+
+
+def label_word_ids(tokenizer: object, words: tuple[str, ...]) -> list[int]:
+    """One vocabulary id per label word; a word that splits into several tokens is an error."""
+    ids = []
+    for word in words:
+        # A leading space makes BPE vocabularies (GPT-2, RoBERTa, Llama) pick the word-initial token.
+        pieces = tokenizer(" " + word, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+        if len(pieces) != 1:
+            raise ConfigError(
+                f"head.label_words: {word!r} is {len(pieces)} tokens for this tokenizer; choose one-token words"
+            )
+        ids.append(int(pieces[0]))
+    return ids

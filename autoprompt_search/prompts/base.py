@@ -1,0 +1,95 @@
+"""The interface every prompt method implements, and the per-row layout it hands the engine.
+
+A batch is laid out physically as `[L prompt slots | T text tokens]` at every layer from the
+first prompted one up. Where a slot *logically* sits (before the input, after it, or not at all)
+is a per-row fact carried by `SlotLayout`; the engine turns it into position ids and attention
+masks. This keeps one tensor shape for every row while allowing:
+
+- a split position (P[j:] + input + P[:j]) as logical positions, not a reordering;
+- per-instance positions and lengths (dynamic prompting): `live` and `after` differ per row,
+  and dead slots are hidden from attention;
+- several configurations in one batch (fused trial groups): rows of different members differ in
+  length (`live`), position (`after`) and first prompted layer (`start`).
+
+At each block `i >= start`, the engine calls `inject(i, slots, text, ctx)`: the method may return
+new slot states (a fresh deep prompt, a generated LPT prompt, or a gate-weighted mix of the
+propagated `slots` and a new prompt, as SPT does) or None to let the propagated ones go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..backbones import BackboneInfo
+
+
+@dataclass
+class BatchContext:
+    """What a method may read about the batch besides hidden states."""
+
+    input_ids: Tensor  # (B, T)
+    text_mask: Tensor  # (B, T) bool, True on real tokens
+    summary: Tensor | None = None  # (B, d) mean-pooled frozen last layer, for methods that ask
+
+
+@dataclass
+class SlotLayout:
+    """Per-row placement of the L prompt slots."""
+
+    live: Tensor  # (B, L) bool: slot is a real prompt token for this row
+    after: Tensor  # (B, L) bool: slot sits after the input (split / suffix), else before it
+    start: Tensor  # (B,) long: first block index (0 = input embeddings) where the slots are live
+
+    @staticmethod
+    def uniform(batch: int, length: int, start: int, device: torch.device, split: int = 0) -> SlotLayout:
+        """Every row the same: slots [0, split) after the input, [split, L) before it."""
+        live = torch.ones(batch, length, dtype=torch.bool, device=device)
+        after = torch.zeros(batch, length, dtype=torch.bool, device=device)
+        after[:, :split] = True
+        return SlotLayout(live, after, torch.full((batch,), start, dtype=torch.long, device=device))
+
+
+class PromptMethod(nn.Module):
+    """Base class of prompt methods. Subclasses set `name` and `config_class`."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    #: Set True to receive `ctx.summary` (a frozen text-only pass, mean-pooled): dynamic prompting.
+    needs_summary: ClassVar[bool] = False
+
+    def __init__(self, config: Any, info: BackboneInfo) -> None:
+        super().__init__()
+        config.check(info)
+        self.config = config
+        self.info = info
+
+    @property
+    def length(self) -> int:
+        """Number of prompt slots L."""
+        raise NotImplementedError
+
+    @property
+    def start_layer(self) -> int:
+        """Lowest block at which any row's slots can start; blocks below it run frozen."""
+        raise NotImplementedError
+
+    def layout(self, ctx: BatchContext) -> SlotLayout:
+        raise NotImplementedError
+
+    def inject(self, layer: int, slots: Tensor | None, text: Tensor, ctx: BatchContext) -> Tensor | None:
+        """New slot states (B, L, d) entering block `layer`, or None to keep `slots`.
+
+        `slots` is None at the first prompted layer; `text` is (B, T, d), the text's hidden states
+        entering block `layer` (at layer 0: word embeddings before positions are added).
+        """
+        raise NotImplementedError
+
+    def init_parameters(self, word_embeddings: nn.Embedding, generator: torch.Generator) -> None:
+        """Seeded initialisation; may read the frozen vocabulary (e.g. prompt tuning's vocab init)."""
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

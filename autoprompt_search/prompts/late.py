@@ -1,0 +1,121 @@
+"""Late Prompt Tuning (Liu, Sun, Huang, Qiu 2022, arXiv:2210.11292).
+
+One prompt per instance, generated at insertion layer k from the hidden states leaving block
+k-1 (k = 0: the word embeddings), and concatenated in front of them. Blocks below k never see
+the prompt, so they run under no_grad. Generators:
+
+- NPG: the first-token state (last real token for decoders) -> Linear(d, r) -> ReLU ->
+  Linear(r, L*d) -> (B, L, d) -> dropout.
+- APPG / MPPG: Linear(d, r) on every token, adaptive average / max pooling over the real
+  (unpadded) tokens down to L positions, ReLU, Linear(r, d), dropout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..backbones import BackboneInfo
+from ..errors import ConfigError, require
+from .base import BatchContext, PromptMethod, SlotLayout
+
+GENERATORS = ("npg", "appg", "mppg")
+
+
+@dataclass
+class LateConfig:
+    """One instance-generated prompt of `length` vectors entering block `layer`."""
+
+    layer: int = 0  # insertion layer k: the prompt enters block k (0 = input embeddings)
+    length: int = 5  # prompt length L
+    generator: str = "npg"  # npg | appg | mppg
+    bottleneck: int = 128  # generator bottleneck r
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.length, int) and self.length > 0, f"method.length: must be > 0, got {self.length}")
+        require(
+            self.generator in GENERATORS,
+            f"method.generator: {self.generator!r} unknown; use one of {', '.join(GENERATORS)}",
+        )
+        require(self.bottleneck > 0, f"method.bottleneck: must be > 0, got {self.bottleneck}")
+        require(0.0 <= self.dropout < 1.0, f"method.dropout: must be in [0, 1), got {self.dropout}")
+
+    def check(self, info: BackboneInfo) -> None:
+        if not 0 <= self.layer < info.num_layers:
+            raise ConfigError(
+                f"method.layer: insertion layer {self.layer} out of range for a {info.num_layers}-layer model; "
+                f"use 0..{info.num_layers - 1}"
+            )
+
+
+def adaptive_pool_weights(text_mask: Tensor, length: int) -> Tensor:
+    """(B, T) bool -> (B, L, T) bool: bin l of row b covers real tokens [l*n/L, (l+1)*n/L).
+
+    Like `adaptive_avg_pool1d` applied to each row's n real tokens; bins are never empty.
+    """
+    n = text_mask.sum(1, keepdim=True)  # (B, 1)
+    bins = torch.arange(length, device=text_mask.device)[None, :]  # (1, L)
+    lo = torch.div(bins * n, length, rounding_mode="floor")  # (B, L)
+    hi = torch.div((bins + 1) * n + length - 1, length, rounding_mode="floor")  # ceil
+    t = torch.arange(text_mask.shape[1], device=text_mask.device)[None, None, :]  # (1, 1, T)
+    return (t >= lo[..., None]) & (t < hi[..., None])  # (B, L, T)
+
+
+class LatePrompt(PromptMethod):
+    name = "late"
+    config_class = LateConfig
+
+    def __init__(self, config: LateConfig, info: BackboneInfo) -> None:
+        super().__init__(config, info)
+        d, r, length = info.hidden_size, config.bottleneck, config.length
+        self.read_last = info.causal  # decoders summarise with the last real token
+        self.down = nn.Linear(d, r)
+        self.up = nn.Linear(r, length * d) if config.generator == "npg" else nn.Linear(r, d)
+        self.dropout = nn.Dropout(config.dropout)
+
+    @property
+    def length(self) -> int:
+        return self.config.length
+
+    @property
+    def start_layer(self) -> int:
+        return self.config.layer
+
+    def init_parameters(self, word_embeddings: nn.Embedding, generator: torch.Generator) -> None:
+        with torch.no_grad():
+            for m in (self.down, self.up):
+                bound = m.in_features**-0.5
+                m.weight.uniform_(-bound, bound, generator=generator)
+                m.bias.uniform_(-bound, bound, generator=generator)
+
+    def layout(self, ctx: BatchContext) -> SlotLayout:
+        return SlotLayout.uniform(ctx.input_ids.shape[0], self.length, self.config.layer, ctx.input_ids.device)
+
+    def inject(self, layer: int, slots: Tensor | None, text: Tensor, ctx: BatchContext) -> Tensor | None:
+        if layer != self.config.layer:
+            return None
+        return self.generate(text, ctx.text_mask)
+
+    def generate(self, text: Tensor, text_mask: Tensor) -> Tensor:
+        """text (B, T, d), text_mask (B, T) -> prompt (B, L, d)."""
+        b, _, d = text.shape
+        if self.config.generator == "npg":
+            if self.read_last:
+                last = text_mask.sum(1) - 1  # (B,)
+                summary = text[torch.arange(b, device=text.device), last]  # (B, d)
+            else:
+                summary = text[:, 0]  # (B, d)
+            prompt = self.up(torch.relu(self.down(summary))).view(b, self.length, d)  # (B, L, d)
+            return self.dropout(prompt)
+        z = self.down(text)  # (B, T, r)
+        bins = adaptive_pool_weights(text_mask, self.length)  # (B, L, T)
+        if self.config.generator == "appg":
+            w = bins.to(z.dtype)
+            pooled = (w @ z) / w.sum(-1, keepdim=True)  # (B, L, r)
+        else:
+            masked = z[:, None, :, :].masked_fill(~bins[..., None], float("-inf"))  # (B, L, T, r)
+            pooled = masked.amax(dim=2)  # (B, L, r)
+        return self.dropout(self.up(torch.relu(pooled)))  # (B, L, d)

@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny random Hugging Face models of every family and a tiny real-format dataset."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertTokenizerFast,
+    GPT2Config,
+    LlamaConfig,
+    MPNetConfig,
+    Qwen2Config,
+    RobertaConfig,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def tiny_configs() -> dict[str, object]:
+    return {
+        "bert": BertConfig(vocab_size=120, **TINY, **NO_DROPOUT),
+        "roberta": RobertaConfig(vocab_size=120, **TINY, **NO_DROPOUT),
+        "mpnet": MPNetConfig(vocab_size=120, **TINY, **NO_DROPOUT),
+        "gpt2": GPT2Config(
+            vocab_size=120, n_embd=32, n_layer=4, n_head=4, n_positions=128,
+            bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        ),
+        "llama": LlamaConfig(vocab_size=120, num_key_value_heads=2, **TINY),
+        "qwen2": Qwen2Config(vocab_size=120, num_key_value_heads=2, **TINY),
+    }
+
+
+FAMILIES = list(tiny_configs())
+ENCODERS = ["bert", "roberta", "mpnet"]
+DECODERS = ["gpt2", "llama", "qwen2"]
+
+WORDS = (
+    "good great fine fun nice lovely bad awful poor dull boring sad movie film plot actor story "
+    "the a an is was it this that and but very not really quite so what who where when how why"
+).split()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOPROMPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A saved tiny random BERT (with an MLM head) and a word-level tokenizer, loadable by path."""
+    root = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(root / "vocab.txt"))
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(vocab), max_position_embeddings=128, **TINY, **NO_DROPOUT))
+    model.save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return str(root)
+
+
+def _sentence(rng: random.Random, positive: bool) -> str:
+    mood = ["good", "great", "fine", "fun", "nice", "lovely"] if positive else ["bad", "awful", "poor", "dull", "boring", "sad"]
+    filler = ["the", "movie", "film", "plot", "was", "is", "very", "really", "so", "this", "story", "actor"]
+    words = [rng.choice(filler) for _ in range(rng.randint(2, 9))]
+    words.insert(rng.randint(0, len(words)), rng.choice(mood))
+    return " ".join(words)
+
+
+@pytest.fixture(scope="session")
+def tiny_sst_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """SST-2-format TSV files (sentence, label) that a tiny model can learn."""
+    root = tmp_path_factory.mktemp("tiny-sst")
+    rng = random.Random(0)
+    for split, n in (("train", 160), ("dev", 48), ("test", 48)):
+        rows = ["sentence\tlabel"]
+        for i in range(n):
+            label = i % 2
+            rows.append(f"{_sentence(rng, bool(label))}\t{label}")
+        (root / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return str(root)
+
+
+def shared_glue(task: str) -> str:
+    path = SHARED_DATA / "glue" / task
+    if not path.is_dir():
+        pytest.skip(f"{path} absent (../shared/data is only on the team's machines)")
+    return str(path)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
