@@ -320,6 +320,15 @@ def load_backbone(name: str, lm_head: bool = False) -> Backbone:
                 "use --head classifier"
             )
     model, head = _split(full, lm_head, family)
+    prefix = f"{full.base_model_prefix}." if lm_head else ""
+    missing = [k.removeprefix(prefix) for k in info["missing_keys"] if not lm_head or k.startswith(prefix)]
+    if any(k.startswith("pooler.") for k in missing):
+        model.pooler = None  # a checkpoint without a pooler (e.g. saved from an MLM model): never use a random one
+        missing = [k for k in missing if not k.startswith("pooler.")]
+    if missing:
+        raise ConfigError(
+            f"model: {name!r} lacks {len(missing)} backbone weights ({missing[0]}); the checkpoint is incomplete"
+        )
     return family(model.eval(), head)
 
 

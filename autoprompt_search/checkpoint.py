@@ -61,14 +61,19 @@ def load_weights(model: torch.nn.Module, directory: str | Path) -> None:
     if not path.is_file():
         raise ConfigError(f"run: {str(path)!r} not found; the run directory has no weights")
     state = load_file(str(path))
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
-    if set(state) != expected:
-        diff = sorted(set(state) ^ expected)
-        raise ConfigError(f"run: weights do not match the config ({diff[0]} differs); the run directory is inconsistent")
+    expected = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    found = {n: tuple(t.shape) for n, t in state.items()}
+    if found != expected:
+        diff = sorted(n for n in set(found) | set(expected) if found.get(n) != expected.get(n))
+        raise ConfigError(
+            f"run: weights do not match the config ({diff[0]} differs); the run directory is inconsistent"
+        )
     model.load_state_dict(state, strict=False)
 
 
-def load_run(directory: str | Path, ws: Workspace | None = None, device: str = "auto") -> tuple[Any, ExperimentConfig, Workspace]:
+def load_run(
+    directory: str | Path, ws: Workspace | None = None, device: str = "auto"
+) -> tuple[Any, ExperimentConfig, Workspace]:
     """Rebuild the trained model of a run directory; returns (model, config, workspace)."""
     record = read_run(directory)
     cfg = ExperimentConfig.from_dict(record["config"])
@@ -88,6 +93,8 @@ def predict_run(
         raise ConfigError(f"predict: split {split!r} not in this data; use one of {', '.join(ws.splits)}")
     dev = resolve_device(device)
     task = ws.data.task
-    metrics = evaluate(model, ws.splits[split], task.metric, len(task.labels), cfg.train.eval_batch_size, dev, cfg.train.precision)
+    metrics = evaluate(
+        model, ws.splits[split], task.metric, len(task.labels), cfg.train.eval_batch_size, dev, cfg.train.precision
+    )
     preds = predict_split(model, ws.splits[split], cfg.train.eval_batch_size, dev, cfg.train.precision)
     return metrics, preds

@@ -45,7 +45,9 @@ class TrainConfig:
         require(self.eval_batch_size > 0, f"train.eval_batch_size: must be > 0, got {self.eval_batch_size}")
         require(self.eval_every >= 0, f"train.eval_every: must be >= 0 (0 = steps // 5), got {self.eval_every}")
         require(self.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 = off), got {self.grad_clip}")
-        require(self.precision in PRECISIONS, f"train.precision: {self.precision!r} unknown; use {', '.join(PRECISIONS)}")
+        require(
+            self.precision in PRECISIONS, f"train.precision: {self.precision!r} unknown; use {', '.join(PRECISIONS)}"
+        )
 
     @property
     def eval_interval(self) -> int:

@@ -210,4 +210,3 @@ class _RowLayouts:
             layout = self.at(block)
             self.cache[key] = self.bb.block_inputs(h, layout.positions, layout.visible)
         return self.cache[key]
-

@@ -145,8 +145,13 @@ def predict_split(
 
 
 def evaluate(
-    model: PromptedModel, split: TokenizedSplit, task_metric: str, num_classes: int,
-    batch_size: int, device: torch.device, precision: str,
+    model: PromptedModel,
+    split: TokenizedSplit,
+    task_metric: str,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
 ) -> dict[str, Any]:
     preds = predict_split(model, split, batch_size, device, precision)
     return classification_metrics(preds, split.labels, num_classes, task_metric)
@@ -199,7 +204,9 @@ def train(
     history: list[dict[str, Any]] = []
 
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay) if params else None
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.steps, tc.warmup_ratio)) if optimizer else None
+    scheduler = (
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.steps, tc.warmup_ratio)) if optimizer else None
+    )
     batches = train_batches(ws.splits["train"], tc.batch_size, tc.seed)
     best_score, best_state, best_metrics = -math.inf, _snapshot(model), {}
     train_time, examples, loss_sum, loss_n = 0.0, 0, 0.0, 0

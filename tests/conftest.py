@@ -31,8 +31,16 @@ def tiny_configs() -> dict[str, object]:
         "roberta": RobertaConfig(vocab_size=120, **TINY, **NO_DROPOUT),
         "mpnet": MPNetConfig(vocab_size=120, **TINY, **NO_DROPOUT),
         "gpt2": GPT2Config(
-            vocab_size=120, n_embd=32, n_layer=4, n_head=4, n_positions=128,
-            bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            vocab_size=120,
+            n_embd=32,
+            n_layer=4,
+            n_head=4,
+            n_positions=128,
+            bos_token_id=0,
+            eos_token_id=0,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
         ),
         "llama": LlamaConfig(vocab_size=120, num_key_value_heads=2, **TINY),
         "qwen2": Qwen2Config(vocab_size=120, num_key_value_heads=2, **TINY),
@@ -43,10 +51,46 @@ FAMILIES = list(tiny_configs())
 ENCODERS = ["bert", "roberta", "mpnet"]
 DECODERS = ["gpt2", "llama", "qwen2"]
 
-WORDS = (
-    "good great fine fun nice lovely bad awful poor dull boring sad movie film plot actor story "
-    "the a an is was it this that and but very not really quite so what who where when how why"
-).split()
+WORDS = [
+    "good",
+    "great",
+    "fine",
+    "fun",
+    "nice",
+    "lovely",
+    "bad",
+    "awful",
+    "poor",
+    "dull",
+    "boring",
+    "sad",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "story",
+    "the",
+    "a",
+    "an",
+    "is",
+    "was",
+    "it",
+    "this",
+    "that",
+    "and",
+    "but",
+    "very",
+    "not",
+    "really",
+    "quite",
+    "so",
+    "what",
+    "who",
+    "where",
+    "when",
+    "how",
+    "why",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -60,19 +104,24 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A saved tiny random BERT (with an MLM head) and a word-level tokenizer, loadable by path."""
     root = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(root / "vocab.txt"))
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
     torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(vocab_size=len(vocab), max_position_embeddings=128, **TINY, **NO_DROPOUT))
+    # A larger init than BERT's 0.02 so a random model's features depend on the words enough to learn from.
+    config = BertConfig(vocab_size=len(vocab), max_position_embeddings=128, initializer_range=0.3, **TINY, **NO_DROPOUT)
+    model = BertForMaskedLM(config)
     model.save_pretrained(root)
     tokenizer.save_pretrained(root)
     return str(root)
 
 
 def _sentence(rng: random.Random, positive: bool) -> str:
-    mood = ["good", "great", "fine", "fun", "nice", "lovely"] if positive else ["bad", "awful", "poor", "dull", "boring", "sad"]
+    mood = (
+        ["good", "great", "fine", "fun", "nice", "lovely"]
+        if positive
+        else ["bad", "awful", "poor", "dull", "boring", "sad"]
+    )
     filler = ["the", "movie", "film", "plot", "was", "is", "very", "really", "so", "this", "story", "actor"]
-    words = [rng.choice(filler) for _ in range(rng.randint(2, 9))]
+    words = [rng.choice(filler) for _ in range(rng.randint(1, 4))]
     words.insert(rng.randint(0, len(words)), rng.choice(mood))
     return " ".join(words)
 

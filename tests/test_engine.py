@@ -155,7 +155,10 @@ def test_lpt_at_layer_k_equals_reference(family: str, generator: str) -> None:
 def test_padding_does_not_change_real_tokens(family: str) -> None:
     model = make(family, DeepConfig(layers=(0, 2), length=3, position="split", split=1))
     short = full_batch(1, 4, seed=3)
-    padded = Batch(torch.cat([short.input_ids, torch.full((1, 3), 7)], 1), torch.cat([short.text_mask, torch.zeros(1, 3, dtype=torch.bool)], 1))
+    padded = Batch(
+        torch.cat([short.input_ids, torch.full((1, 3), 7)], 1),
+        torch.cat([short.text_mask, torch.zeros(1, 3, dtype=torch.bool)], 1),
+    )
     torch.testing.assert_close(model.head_states(padded), model.head_states(short), atol=ATOL, rtol=0)
     torch.testing.assert_close(model.hidden_states(padded)[0][:, :7], model.hidden_states(short)[0], atol=ATOL, rtol=0)
 

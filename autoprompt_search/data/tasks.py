@@ -23,7 +23,9 @@ class Task:
     description: str = ""
 
 
-def _glue(name: str, fields: tuple[str, ...], labels: tuple[str, ...], metric: str, words: tuple[str, ...], **kw) -> Task:
+def _glue(
+    name: str, fields: tuple[str, ...], labels: tuple[str, ...], metric: str, words: tuple[str, ...], **kw
+) -> Task:
     return Task(name, fields, labels, metric, ("nyu-mll/glue", kw.pop("config", name)), label_words=words, **kw)
 
 

@@ -55,7 +55,12 @@ class TokenizedSplit:
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None), spec.pop("padding", None)  # call state, not the tokenizer
+        text = json.dumps(spec, sort_keys=True)
+    else:
+        text = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     extra = json.dumps([type(tokenizer).__name__, tokenizer.all_special_tokens, tokenizer.padding_side])
     return hashlib.sha256((text + extra).encode()).hexdigest()
 
@@ -106,7 +111,7 @@ def _tokenize(tokenizer: Any, examples: Examples, max_length: int, append_mask: 
     types: list[list[int]] | None = enc.get("token_type_ids")
     if append_mask:
         mask_id = tokenizer.mask_token_id
-        rows = [r[:-1] + [mask_id] + r[-1:] for r in rows]
+        rows = [[*r[:-1], mask_id, *r[-1:]] for r in rows]
         if types is not None:
             types = [t[:-1] + t[-1:] + t[-1:] for t in types]
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)

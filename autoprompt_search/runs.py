@@ -1,0 +1,174 @@
+"""What the `train` and `predict` commands do, as library calls (the CLI only parses)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backbones import _load_config, resolve_model_path
+from .checkpoint import predict_run, save_run
+from .config import ExperimentConfig, load_config_file
+from .data import get_task
+from .dataclass_io import to_dict
+from .errors import ConfigError, require
+from .prompts import method_config
+from .trainer import TrainResult, prepare_workspace, resolve_device, train
+
+
+@dataclass
+class TrainOptions:
+    """Flat options as a command line gives them; `None` means: keep the config file's value."""
+
+    config_file: str = ""
+    model: str | None = None
+    task: str | None = None
+    source: str | None = None
+    data_dir: str | None = None
+    train_file: str | None = None
+    dev_file: str | None = None
+    test_file: str | None = None
+    columns: list[str] = field(default_factory=list)  # FIELD=COLUMN
+    max_length: int | None = None
+    max_train: int | None = None
+    method: str | None = None
+    layers: str | None = None  # "0,3,5" or "all"
+    length: int | None = None
+    position: str | None = None
+    split: int | None = None
+    reparam: int | None = None
+    layer: int | None = None  # LPT insertion layer
+    generator: str | None = None
+    bottleneck: int | None = None
+    head: str | None = None
+    label_words: str | None = None  # comma-separated
+    steps: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_ratio: float | None = None
+    batch_size: int | None = None
+    eval_every: int | None = None
+    seed: int | None = None
+    device: str | None = None
+    precision: str | None = None
+
+
+def num_layers_of(model: str) -> int:
+    config = _load_config(resolve_model_path(model))
+    return int(config.num_hidden_layers)
+
+
+def parse_layers(spec: str, model: str) -> tuple[int, ...]:
+    """'all', 'lower-half'/'upper-half', or a comma list of block indices."""
+    spec = spec.strip().lower()
+    if spec in ("all", "lower-half", "upper-half"):
+        n = num_layers_of(model)
+        return {"all": tuple(range(n)), "lower-half": tuple(range(n // 2)), "upper-half": tuple(range(n // 2, n))}[spec]
+    try:
+        return tuple(int(x) for x in spec.split(",") if x.strip())
+    except ValueError as exc:
+        raise ConfigError(f"method.layers: {spec!r} is not a list of integers; use e.g. 0,3,5 or all") from exc
+
+
+def parse_columns(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        require(bool(sep and key and value), f"data.columns: {item!r} is not FIELD=COLUMN; e.g. sentence=text")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def experiment_from_options(o: TrainOptions) -> ExperimentConfig:
+    """Merge command-line options over a config file (or the embedded default)."""
+    base = load_config_file(o.config_file) if o.config_file else ExperimentConfig()
+    d = base.to_dict()
+    if o.model is not None:
+        d["model"] = o.model
+    data = d["data"]
+    for key in ("task", "source", "data_dir", "train_file", "dev_file", "test_file", "max_length", "max_train"):
+        value = getattr(o, key)
+        if value is not None:
+            data[key] = value
+    if o.columns:
+        data["columns"] = parse_columns(o.columns)
+
+    method = d["method"]
+    if o.method is not None and o.method != method["name"]:
+        method = {"name": o.method}  # a different method starts from its own defaults
+    if o.layers is not None:
+        method["layers"] = list(parse_layers(o.layers, d["model"]))
+    for key in ("length", "position", "split", "reparam", "layer", "generator", "bottleneck"):
+        value = getattr(o, key)
+        if value is not None:
+            method[key] = value
+    name = method.pop("name")
+    d["method"] = {"name": name, **to_dict(method_config(name, method))}
+
+    if o.head is not None:
+        d["head"]["kind"] = o.head
+    if o.label_words is not None:
+        d["head"]["label_words"] = [w.strip() for w in o.label_words.split(",") if w.strip()]
+    for key in (
+        "steps",
+        "lr",
+        "weight_decay",
+        "warmup_ratio",
+        "batch_size",
+        "eval_every",
+        "seed",
+        "device",
+        "precision",
+    ):
+        value = getattr(o, key)
+        if value is not None:
+            d["train"][key] = value
+    return ExperimentConfig.from_dict(d)
+
+
+def check_output_dir(output: str | Path, overwrite: bool) -> Path:
+    """Fail before any work if the run directory exists (unless overwriting) or cannot be written."""
+    out = Path(output)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"output: {str(out)!r} already holds files; pass --overwrite or choose another --output")
+    parent = out.parent if not out.exists() else out
+    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"output: cannot write in {str(parent)!r} ({exc.strerror}); choose another --output") from exc
+    return out
+
+
+def train_to_directory(cfg: ExperimentConfig, output: str | Path, overwrite: bool = False) -> TrainResult:
+    """Validate, train, and save the run; the directory appears only when training succeeded."""
+    out = check_output_dir(output, overwrite)
+    resolve_device(cfg.train.device)  # a GPU asked for where none exists fails here, before loading
+    ws = prepare_workspace(cfg)
+    result = train(cfg, ws)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out.parent))
+    try:
+        save_run(result, cfg, staging)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return result
+
+
+def predict_to_file(run_dir: str, split: str, device: str, output: str = "") -> dict[str, Any]:
+    """Reload a run, evaluate it on `split`, optionally write predictions as JSON lines."""
+    metrics, preds = predict_run(run_dir, split, device=device)
+    if output:
+        task = json.loads((Path(run_dir) / "config.json").read_text())["config"]["data"]["task"]
+        names = get_task(task).labels
+        Path(output).write_text(
+            "".join(json.dumps({"index": i, "label": names[int(p)]}) + "\n" for i, p in enumerate(preds))
+        )
+    return metrics

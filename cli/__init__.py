@@ -1,0 +1,1 @@
+"""The `autoprompt` command line."""

@@ -1,0 +1,52 @@
+"""Save and reload: safetensors + JSON, logits and metrics reproduced exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_training import experiment
+
+from autoprompt_search.checkpoint import load_run, predict_run, save_run
+from autoprompt_search.prompts import DeepConfig, LateConfig
+from autoprompt_search.trainer import prepare_workspace, train
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        DeepConfig(layers=(0, 2), length=3, position="split", split=1, reparam=8),
+        LateConfig(layer=1, length=2, generator="appg", bottleneck=8),
+    ],
+    ids=["deep", "late"],
+)
+def test_round_trip_reproduces_logits_and_metrics(tiny_model_dir: str, tiny_sst_dir: str, tmp_path, method) -> None:
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, method, steps=6, eval_every=3)
+    ws = prepare_workspace(cfg)
+    result = train(cfg, ws)
+    save_run(result, cfg, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "prompt.safetensors"]
+    model, cfg2, ws2 = load_run(tmp_path / "run", device="cpu")
+    assert cfg2.to_dict() | {"train": None} == cfg.to_dict() | {"train": None}
+    batch = ws.splits["dev"].batch(torch.arange(10))
+    result.model.eval()
+    assert torch.equal(model(batch), result.model(batch))
+    for split in ("dev", "test"):
+        metrics, _ = predict_run(tmp_path / "run", split, ws=ws2, device="cpu")
+        saved = json.loads((tmp_path / "run" / "config.json").read_text())["metrics"][split]
+        assert {k: v for k, v in metrics.items()} == {k: v for k, v in saved.items() if k != "step"}
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0,), length=3), steps=2)
+    ws = prepare_workspace(cfg)
+    save_run(train(cfg, ws), cfg, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    record["config"]["method"]["layers"] = [0, 1]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"^run: weights do not match the config"):
+        load_run(tmp_path / "run", ws=ws, device="cpu")
+    (tmp_path / "run" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"is not valid JSON"):
+        load_run(tmp_path / "run", ws=ws, device="cpu")

@@ -1,0 +1,91 @@
+"""The `autoprompt` command: train and predict end to end, exit code 2 on bad input, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+
+
+def train_args(model: str, data: str, out: str, *extra: str) -> list[str]:
+    return [
+        "train", "--model", model, "--task", "sst2", "--data-dir", data, "--max-length", "32",
+        "--steps", "4", "--eval-every", "2", "--batch-size", "8", "--device", "cpu", "--output", out, *extra,
+    ]  # fmt: skip
+
+
+def test_train_then_predict_reproduces_metrics(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:
+    out = str(tmp_path / "run")
+    res = runner.invoke(app, train_args(tiny_model_dir, tiny_sst_dir, out, "--method", "late", "--layer", "2",
+                                        "--length", "3", "--generator", "mppg", "--bottleneck", "8"))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["config"]["method"] == {
+        "name": "late", "layer": 2, "length": 3, "generator": "mppg", "bottleneck": 8, "dropout": 0.1,
+    }  # fmt: skip
+    res = runner.invoke(
+        app, ["predict", out, "--split", "test", "--device", "cpu", "--output", str(tmp_path / "p.jsonl")]
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.stdout)
+    assert metrics == {k: v for k, v in saved["metrics"]["test"].items()}
+    lines = (tmp_path / "p.jsonl").read_text().splitlines()
+    assert len(lines) == 48 and json.loads(lines[0])["label"] in ("negative", "positive")
+
+
+def test_train_from_config_file_and_all_layers(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:
+    first = str(tmp_path / "a")
+    assert runner.invoke(app, train_args(tiny_model_dir, tiny_sst_dir, first, "--layers", "all")).exit_code == 0
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())["config"]
+    assert cfg["method"]["layers"] == [0, 1, 2, 3]
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    res = runner.invoke(app, ["train", "--config", str(tmp_path / "c.json"), "--output", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert again["metrics"]["dev"] == json.loads((tmp_path / "a" / "config.json").read_text())["metrics"]["dev"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--layers", "0,9"], "method.layers: layer 9 out of range for a 4-layer model; use 0..3"),
+        (["--length", "0"], "method.length: must be > 0, got 0"),
+        (["--method", "prefix"], "method: 'prefix' unknown; use one of probe, deep, late"),
+        (["--method", "late", "--generator", "zzz"], "method.generator: 'zzz' unknown"),
+        (["--device", "cuda"], "train.device: cuda requested but no GPU is visible here; use --device cpu"),
+        (["--max-length", "0"], "data.max_length: must be > 0, got 0"),
+        (["--task", "nope"], "data.task: 'nope' unknown"),
+        (["--column", "sentence"], "data.columns: 'sentence' is not FIELD=COLUMN"),
+        (["--column", "sentence=text"], "lacks sentence (column 'text')"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    tiny_model_dir: str, tiny_sst_dir: str, tmp_path, extra: list[str], message: str
+) -> None:
+    import torch
+
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    out = tmp_path / "run"
+    res = runner.invoke(app, train_args(tiny_model_dir, tiny_sst_dir, str(out), *extra))
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_unknown_model_and_existing_output(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:
+    res = runner.invoke(app, train_args(str(tmp_path / "no-model"), tiny_sst_dir, str(tmp_path / "r")))
+    assert res.exit_code == 2 and "model: cannot load" in res.stderr
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "keep.txt").write_text("x")
+    res = runner.invoke(app, train_args(tiny_model_dir, tiny_sst_dir, str(tmp_path / "r")))
+    assert res.exit_code == 2 and "already holds files; pass --overwrite" in res.stderr
+    res = runner.invoke(app, ["predict", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "config.json' not found" in res.stderr

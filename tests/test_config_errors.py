@@ -1,0 +1,87 @@
+"""Bad configs fail with one line naming the field."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_configs
+
+from autoprompt_search.backbones import BackboneInfo, backbone_from_config
+from autoprompt_search.config import ExperimentConfig, load_config_file
+from autoprompt_search.prompts import DeepConfig, LateConfig, build_method, method_config
+
+
+@pytest.fixture(scope="module")
+def info() -> BackboneInfo:
+    return BackboneInfo.of(backbone_from_config(tiny_configs()["bert"]))
+
+
+def one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_layer_out_of_range(info: BackboneInfo) -> None:
+    with pytest.raises(ValueError) as exc:
+        build_method(DeepConfig(layers=(0, 4)), info)
+    assert one_line(exc).startswith("method.layers: layer 4 out of range for a 4-layer model; use 0..3")
+
+
+def test_lpt_layer_out_of_range(info: BackboneInfo) -> None:
+    with pytest.raises(ValueError, match=r"^method.layer: insertion layer -1 out of range"):
+        build_method(LateConfig(layer=-1), info)
+
+
+@pytest.mark.parametrize("length", [0, -3])
+def test_non_positive_length(length: int) -> None:
+    with pytest.raises(ValueError) as exc:
+        DeepConfig(length=length)
+    assert one_line(exc).startswith("method.length: must be > 0")
+    with pytest.raises(ValueError, match=r"^method.length"):
+        LateConfig(length=length)
+
+
+def test_unknown_method() -> None:
+    with pytest.raises(ValueError) as exc:
+        method_config("lora")
+    assert one_line(exc) == "method: 'lora' unknown; use one of probe, deep, late"
+
+
+def test_unknown_generator() -> None:
+    with pytest.raises(ValueError) as exc:
+        LateConfig(generator="xpg")
+    assert one_line(exc).startswith("method.generator: 'xpg' unknown; use one of npg, appg, mppg")
+
+
+def test_unknown_field_and_bad_split() -> None:
+    with pytest.raises(ValueError, match=r"^method.lenght: unknown field; known fields are"):
+        method_config("deep", {"lenght": 3})
+    with pytest.raises(ValueError, match=r"^method.split: 7 must be in 1..5"):
+        DeepConfig(length=5, position="split", split=7)
+    with pytest.raises(ValueError, match=r"^method.position: 'middle' unknown"):
+        DeepConfig(position="middle")
+
+
+def test_train_and_data_fields() -> None:
+    with pytest.raises(ValueError, match=r"^train.lr: must be > 0"):
+        ExperimentConfig.from_dict({"train": {"lr": 0}})
+    with pytest.raises(ValueError, match=r"^data.max_length: must be > 0"):
+        ExperimentConfig.from_dict({"data": {"max_length": 0}})
+    with pytest.raises(ValueError, match=r"^data.task: 'imdbx' unknown"):
+        ExperimentConfig.from_dict({"data": {"task": "imdbx"}})
+    with pytest.raises(ValueError, match=r"^config.trian: unknown section"):
+        ExperimentConfig.from_dict({"trian": {}})
+
+
+def test_config_file_round_trip_and_bad_yaml(tmp_path) -> None:
+    import yaml
+
+    cfg = ExperimentConfig(method=LateConfig(layer=2, generator="mppg"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load_config_file(tmp_path / "c.yaml").to_dict() == cfg.to_dict()
+    (tmp_path / "bad.yaml").write_text("method: [unclosed\n")
+    with pytest.raises(ValueError, match=r"^config: .*bad.yaml is not valid YAML"):
+        load_config_file(tmp_path / "bad.yaml")
+    (tmp_path / "evil.yaml").write_text("!!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ValueError, match="not valid YAML"):  # safe loading only
+        load_config_file(tmp_path / "evil.yaml")

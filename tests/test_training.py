@@ -1,0 +1,137 @@
+"""One trial end to end on a tiny model: what trains, what stays frozen, what is reported."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_configs
+
+from autoprompt_search.backbones import backbone_from_config
+from autoprompt_search.config import ExperimentConfig, TrainConfig
+from autoprompt_search.data import DataConfig
+from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig
+from autoprompt_search.trainer import TrainingError, build_model, prepare_workspace, train
+
+
+def experiment(model_dir: str, data_dir: str, method: object, **train_kw: object) -> ExperimentConfig:
+    kw = {"steps": 6, "lr": 1e-2, "batch_size": 8, "eval_every": 3, "seed": 1, "device": "cpu"} | train_kw
+    return ExperimentConfig(
+        model=model_dir,
+        data=DataConfig(task="sst2", data_dir=data_dir, max_length=32),
+        method=method,
+        train=TrainConfig(**kw),  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        DeepConfig(layers=(0,), length=4),
+        DeepConfig(layers=(1, 3), length=2),
+        LateConfig(layer=2, length=3, bottleneck=8),
+    ],
+    ids=["prompt-tuning", "deep-1-3", "lpt-2"],
+)
+def test_only_prompt_and_head_change_and_nothing_below_first_layer_gets_gradient(
+    tiny_model_dir: str, tiny_sst_dir: str, method: object
+) -> None:
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, method)
+    ws = prepare_workspace(cfg)
+    model = build_model(cfg, ws).train()
+    frozen_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    trainable_before = {k: v.detach().clone() for k, v in model.trainable_parameters().items()}
+    first = model.first_layer
+    grad_seen: list[bool] = []
+    hooks = [
+        b.register_forward_hook(
+            lambda m, i, o: grad_seen.append(
+                torch.is_grad_enabled() or (o[0] if isinstance(o, tuple) else o).requires_grad
+            )
+        )
+        for b in list(model.backbone.blocks)[:first]
+    ]
+    batch = ws.splits["train"].batch(torch.arange(8))
+    opt = torch.optim.AdamW(model.trainable_parameters().values(), lr=1e-2)
+    torch.nn.functional.cross_entropy(model(batch), batch.labels).backward()
+    opt.step()
+    for h in hooks:
+        h.remove()
+    assert len(grad_seen) == first and not any(grad_seen)  # blocks below ran without autograd
+    assert all(not torch.equal(v, model.trainable_parameters()[k]) for k, v in trainable_before.items())
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, frozen_before[k]), k
+    # dropout is off below the first prompted layer even in train mode
+    assert all(not b.training for b in list(model.backbone.blocks)[:first])
+    assert all(b.training for b in list(model.backbone.blocks)[first:])
+
+
+def test_train_learns_reports_and_is_seeded(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfg = experiment(
+        tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0, 1), length=4), steps=80, eval_every=20, lr=3e-2
+    )
+    ws = prepare_workspace(cfg)
+    a = train(cfg, ws)
+    b = train(cfg, ws)
+    assert a.metrics["dev"] == b.metrics["dev"]  # same seed, same numbers
+    assert len(a.history) == 4 and a.metrics["best_step"] in (20, 40, 60, 80)
+    assert a.metrics["dev"]["accuracy"] > 0.6  # the tiny task is learnable; chance is 0.5
+    assert a.metrics["trainable_params"] == 2 * 4 * 32 + (32 * 2 + 2)
+    assert a.metrics["steps_per_s"] > 0 and "test" in a.metrics
+    assert set(a.metrics["dev"]) >= {"accuracy", "f1", "mcc", "score", "collapsed"}
+
+
+def test_collapsed_run_is_reported(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, ProbeConfig(), steps=2, lr=1e-9)
+    ws = prepare_workspace(cfg)
+    model = build_model(cfg, ws)
+    with torch.no_grad():  # a head that always says class 1
+        model.head.linear.weight.zero_()
+        model.head.linear.bias.copy_(torch.tensor([0.0, 5.0]))
+    from autoprompt_search.trainer import evaluate
+
+    metrics = evaluate(model, ws.splits["dev"], "accuracy", 2, 16, torch.device("cpu"), "fp32")
+    assert metrics["collapsed"] is True and metrics["accuracy"] == pytest.approx(0.5)
+
+
+def test_nan_loss_fails_the_trial_with_a_reason(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0,), length=2), lr=1e30)
+    ws = prepare_workspace(cfg)
+    with pytest.raises(TrainingError, match="loss became nan"):
+        train(cfg, ws)
+
+
+def test_gpu_requested_without_gpu_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from autoprompt_search.trainer import resolve_device
+
+    with pytest.raises(
+        ValueError, match=r"^train.device: cuda requested but no GPU is visible here; use --device cpu$"
+    ):
+        resolve_device("cuda")
+
+
+def test_label_word_head_trains_prompt_through_frozen_lm_head(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0,), length=3))
+    cfg.head.kind = "label_words"
+    cfg.head.label_words = ("bad", "good")
+    ws = prepare_workspace(cfg)
+    model = build_model(cfg, ws)
+    assert set(model.trainable_parameters()) == {"method.prompts"}
+    batch = ws.splits["train"].batch(torch.arange(4))
+    assert (batch.input_ids == ws.tokenizer.mask_token_id).any(1).all()  # the mask token was appended
+    logits = model(batch)
+    assert logits.shape == (4, 2)
+    logits.sum().backward()
+    assert model.method.prompts.grad.abs().sum() > 0
+
+
+def test_label_word_head_on_decoder() -> None:
+    from autoprompt_search.engine import Batch, PromptedModel
+    from autoprompt_search.heads import LabelWordHead
+
+    bb = backbone_from_config(tiny_configs()["gpt2"], lm_head=True)
+    model = PromptedModel(bb, None, LabelWordHead(bb, [5, 9]))
+    ids = torch.randint(0, 120, (2, 5))
+    full = bb.lm_head(bb.model(input_ids=ids).last_hidden_state)[:, -1]  # the HF model's next-token logits
+    torch.testing.assert_close(model(Batch(ids, torch.ones(2, 5, dtype=torch.bool))), full[:, [5, 9]])
