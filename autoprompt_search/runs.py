@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backbones import _load_config, resolve_model_path
+from .backbones import load_config, resolve_model
 from .checkpoint import predict_run, save_run
 from .config import ExperimentConfig, load_config_file
 from .data import get_task
@@ -57,7 +57,7 @@ class TrainOptions:
 
 
 def num_layers_of(model: str) -> int:
-    config = _load_config(resolve_model_path(model))
+    config = load_config(resolve_model(model))
     return int(config.num_hidden_layers)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .backbones import Backbone, BackboneInfo, load_backbone, resolve_model_path
+from .backbones import Backbone, BackboneInfo, load_backbone, resolve_model
 from .config import ExperimentConfig
 from .data import TaskData, TokenizedSplit, load_task_data, tokenize
 from .engine import PromptedModel
@@ -59,11 +59,13 @@ def resolve_device(name: str) -> torch.device:
 def load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(model)
+    source = resolve_model(model)
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(source.path, **source.kwargs)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"model: cannot load a tokenizer from {path!r}; give a model directory with one") from exc
+        raise ConfigError(
+            f"model: cannot load a tokenizer from {source.path!r}; give a model directory with one"
+        ) from exc
 
 
 def prepare_workspace(cfg: ExperimentConfig, backbone: Backbone | None = None, tokenizer: Any = None) -> Workspace:

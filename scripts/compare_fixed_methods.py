@@ -24,10 +24,14 @@ from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig
 from autoprompt_search.trainer import prepare_workspace, train
 
 
-def methods(num_layers: int) -> dict[str, tuple[object, float, float]]:
-    """name -> (method config, lr, weight decay); lrs follow the papers / the reference table."""
-    return {
-        "linear probe": (ProbeConfig(), 1e-2, 0.01),
+def methods(num_layers: int, probe_lrs: list[float]) -> dict[str, tuple[object, float, float]]:
+    """name -> (method config, lr, weight decay); lrs follow the papers / the reference table.
+
+    The linear probe also runs at the extra `probe_lrs`, so the baseline gets its best shot.
+    """
+    table: dict[str, tuple[object, float, float]] = {"linear probe": (ProbeConfig(), 1e-2, 0.01)}
+    table.update({f"linear probe (lr {lr:g})": (ProbeConfig(), lr, 0.01) for lr in probe_lrs})
+    return table | {
         "prompt tuning (L=20)": (DeepConfig(layers=(0,), length=20), 3e-2, 0.01),
         f"deep prompts, all {num_layers} layers (L=20)": (
             DeepConfig(layers=tuple(range(num_layers)), length=20),
@@ -49,6 +53,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--probe-lrs", type=float, nargs="*", default=[0.1, 0.3])
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,7 +69,7 @@ def main() -> None:
     backbone = load_backbone(args.model)
     ws = prepare_workspace(base, backbone=backbone)
     for seed in args.seeds:
-        for name, (method, lr, wd) in methods(backbone.num_layers).items():
+        for name, (method, lr, wd) in methods(backbone.num_layers, args.probe_lrs).items():
             if (name, seed) in done:
                 continue
             train_cfg = TrainConfig(
@@ -117,16 +122,16 @@ def write_table(runs_path: Path, md_path: Path, args: argparse.Namespace) -> Non
         f"Command: `python scripts/compare_fixed_methods.py --task {args.task} --data-dir {args.data_dir} "
         f"--steps {args.steps} --seeds {' '.join(map(str, args.seeds))} --out {args.out}`",
         "",
-        "| method | dev acc median [min-max] | test acc median [min-max] | trainable params | steps/s "
+        "| method | lr | dev acc median [min-max] | test acc median [min-max] | trainable params | steps/s "
         "| collapsed runs |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, rs in by_method.items():
         dev = [r["dev"] * 100 for r in rs]
         test = [r["test"] * 100 for r in rs if r["test"] is not None]
         test_cell = f"{statistics.median(test):.1f} [{min(test):.1f}-{max(test):.1f}]" if test else "-"
         lines.append(
-            f"| {name} | {statistics.median(dev):.1f} [{min(dev):.1f}-{max(dev):.1f}] | {test_cell} | "
+            f"| {name} | {rs[0]['config']['train']['lr']:g} | {statistics.median(dev):.1f} [{min(dev):.1f}-{max(dev):.1f}] | {test_cell} | "
             f"{rs[0]['trainable_params']:,} | {statistics.median(r['steps_per_s'] for r in rs):.2f} | "
             f"{sum(r['collapsed'] for r in rs)}/{len(rs)} |"
         )
