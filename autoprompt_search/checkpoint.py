@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import ExperimentConfig
 from .errors import ConfigError
-from .trainer import TrainResult, Workspace, build_model, evaluate, predict_split, prepare_workspace, resolve_device
+from .metrics import classification_metrics
+from .trainer import TrainResult, Workspace, build_model, predict_split, prepare_workspace, resolve_device
 
 WEIGHTS = "prompt.safetensors"
 CONFIG = "config.json"
@@ -93,8 +94,5 @@ def predict_run(
         raise ConfigError(f"predict: split {split!r} not in this data; use one of {', '.join(ws.splits)}")
     dev = resolve_device(device)
     task = ws.data.task
-    metrics = evaluate(
-        model, ws.splits[split], task.metric, len(task.labels), cfg.train.eval_batch_size, dev, cfg.train.precision
-    )
     preds = predict_split(model, ws.splits[split], cfg.train.eval_batch_size, dev, cfg.train.precision)
-    return metrics, preds
+    return classification_metrics(preds, ws.splits[split].labels, len(task.labels), task.metric), preds

@@ -125,12 +125,11 @@ class PromptedModel(nn.Module):
             layout = SlotLayout(empty, empty, torch.full_like(ids[:, 0], n_layers))
         else:
             layout = method.layout(ctx)
-        first = int(layout.start.min())
-
         # Two layouts: before a row's prompt starts (slots dead) and after.
         pre = sequence_layout(empty, empty, text_mask, bb.causal)
         post = sequence_layout(layout.live, layout.after, text_mask, bb.causal)
         layouts = _RowLayouts(bb, layout.start, pre, post)
+        first = min(layouts.starts)
 
         with torch.no_grad():
             word = bb.word_embeddings(ids)  # (B, T, d)
@@ -190,14 +189,18 @@ class _RowLayouts:
 
     def __init__(self, bb: Backbone, start: Tensor, pre: Layout, post: Layout):
         self.bb, self.start, self.pre, self.post = bb, start, pre, post
-        self.cache: dict[bytes, dict[str, Any]] = {}
-        self.uniform = bool((start == start[0]).all())
+        self.starts: list[int] = start.tolist()  # the forward pass's one host sync
+        self.uniform = len(set(self.starts)) == 1
+        self.cache: dict[tuple[bool, ...], dict[str, Any]] = {}
+
+    def started(self, block: int) -> tuple[bool, ...]:
+        return (self.starts[0] <= block,) if self.uniform else tuple(s <= block for s in self.starts)
 
     def at(self, block: int) -> Layout:
         """The layout of every row entering `block` (block = num_layers: after the last one)."""
-        started = self.start <= block  # (B,)
         if self.uniform:
-            return self.post if bool(started[0]) else self.pre
+            return self.post if self.starts[0] <= block else self.pre
+        started = self.start <= block  # (B,)
         return Layout(
             torch.where(started[:, None], self.post.positions, self.pre.positions),
             torch.where(started[:, None, None], self.post.visible, self.pre.visible),
@@ -205,7 +208,7 @@ class _RowLayouts:
         )
 
     def inputs(self, block: int, h: Tensor) -> dict[str, Any]:
-        key = (self.start <= block).cpu().numpy().tobytes()
+        key = self.started(block)
         if key not in self.cache:
             layout = self.at(block)
             self.cache[key] = self.bb.block_inputs(h, layout.positions, layout.visible)
