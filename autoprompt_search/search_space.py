@@ -1,0 +1,237 @@
+"""Declarative search spaces (`search_spaces/*.yaml`): validation and Optuna define-by-run sampling.
+
+A space names the methods it explores and, per method, how each option is drawn; `train`
+holds recipe dimensions shared by all methods. Layers are expressed as fractions of the
+model's depth so one file serves any model size:
+
+    methods:
+      deep:
+        layers: {type: layer_set, depth: [0.0, 1.0], min_layers: 1, max_layers: 4}
+        length: {type: int, low: 4, high: 32, log: true}
+        position: {type: categorical, choices: [prefix, split]}
+      late:
+        layer: {type: layer, depth: [0.25, 0.75]}
+        generator: {type: categorical, choices: [npg, appg, mppg]}
+    train:
+      lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
+      steps: 300            # a plain value is fixed
+
+Every problem in a file is reported at once (`SearchSpaceError.problems`). Sampling is a
+picklable callable taking an Optuna trial, so `optuna.trial.FixedTrial` tests a space without
+a study, and Ray Tune's `OptunaSearch` can checkpoint it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import TrainConfig
+from .errors import ConfigError
+from .prompts import METHODS
+
+KINDS = ("int", "float", "categorical", "layer", "layer_set")
+KIND_KEYS = {
+    "int": {"type", "low", "high", "log", "step"},
+    "float": {"type", "low", "high", "log"},
+    "categorical": {"type", "choices"},
+    "layer": {"type", "depth"},
+    "layer_set": {"type", "depth", "min_layers", "max_layers"},
+}
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"device", "eval_every", "eval_batch_size"}
+
+
+class SearchSpaceError(ConfigError):
+    """All problems of one search-space file; `str()` is one line listing each."""
+
+    def __init__(self, where: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"search space {where}: {len(problems)} problem(s): " + "; ".join(problems))
+
+
+def depth_range(depth: tuple[float, float], num_layers: int) -> range:
+    """Block indices covered by a depth fraction range [lo, hi] of an N-block model."""
+    lo = min(num_layers - 1, math.floor(depth[0] * num_layers))
+    hi = max(lo, math.ceil(depth[1] * num_layers) - 1)
+    return range(lo, min(hi, num_layers - 1) + 1)
+
+
+@dataclasses.dataclass
+class SearchSpace:
+    methods: dict[str, dict[str, Any]]  # method -> option -> fixed value or dimension dict
+    train: dict[str, Any]  # train option -> fixed value or dimension dict
+    where: str = "<dict>"
+
+    @staticmethod
+    def from_dict(data: Any, where: str = "<dict>") -> SearchSpace:
+        problems = validate(data)
+        if problems:
+            raise SearchSpaceError(where, problems)
+        return SearchSpace(dict(data["methods"]), dict(data.get("train") or {}), where)
+
+    @staticmethod
+    def load(path: str | Path) -> SearchSpace:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"search space: {str(p)!r} does not exist; see search_spaces/ for examples")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise SearchSpaceError(str(p), [f"not valid YAML ({str(exc).splitlines()[0]})"]) from exc
+        return SearchSpace.from_dict(data, str(p))
+
+    def check_model(self, num_layers: int) -> None:
+        """Problems that need the model: fixed layer indices beyond its depth."""
+        problems = []
+        for method, options in self.methods.items():
+            for name, spec in options.items():
+                fixed = [] if isinstance(spec, dict) else (list(spec) if isinstance(spec, (list, tuple)) else [spec])
+                if name in ("layer", "layers"):
+                    bad = [i for i in fixed if not 0 <= int(i) < num_layers]
+                    if bad:
+                        problems.append(
+                            f"methods.{method}.{name}: layer {bad[0]} is beyond a {num_layers}-layer model (0..{num_layers - 1})"
+                        )
+        if problems:
+            raise SearchSpaceError(self.where, problems)
+
+    def sampler(self, num_layers: int) -> SpaceSampler:
+        self.check_model(num_layers)
+        return SpaceSampler(self, num_layers)
+
+
+def _check_dimension(path: str, spec: Any, problems: list[str]) -> None:
+    if not isinstance(spec, dict):
+        return  # a fixed value
+    kind = spec.get("type")
+    if kind not in KINDS:
+        problems.append(f"{path}.type: {kind!r} unknown; use one of {', '.join(KINDS)}")
+        return
+    unknown = sorted(set(spec) - KIND_KEYS[kind])
+    if unknown:
+        problems.append(f"{path}.{unknown[0]}: unknown key for type {kind}; use {', '.join(sorted(KIND_KEYS[kind]))}")
+    if kind in ("int", "float"):
+        low, high = spec.get("low"), spec.get("high")
+        if not isinstance(low, (int, float)) or not isinstance(high, (int, float)):
+            problems.append(f"{path}: {kind} needs numeric low and high")
+        elif low > high:
+            problems.append(f"{path}: empty range low={low} > high={high}")
+        elif spec.get("log") and low <= 0:
+            problems.append(f"{path}: log scale needs low > 0, got {low}")
+    elif kind == "categorical":
+        if not isinstance(spec.get("choices"), list) or not spec["choices"]:
+            problems.append(f"{path}.choices: needs a non-empty list")
+    else:
+        depth = spec.get("depth", [0.0, 1.0])
+        if not (isinstance(depth, list) and len(depth) == 2 and all(isinstance(x, (int, float)) for x in depth)):
+            problems.append(f"{path}.depth: needs [low, high] fractions of the model depth")
+        elif not 0.0 <= depth[0] <= depth[1] <= 1.0:
+            problems.append(f"{path}.depth: {depth} must satisfy 0 <= low <= high <= 1")
+        if kind == "layer_set":
+            lo, hi = spec.get("min_layers", 1), spec.get("max_layers")
+            if not isinstance(lo, int) or lo < 1:
+                problems.append(f"{path}.min_layers: must be an integer >= 1")
+            elif hi is not None and (not isinstance(hi, int) or hi < lo):
+                problems.append(f"{path}.max_layers: must be an integer >= min_layers ({lo})")
+
+
+def validate(data: Any) -> list[str]:
+    """Every problem in a search-space mapping, as one-line strings naming the key and the fix."""
+    if not isinstance(data, dict):
+        return ["the file must be a mapping with `methods:` (and optionally `train:`)"]
+    problems = [f"{k}: unknown section; use methods and train" for k in sorted(set(data) - {"methods", "train"})]
+    methods = data.get("methods")
+    if not isinstance(methods, dict) or not methods:
+        problems.append("methods: needs at least one method, e.g. `methods: {deep: {}}`")
+        methods = {}
+    for method, options in methods.items():
+        if method not in METHODS:
+            problems.append(f"methods.{method}: unknown method; use one of {', '.join(METHODS)}")
+            continue
+        if options is None:
+            continue
+        if not isinstance(options, dict):
+            problems.append(f"methods.{method}: needs a mapping of options")
+            continue
+        fields = {f.name for f in dataclasses.fields(METHODS[method][0])}
+        for name, spec in options.items():
+            if name not in fields:
+                owner = [m for m, (c, _) in METHODS.items() if name in {f.name for f in dataclasses.fields(c)}]
+                hint = f" (it is a {owner[0]} option: put it under methods.{owner[0]})" if owner else ""
+                problems.append(f"methods.{method}.{name}: not a {method} option{hint}")
+                continue
+            _check_dimension(f"methods.{method}.{name}", spec, problems)
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            if name == "layers" and kind not in (None, "layer_set"):
+                problems.append(f"methods.{method}.layers: use type layer_set (one boolean per layer)")
+            if name == "layer" and kind not in (None, "layer", "int"):
+                problems.append(f"methods.{method}.layer: use type layer (a depth fraction range)")
+    train = data.get("train") or {}
+    if not isinstance(train, dict):
+        problems.append("train: needs a mapping of training options")
+        train = {}
+    for name, spec in train.items():
+        if name not in TRAIN_KEYS:
+            problems.append(f"train.{name}: unknown; use one of {', '.join(sorted(TRAIN_KEYS))}")
+        else:
+            _check_dimension(f"train.{name}", spec, problems)
+    return problems
+
+
+class SpaceSampler:
+    """Optuna define-by-run: trial -> {'method': {...}, 'train': {...}} (picklable)."""
+
+    def __init__(self, space: SearchSpace, num_layers: int) -> None:
+        self.space = space
+        self.num_layers = num_layers
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        names = list(self.space.methods)
+        method = names[0] if len(names) == 1 else trial.suggest_categorical("method", names)
+        options = {
+            name: self._draw(trial, f"{method}.{name}", spec)
+            for name, spec in (self.space.methods[method] or {}).items()
+        }
+        if options.get("position") == "prefix":
+            options.pop("split", None)
+        elif options.get("position") == "split" and "split" not in options:
+            options["split"] = trial.suggest_int(f"{method}.split", 1, int(options.get("length", 20)))
+        train = {name: self._draw(trial, f"train.{name}", spec) for name, spec in self.space.train.items()}
+        return {"method": {"name": method, **options}, "train": train}
+
+    def _draw(self, trial: Any, name: str, spec: Any) -> Any:
+        if not isinstance(spec, dict):
+            return list(spec) if isinstance(spec, tuple) else spec
+        kind = spec["type"]
+        if kind == "int":
+            return trial.suggest_int(
+                name, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step", 1)
+            )
+        if kind == "float":
+            return trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
+        if kind == "categorical":
+            return trial.suggest_categorical(name, spec["choices"])
+        allowed = depth_range(tuple(spec.get("depth", (0.0, 1.0))), self.num_layers)
+        if kind == "layer":
+            return trial.suggest_int(name, allowed.start, allowed.stop - 1)
+        return self._layer_set(trial, name, spec, allowed)
+
+    def _layer_set(self, trial: Any, name: str, spec: dict[str, Any], allowed: range) -> list[int]:
+        # One boolean per layer: Optuna's samplers model each layer's effect separately, which finds
+        # good subsets far faster than one categorical over subset strings.
+        chosen = [i for i in allowed if trial.suggest_categorical(f"{name}.{i}", [False, True])]
+        low = min(spec.get("min_layers", 1), len(allowed))
+        high = min(spec.get("max_layers") or len(allowed), len(allowed))
+        # Repair to the size bounds deterministically: add the highest unchosen layers (late layers
+        # matter most for prompts), drop the lowest chosen ones.
+        for i in reversed(allowed):
+            if len(chosen) >= low:
+                break
+            if i not in chosen:
+                chosen.append(i)
+        chosen = sorted(chosen)[-high:]
+        return sorted(chosen)

@@ -1,0 +1,105 @@
+"""Search-space files: validation reports every problem; sampling is tested without a study."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoprompt_search.backbones import BackboneInfo
+from autoprompt_search.config import ExperimentConfig
+from autoprompt_search.search_space import SearchSpace, SearchSpaceError, depth_range
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+@pytest.mark.parametrize("name", ["layers.yaml", "lpt.yaml", "all.yaml"])
+def test_shipped_spaces_validate_and_sample_valid_configs(name: str) -> None:
+    sampler = SearchSpace.load(SPACES / name).sampler(num_layers=6)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(15):
+        trial = study.ask()
+        overlay = sampler(trial)
+        cfg = ExperimentConfig.from_dict({"method": overlay["method"], "train": overlay["train"]})
+        cfg.method.check(BackboneInfo(num_layers=6, hidden_size=32, max_positions=512, causal=False))
+        study.tell(trial, 0.5)
+    pickle.dumps(sampler)  # Tune checkpoints the searcher by pickling it
+
+
+def test_fixed_trial_gives_exactly_the_config() -> None:
+    sampler = SearchSpace.load(SPACES / "all.yaml").sampler(num_layers=6)
+    params = {"method": "deep", "deep.length": 8, "deep.position": "split", "deep.split": 3, "train.lr": 0.01}
+    params |= {f"deep.layers.{i}": i in (1, 4) for i in range(6)}
+    out = sampler(optuna.trial.FixedTrial(params))
+    assert out == {
+        "method": {"name": "deep", "layers": [1, 4], "length": 8, "position": "split", "split": 3},
+        "train": {"lr": 0.01, "steps": 300},
+    }
+    late = sampler(optuna.trial.FixedTrial({"method": "late", "late.layer": 3, "late.generator": "appg",
+                                            "late.bottleneck": 64, "late.length": 5, "train.lr": 0.002}))  # fmt: skip
+    assert late["method"] == {"name": "late", "layer": 3, "generator": "appg", "bottleneck": 64, "length": 5}
+
+
+def test_layer_set_respects_size_bounds_and_depth() -> None:
+    space = SearchSpace.from_dict(
+        {"methods": {"deep": {"layers": {"type": "layer_set", "depth": [0.5, 1.0], "min_layers": 2, "max_layers": 3}}}}
+    )
+    sampler = space.sampler(num_layers=12)
+    none = sampler(optuna.trial.FixedTrial({f"deep.layers.{i}": False for i in range(6, 12)}))
+    assert none["method"]["layers"] == [10, 11]  # repaired up to min_layers from the top
+    every = sampler(optuna.trial.FixedTrial({f"deep.layers.{i}": True for i in range(6, 12)}))
+    assert every["method"]["layers"] == [9, 10, 11]
+    assert list(depth_range((0.0, 1.0), 24)) == list(range(24))
+    assert list(depth_range((0.25, 0.75), 24)) == list(range(6, 18))
+
+
+def test_three_errors_are_all_reported(tmp_path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        "methods:\n"
+        "  deep:\n"
+        "    length: {type: int, low: 10, high: 2}\n"  # empty range
+        "    generator: {type: categorical, choices: [npg]}\n"  # a late option under deep
+        "train:\n"
+        "  learning_rate: 0.1\n"  # unknown key
+    )
+    with pytest.raises(SearchSpaceError) as exc:
+        SearchSpace.load(tmp_path / "bad.yaml")
+    problems = exc.value.problems
+    assert len(problems) == 3, problems
+    assert "methods.deep.length: empty range low=10 > high=2" in problems
+    assert any("methods.deep.generator: not a deep option (it is a late option" in p for p in problems)
+    assert any(p.startswith("train.learning_rate: unknown") for p in problems)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"methods": {"lora": {}}}, "methods.lora: unknown method"),
+        ({"methods": {}}, "methods: needs at least one method"),
+        ({"methods": {"deep": {"length": {"type": "uniform"}}}}, "methods.deep.length.type: 'uniform' unknown"),
+        ({"methods": {"deep": {"layers": {"type": "layer_set", "depth": [0.5, 1.5]}}}}, "must satisfy 0 <= low"),
+        ({"methods": {"late": {"layer": {"type": "layer", "depth": [0, 1]}}}, "trian": {}}, "trian: unknown section"),
+        (
+            {"methods": {"deep": {"length": {"type": "float", "low": 0, "high": 1, "log": True}}}},
+            "log scale needs low > 0",
+        ),
+    ],
+)
+def test_bad_spaces(data: dict, message: str) -> None:
+    with pytest.raises(SearchSpaceError, match=message):
+        SearchSpace.from_dict(data)
+
+
+def test_fixed_layer_beyond_the_model_depth() -> None:
+    space = SearchSpace.from_dict({"methods": {"late": {"layer": 9}}})
+    with pytest.raises(SearchSpaceError, match="methods.late.layer: layer 9 is beyond a 6-layer model"):
+        space.sampler(num_layers=6)
+
+
+def test_bad_yaml_syntax(tmp_path) -> None:
+    (tmp_path / "s.yaml").write_text("methods: {deep: [\n")
+    with pytest.raises(SearchSpaceError, match="not valid YAML"):
+        SearchSpace.load(tmp_path / "s.yaml")
