@@ -235,3 +235,18 @@ class SpaceSampler:
                 chosen.append(i)
         chosen = sorted(chosen)[-high:]
         return sorted(chosen)
+
+
+def preview(path: str | Path, num_layers: int, samples: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Validate a space for an N-layer model and draw `samples` random configurations from it."""
+    import optuna
+
+    sampler = SearchSpace.load(path).sampler(num_layers)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(samples):
+        trial = study.ask()
+        out.append(sampler(trial))
+        study.tell(trial, 0.0)
+    return out

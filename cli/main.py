@@ -101,6 +101,26 @@ def predict(
     typer.echo(json.dumps(metrics, indent=2))
 
 
+@app.command()
+def space(
+    path: Annotated[str, typer.Argument(help="search-space YAML, e.g. search_spaces/layers.yaml")],
+    model: Annotated[str, Opt(help="model whose depth resolves layer fractions")] = "minilm-l6",
+    samples: Annotated[int, Opt(help="random configurations to print")] = 5,
+    seed: Annotated[int, Opt()] = 0,
+) -> None:
+    """Validate a search space (every problem at once) and print sample configurations."""
+    import yaml
+
+    from autoprompt_search.runs import num_layers_of
+    from autoprompt_search.search_space import preview
+
+    try:
+        drawn = preview(path, num_layers_of(model), samples, seed)
+    except ConfigError as exc:
+        fail(exc)
+    typer.echo(yaml.safe_dump(drawn, sort_keys=False))
+
+
 def quiet_libraries() -> None:
     """Keep stderr for our one-line errors: no weight-loading bars or load reports."""
     from transformers.utils import logging as hf_logging

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -89,3 +90,16 @@ def test_unknown_model_and_existing_output(tiny_model_dir: str, tiny_sst_dir: st
     assert res.exit_code == 2 and "already holds files; pass --overwrite" in res.stderr
     res = runner.invoke(app, ["predict", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "config.json' not found" in res.stderr
+
+
+def test_space_command_validates_and_samples(tiny_model_dir: str, tmp_path) -> None:
+    import yaml
+
+    space_file = str(Path(__file__).resolve().parents[1] / "search_spaces" / "all.yaml")
+    res = runner.invoke(app, ["space", space_file, "--model", tiny_model_dir, "--samples", "3"])
+    assert res.exit_code == 0, res.output
+    drawn = yaml.safe_load(res.stdout)
+    assert len(drawn) == 3 and all(d["method"]["name"] in ("probe", "deep", "late") for d in drawn)
+    (tmp_path / "bad.yaml").write_text("methods: {deep: {length: {type: int, low: 5, high: 1}}, lora: {}}\n")
+    res = runner.invoke(app, ["space", str(tmp_path / "bad.yaml"), "--model", tiny_model_dir])
+    assert res.exit_code == 2 and "2 problem(s)" in res.stderr and len(res.stderr.strip().splitlines()) == 1
