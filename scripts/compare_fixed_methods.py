@@ -120,7 +120,8 @@ def write_table(runs_path: Path, md_path: Path, args: argparse.Namespace) -> Non
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, device {rows[0]['device']}, "
         f"torch {torch.__version__}.",
         f"Command: `python scripts/compare_fixed_methods.py --task {args.task} --data-dir {args.data_dir} "
-        f"--steps {args.steps} --seeds {' '.join(map(str, args.seeds))} --out {args.out}`",
+        f"--steps {args.steps} --seeds {' '.join(map(str, args.seeds))} "
+        f"--probe-lrs {' '.join(f'{x:g}' for x in args.probe_lrs)} --out {args.out}`",
         "",
         "| method | lr | dev acc median [min-max] | test acc median [min-max] | trainable params | steps/s "
         "| collapsed runs |",
