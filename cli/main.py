@@ -61,12 +61,10 @@ def train(
     overwrite: Annotated[bool, Opt(help="replace an existing run directory")] = False,
 ) -> None:
     """Train and evaluate one prompt configuration; saves safetensors weights and config.json."""
+    values = {k: v for k, v in locals().items() if k not in ("output", "overwrite", "config")}
     from autoprompt_search.runs import TrainOptions, experiment_from_options, train_to_directory
 
-    values = dict(locals())
-    values.pop("output"), values.pop("overwrite"), values.pop("TrainOptions"), values.pop("experiment_from_options")
-    values.pop("train_to_directory")
-    values["config_file"] = values.pop("config")
+    values["config_file"] = config
     values["columns"] = values["columns"] or []
     try:
         cfg = experiment_from_options(TrainOptions(**values))
