@@ -27,9 +27,20 @@ CONFIG = "config.json"
 
 def save_run(result: TrainResult, cfg: ExperimentConfig, directory: str | Path) -> Path:
     """Write `prompt.safetensors` and `config.json` (config, metrics, history, versions)."""
+    return save_state(result.best_state, cfg, directory, result.metrics, result.history)
+
+
+def save_state(
+    state: dict[str, torch.Tensor],
+    cfg: ExperimentConfig,
+    directory: str | Path,
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> Path:
+    """`save_run` for a bare trainable state (a study checkpoint mid-training)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in result.best_state.items()}
+    tensors = {k: v.contiguous() for k, v in state.items()}
     save_file(tensors, str(out / (WEIGHTS + ".tmp")), metadata={"format": "autoprompt-search"})
     os.replace(out / (WEIGHTS + ".tmp"), out / WEIGHTS)
     record = {
@@ -37,8 +48,8 @@ def save_run(result: TrainResult, cfg: ExperimentConfig, directory: str | Path) 
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "config": cfg.to_dict(),
-        "metrics": result.metrics,
-        "history": result.history,
+        "metrics": metrics,
+        "history": history,
     }
     tmp = out / (CONFIG + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")

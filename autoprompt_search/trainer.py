@@ -192,9 +192,15 @@ class TrainResult:
 def train(
     cfg: ExperimentConfig,
     ws: Workspace,
-    on_eval: Callable[[dict[str, Any]], None] | None = None,
+    on_eval: Callable[[dict[str, Any], dict[str, Tensor]], None] | None = None,
 ) -> TrainResult:
-    """Train `cfg` on the workspace; returns the model holding its best (dev) state."""
+    """Train `cfg` on the workspace; returns the model holding its best (dev) state.
+
+    `on_eval(record, best_state)` runs after every evaluation (a study reports and checkpoints
+    there). Under an initialised `torch.distributed` group (a multi-worker Ray Train trial) each
+    rank trains on its share of every batch and gradients are averaged across ranks (DDP's
+    arithmetic; the trainable state is tiny, so one all-reduce per parameter is cheap).
+    """
     tc = cfg.train
     device = resolve_device(tc.device)
     seed_everything(tc.seed)
@@ -210,19 +216,23 @@ def train(
         torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.steps, tc.warmup_ratio)) if optimizer else None
     )
     batches = train_batches(ws.splits["train"], tc.batch_size, tc.seed)
+    rank, world = _world()
     best_score, best_state, best_metrics = -math.inf, _snapshot(model), {}
     train_time, examples, loss_sum, loss_n = 0.0, 0, 0.0, 0
     started = time.perf_counter()
 
     for step in range(1, tc.steps + 1):
         t0 = time.perf_counter()
-        batch = ws.splits["train"].batch(next(batches)).to(device)
+        rows = next(batches)
+        batch = ws.splits["train"].batch(rows[rank::world] if world > 1 else rows).to(device)
         with autocast(device, tc.precision):
             logits = model(batch)
         loss = torch.nn.functional.cross_entropy(logits.float(), batch.labels)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:
+                _average_gradients(params, world)
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             optimizer.step()
@@ -240,12 +250,13 @@ def train(
             dev = evaluate(model, ws.splits["dev"], task.metric, num_classes, tc.eval_batch_size, device, tc.precision)
             record = {"step": step, "train_loss": loss_sum / loss_n, **{f"dev_{k}": v for k, v in dev.items()}}
             loss_sum, loss_n = 0.0, 0
-            if dev["score"] > best_score:
+            improved = dev["score"] > best_score
+            if improved:
                 best_score, best_state, best_metrics = float(dev["score"]), _snapshot(model), dict(dev, step=step)
             record["best_dev_score"] = best_score
             history.append(record)
             if on_eval is not None:
-                on_eval(record)
+                on_eval(dict(record, improved=improved), best_state)
 
     model.load_state_dict(best_state, strict=False)
     metrics: dict[str, Any] = {
@@ -264,6 +275,23 @@ def train(
             model, ws.splits["test"], task.metric, num_classes, tc.eval_batch_size, device, tc.precision
         )
     return TrainResult(model, metrics, history, best_state)
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(params: list[Tensor], world: int) -> None:
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
 
 
 def _snapshot(model: PromptedModel) -> dict[str, Tensor]:

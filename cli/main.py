@@ -119,6 +119,169 @@ def space(
     typer.echo(yaml.safe_dump(drawn, sort_keys=False))
 
 
+@app.command()
+def search(
+    space: Annotated[str, Opt(help="search-space YAML, or a shipped one: all | layers | lpt")] = "all",
+    name: Annotated[str, Opt(help="study name: results go to RESULTS_DIR/NAME")] = "default",
+    resume: Annotated[
+        str, Opt(help="continue the interrupted study of this name (other study options are ignored)")
+    ] = "",
+    num_samples: Annotated[int, Opt(help="trials in the study")] = 8,
+    max_concurrent: Annotated[int, Opt(help="trials running at once")] = 2,
+    objective: Annotated[
+        Optional[list[str]], Opt(help="METRIC:max|min, repeatable; several = multi-objective (NSGA-II)")
+    ] = None,
+    sampler: Annotated[str, Opt(help="auto | tpe | nsga2 | random")] = "auto",
+    scheduler: Annotated[str, Opt(help="asha (early stopping, one objective) | fifo")] = "asha",
+    grace_period: Annotated[int, Opt(help="ASHA: evaluations before a trial may be stopped")] = 1,
+    cpus_per_trial: Annotated[float, Opt(help="CPUs per Train worker")] = 1.0,
+    gpus_per_trial: Annotated[float, Opt(help="GPUs per Train worker; 0.25 packs 4 trials on a GPU")] = 0.0,
+    workers_per_trial: Annotated[int, Opt(help="Ray Train workers (DDP ranks) per trial")] = 1,
+    search_seed: Annotated[int, Opt(help="sampler seed")] = 0,
+    address: Annotated[
+        Optional[str], Opt(help="join this Ray cluster (e.g. 127.0.0.1:6379) instead of starting one")
+    ] = None,
+    num_cpus: Annotated[Optional[int], Opt(help="local mode: CPUs Ray may use (default: all)")] = None,
+    dashboard_port: Annotated[int, Opt(help="local mode: dashboard port on 127.0.0.1")] = 8265,
+    results_dir: Annotated[str, Opt(help="where study directories live")] = "results",
+    overwrite: Annotated[bool, Opt(help="replace an existing study of the same name")] = False,
+    config: Annotated[str, Opt("--config", help="base experiment YAML/JSON (model, data, head, recipe)")] = "",
+    model: Annotated[Optional[str], Opt(help="packaged name, model directory or hub id")] = None,
+    task: Annotated[Optional[str], Opt(help="registered task (trec, sst2, rte, ...)")] = None,
+    source: Annotated[Optional[str], Opt(help="auto | files | hub | package")] = None,
+    data_dir: Annotated[Optional[str], Opt(help="folder with train/dev/test files")] = None,
+    max_length: Annotated[Optional[int], Opt()] = None,
+    max_train: Annotated[Optional[int], Opt(help="seeded subset of the training set (0 = all)")] = None,
+    steps: Annotated[Optional[int], Opt(help="training steps per trial, unless the space searches them")] = None,
+    batch_size: Annotated[Optional[int], Opt()] = None,
+    eval_every: Annotated[Optional[int], Opt()] = None,
+    seed: Annotated[Optional[int], Opt(help="training seed of every trial")] = None,
+    precision: Annotated[Optional[str], Opt(help="auto | fp32 | bf16")] = None,
+) -> None:
+    """Run a search study on Ray: Optuna proposes configurations, each trial is a Ray Train run."""
+    from autoprompt_search.runs import TrainOptions
+    from autoprompt_search.study import resume_study, run_study
+    from autoprompt_search.study.launch import make_options
+
+    def announce(cluster, study_dir) -> None:  # type: ignore[no-untyped-def]
+        where = f"joined {cluster.address}" if cluster.address != "local" else "started a local Ray"
+        typer.echo(f"ray: {where} ({cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs)", err=True)
+        if cluster.dashboard_url:
+            typer.echo(f"dashboard: {cluster.dashboard_url}", err=True)
+        typer.echo(f"results: {study_dir}/trials.parquet (autoprompt status {study_dir})", err=True)
+        typer.echo(f"tensorboard: tensorboard --logdir {study_dir}/tune", err=True)
+
+    connect = {"address": address, "num_cpus": num_cpus, "on_connect": announce, "dashboard_port": dashboard_port}
+    try:
+        if resume:
+            run = resume_study(resume, results_dir, **connect)
+        else:
+            base = TrainOptions(
+                config_file=config,
+                model=model,
+                task=task,
+                source=source,
+                data_dir=data_dir,
+                max_length=max_length,
+                max_train=max_train,
+                steps=steps,
+                batch_size=batch_size,
+                eval_every=eval_every,
+                seed=seed,
+                precision=precision,
+            )
+            options = make_options(
+                space,
+                base,
+                name=name,
+                num_samples=num_samples,
+                max_concurrent=max_concurrent,
+                objectives=objective or ["dev_score:max"],
+                sampler=sampler,
+                scheduler=scheduler,
+                grace_period=grace_period,
+                cpus_per_trial=cpus_per_trial,
+                gpus_per_trial=gpus_per_trial,
+                workers_per_trial=workers_per_trial,
+                seed=search_seed,
+            )
+            run = run_study(options, results_dir, overwrite=overwrite, **connect)
+    except ConfigError as exc:
+        fail(exc)
+    _print_status(run.study_dir)
+    typer.echo(f"study wall time {run.wall_seconds:.1f} s; export with: autoprompt export {run.study_dir} --top 3")
+
+
+def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.table import Table
+
+    from autoprompt_search.study import StudyOptions, study_rows
+    from autoprompt_search.study.launch import summarize
+
+    options = StudyOptions.load(study_dir)
+    rows = study_rows(study_dir)
+    summary = summarize(rows, options.parsed_objectives)
+    table = Table(title=f"study {options.name}: {summary['trials']} trials {summary['counts']}")
+    for column in ("#", "trial", "status", "method", "dev_score", "params", "evals", "wall s", "error"):
+        table.add_column(column)
+    for r in rows:
+        score = f"{r['dev_score']:.4f}" if r["dev_score"] is not None else "-"
+        wall = f"{r['wall_seconds']:.0f}" if r["wall_seconds"] is not None else "-"
+        table.add_row(
+            str(r["number"]),
+            r["trial_id"],
+            r["status"],
+            r["method"] or "-",
+            score,
+            str(r["trainable_params"] or "-"),
+            str(r["evaluations"] or 0),
+            wall,
+            (r["error"] or "")[:60],
+        )
+    console = Console()
+    console.print(table)
+    best = summary["best"]
+    if best is not None:
+        console.print(f"best {summary['objective']}: trial {best['trial_id']} {best['config']}")
+
+
+@app.command()
+def status(
+    study: Annotated[str, typer.Argument(help="study directory (RESULTS_DIR/NAME) or a name under results/")],
+) -> None:
+    """Show a study's trials: best so far, running, stopped, failed."""
+    try:
+        _print_status(_study_dir(study))
+    except ConfigError as exc:
+        fail(exc)
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Argument(help="study directory (RESULTS_DIR/NAME) or a name under results/")],
+    top: Annotated[int, Opt(help="export the k best trials on the first objective")] = 1,
+    pareto: Annotated[bool, Opt(help="export the Pareto front over all objectives instead")] = False,
+    output: Annotated[str, Opt(help="directory to write (default: STUDY/export)")] = "",
+    overwrite: Annotated[bool, Opt()] = False,
+) -> None:
+    """Export chosen trials as run directories: config.yaml (retrain) + safetensors weights (serve)."""
+    from autoprompt_search.study.export import export_study
+
+    try:
+        runs = export_study(_study_dir(study), output or None, top, pareto, overwrite)
+    except ConfigError as exc:
+        fail(exc)
+    for run in runs:
+        typer.echo(f"{run}  (autoprompt predict {run} | autoprompt train --config {run}/config.yaml)")
+
+
+def _study_dir(study: str) -> str:
+    from pathlib import Path
+
+    return study if Path(study).is_dir() or "/" in study else str(Path("results") / study)
+
+
 def quiet_libraries() -> None:
     """Keep stderr for our one-line errors: no weight-loading bars or load reports."""
     from transformers.utils import logging as hf_logging

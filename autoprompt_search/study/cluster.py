@@ -1,0 +1,84 @@
+"""Where a study runs: a local Ray started here (dashboard on 127.0.0.1) or an existing cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .options import StudyOptions
+from .trial import TRIAL_CPU
+
+
+@dataclass
+class ClusterInfo:
+    address: str  # "local" or the address joined
+    dashboard_url: str | None
+    cpus: float
+    gpus: float
+    started_here: bool
+
+
+def connect(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    dashboard: bool = True,
+    dashboard_port: int = 8265,
+) -> ClusterInfo:
+    """Start a local Ray bound to loopback, or join `address`; reuses a Ray already initialised here."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        try:
+            if address:
+                context = ray.init(address=address, log_to_driver=False)
+            else:
+                context = ray.init(
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus,
+                    include_dashboard=dashboard,
+                    dashboard_host="127.0.0.1",
+                    dashboard_port=dashboard_port,
+                    _node_ip_address="127.0.0.1",
+                    log_to_driver=False,
+                )
+        except ConnectionError as exc:
+            raise ConfigError(
+                f"--address {address}: no Ray cluster answers there ({exc}); start one with `ray start --head` or drop --address"
+            ) from exc
+        started = not address
+        url = context.dashboard_url
+    else:
+        url = None  # a Ray this process already started (tests, notebooks)
+    resources = ray.cluster_resources()
+    dashboard_url = f"http://{url}" if url and not url.startswith("http") else url
+    return ClusterInfo(address or "local", dashboard_url, resources.get("CPU", 0.0), resources.get("GPU", 0.0), started)
+
+
+def check_resources(options: StudyOptions, cluster: ClusterInfo) -> None:
+    """Fail before any trial starts if one trial cannot ever be placed (it would pend forever)."""
+    workers = options.workers_per_trial
+    if options.gpus_per_trial and cluster.gpus == 0:
+        raise ConfigError(
+            f"--gpus-per-trial {options.gpus_per_trial}: the Ray cluster ({cluster.address}) has no GPU; "
+            "use --gpus-per-trial 0 to train on CPUs"
+        )
+    if options.gpus_per_trial * workers > cluster.gpus:
+        raise ConfigError(
+            f"--gpus-per-trial {options.gpus_per_trial} x {workers} workers needs {options.gpus_per_trial * workers} "
+            f"GPUs but the cluster has {cluster.gpus:g}; lower --gpus-per-trial or --workers-per-trial"
+        )
+    need_cpus = options.cpus_per_trial * workers + TRIAL_CPU
+    if need_cpus > cluster.cpus:
+        raise ConfigError(
+            f"--cpus-per-trial {options.cpus_per_trial:g} x {workers} workers needs {need_cpus:g} CPUs but the "
+            f"cluster has {cluster.cpus:g}; lower --cpus-per-trial"
+        )
+
+
+def shutdown(cluster: ClusterInfo) -> None:
+    import ray
+
+    if cluster.started_here:
+        ray.shutdown()

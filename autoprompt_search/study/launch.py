@@ -1,0 +1,52 @@
+"""From command-line values to a StudyOptions, and a study's status summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from ..runs import TrainOptions, experiment_from_options
+from ..search_space import SearchSpace, SearchSpaceError
+from .options import Objective, StudyOptions
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+def resolve_space(spec: str) -> tuple[dict[str, Any], str]:
+    """A search-space file path, or the name of a shipped one (all, layers, lpt); returns (mapping, path)."""
+    path = Path(spec)
+    if not path.is_file() and (SPACES_DIR / f"{spec}.yaml").is_file():
+        path = SPACES_DIR / f"{spec}.yaml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+        raise ConfigError(f"--space: {spec!r} is neither a file nor a shipped space ({', '.join(shipped)})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SearchSpaceError(str(path), [f"not valid YAML ({str(exc).splitlines()[0]})"]) from exc
+    SearchSpace.from_dict(data, str(path))  # every problem at once, before anything starts
+    return data, str(path)
+
+
+def make_options(space: str, base: TrainOptions, **study: Any) -> StudyOptions:
+    """The study: a space, the base experiment (flags over --config over the embedded default), knobs."""
+    mapping, path = resolve_space(space)
+    experiment = experiment_from_options(base)
+    return StudyOptions(space=mapping, space_file=path, experiment=experiment.to_dict(), **study)
+
+
+def summarize(rows: list[dict[str, Any]], objectives: list[Objective]) -> dict[str, Any]:
+    """Counts per status and the best finished trial on the first objective."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    first = objectives[0]
+    scored = [r for r in rows if r.get(first.metric) is not None]
+    best = None
+    if scored:
+        pick = max if first.mode == "max" else min
+        best = pick(scored, key=lambda r: r[first.metric])
+    return {"trials": len(rows), "counts": counts, "best": best, "objective": str(first)}

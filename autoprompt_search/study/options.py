@@ -1,0 +1,123 @@
+"""What defines a study: the base experiment, the search space, objectives, resources.
+
+Saved as `study.json` beside the results so `--resume`, `status` and `export` need nothing
+but the study directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ExperimentConfig
+from ..dataclass_io import from_dict, to_dict
+from ..errors import ConfigError, require
+
+STUDY_FILE = "study.json"
+# What a trial reports after every evaluation; objectives and ASHA read these.
+REPORTED_METRICS = (
+    "dev_score",  # best dev score so far: the checkpointed state, and the default objective
+    "eval_score",  # dev score of this evaluation
+    "eval_accuracy",
+    "train_loss",
+    "trainable_params",
+    "worker_seconds",  # wall seconds of the Train worker so far, loading included
+)
+SAMPLERS = ("auto", "tpe", "nsga2", "random")
+SCHEDULERS = ("asha", "fifo")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class Objective:
+    metric: str
+    mode: str  # max | min
+
+    @staticmethod
+    def parse(text: str) -> Objective:
+        metric, _, mode = text.partition(":")
+        metric, mode = metric.strip(), (mode.strip() or ("min" if metric.strip() != "dev_score" else "max"))
+        require(
+            metric in REPORTED_METRICS,
+            f"objective: {metric!r} is not a reported metric; use one of {', '.join(REPORTED_METRICS)}",
+        )
+        require(mode in ("max", "min"), f"objective: mode {mode!r} for {metric}; use {metric}:max or {metric}:min")
+        return Objective(metric, mode)
+
+    def __str__(self) -> str:
+        return f"{self.metric}:{self.mode}"
+
+
+@dataclass
+class StudyOptions:
+    name: str = "default"
+    space: dict[str, Any] = field(default_factory=dict)  # the search-space mapping (file contents)
+    space_file: str = ""
+    experiment: dict[str, Any] = field(default_factory=dict)  # base ExperimentConfig as a dict
+    objectives: list[str] = field(default_factory=lambda: ["dev_score:max"])
+    num_samples: int = 8
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0  # per Train worker
+    gpus_per_trial: float = 0.0  # per Train worker; 0.25 packs four trials on one GPU
+    workers_per_trial: int = 1  # Train workers (DDP ranks) per trial
+    sampler: str = "auto"  # auto: TPE for one objective, NSGA-II for several
+    scheduler: str = "asha"  # ASHA early stopping (single objective only) or fifo
+    grace_period: int = 1  # evaluations before ASHA may stop a trial
+    reduction_factor: int = 3
+    seed: int = 0
+    max_failures: int = 0  # Train-run retries per trial (worker crashes), not bad configs
+
+    def __post_init__(self) -> None:
+        require(bool(NAME.match(self.name)), f"study: name {self.name!r} must be letters, digits, '-', '_' or '.'")
+        require(self.num_samples >= 1, f"study.num_samples: must be >= 1, got {self.num_samples}")
+        require(self.max_concurrent >= 1, f"study.max_concurrent: must be >= 1, got {self.max_concurrent}")
+        require(self.cpus_per_trial > 0, f"study.cpus_per_trial: must be > 0, got {self.cpus_per_trial}")
+        require(self.gpus_per_trial >= 0, f"study.gpus_per_trial: must be >= 0, got {self.gpus_per_trial}")
+        require(
+            self.gpus_per_trial <= 1 or float(self.gpus_per_trial).is_integer(),
+            f"study.gpus_per_trial: {self.gpus_per_trial} GPUs per worker must be a fraction <= 1 or whole; "
+            "use --workers-per-trial for several GPUs",
+        )
+        require(self.workers_per_trial >= 1, f"study.workers_per_trial: must be >= 1, got {self.workers_per_trial}")
+        require(self.sampler in SAMPLERS, f"study.sampler: {self.sampler!r} unknown; use {', '.join(SAMPLERS)}")
+        require(self.scheduler in SCHEDULERS, f"study.scheduler: {self.scheduler!r}; use {', '.join(SCHEDULERS)}")
+        require(self.grace_period >= 1, f"study.grace_period: must be >= 1, got {self.grace_period}")
+        require(self.reduction_factor >= 2, f"study.reduction_factor: must be >= 2, got {self.reduction_factor}")
+        objectives = [Objective.parse(o) for o in self.objectives]
+        require(bool(objectives), "study.objectives: give at least one, e.g. dev_score:max")
+        metrics = [o.metric for o in objectives]
+        require(len(set(metrics)) == len(metrics), f"study.objectives: {metrics} repeats a metric")
+        require(
+            self.sampler != "nsga2" or len(objectives) > 1,
+            "study.sampler: nsga2 is for several objectives; add e.g. --objective trainable_params:min",
+        )
+
+    @property
+    def parsed_objectives(self) -> list[Objective]:
+        return [Objective.parse(o) for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def base_experiment(self) -> ExperimentConfig:
+        return ExperimentConfig.from_dict(self.experiment)
+
+    def save(self, directory: Path) -> None:
+        tmp = directory / (STUDY_FILE + ".tmp")
+        tmp.write_text(json.dumps(to_dict(self), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(directory / STUDY_FILE)
+
+    @staticmethod
+    def load(directory: str | Path) -> StudyOptions:
+        path = Path(directory) / STUDY_FILE
+        if not path.is_file():
+            raise ConfigError(f"study: {str(path)!r} not found; give a study directory written by `autoprompt search`")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"study: {path} is not valid JSON ({exc.msg}); the study directory is corrupt") from exc
+        return from_dict(StudyOptions, data, "study")

@@ -1,0 +1,145 @@
+"""`trials.parquet`: one row per trial, rewritten atomically on every trial event.
+
+A Ray Tune callback in the driver keeps the rows; the file is the study's source of truth for
+`status` and `export` and survives interruption (rows are keyed by trial id, so a resumed
+trial updates its row instead of adding one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ray.tune import Callback
+
+TRIALS_FILE = "trials.parquet"
+SCHEMA = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("number", pa.int64()),  # order in which trials started
+        ("status", pa.string()),  # RUNNING, TERMINATED (all steps), STOPPED (early), ERROR
+        ("method", pa.string()),
+        ("config", pa.string()),  # JSON: the sampled {'method': ..., 'train': ...}
+        ("dev_score", pa.float64()),  # best dev score (the checkpointed state)
+        ("eval_score", pa.float64()),  # dev score at the last evaluation
+        ("trainable_params", pa.int64()),
+        ("evaluations", pa.int64()),
+        ("last_step", pa.int64()),
+        ("history", pa.string()),  # JSON list: one dict per evaluation (metrics over time)
+        ("startup_seconds", pa.float64()),  # driver trial start -> Train worker loop start (Ray's cost)
+        ("load_seconds", pa.float64()),  # worker: loading model + data
+        ("worker_seconds", pa.float64()),  # worker: loading + training + evaluation
+        ("wall_seconds", pa.float64()),  # driver: trial start to end, Train-job start included
+        ("device_seconds", pa.float64()),  # wall_seconds x devices held (GPUs, else CPUs)
+        ("checkpoint", pa.string()),  # directory with prompt.safetensors + config.json
+        ("error", pa.string()),
+        ("started_at", pa.float64()),  # unix time
+        ("finished_at", pa.float64()),
+    ]
+)
+HISTORY_KEYS = ("step", "eval_score", "eval_accuracy", "dev_score", "train_loss", "worker_seconds")
+
+
+def error_line(text: str) -> str:
+    """The root cause of a Ray error trace: our own error if present, else the last `...Error: ...` line."""
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[\w.]*(Error|Exception)\b.*:", ln)]
+    ours = [ln for ln in lines if "TrainingError" in ln or "ConfigError" in ln]
+    chosen = (ours or lines or [text.strip().splitlines()[-1] if text.strip() else "unknown error"])[-1]
+    return chosen[:500]
+
+
+def read_trials(study_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(study_dir) / TRIALS_FILE
+    if not path.is_file():
+        return []
+    return pq.read_table(path).to_pylist()
+
+
+def write_trials(study_dir: str | Path, rows: list[dict[str, Any]]) -> None:
+    path = Path(study_dir) / TRIALS_FILE
+    table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["number"]), schema=SCHEMA)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+class TrialRecorder(Callback):
+    """Tune callback keeping `trials.parquet` current (picklable: Tune saves it with the experiment)."""
+
+    def __init__(self, study_dir: str, devices_per_trial: float) -> None:
+        self.study_dir = study_dir
+        self.devices_per_trial = devices_per_trial
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def setup(self, **info: Any) -> None:
+        self.rows = {r["trial_id"]: r for r in read_trials(self.study_dir)}
+
+    def _row(self, trial: Any) -> dict[str, Any]:
+        if trial.trial_id not in self.rows:
+            sampled = {"method": trial.config.get("method", {}), "train": trial.config.get("train", {})}
+            self.rows[trial.trial_id] = {
+                **{name: None for name in SCHEMA.names},
+                "trial_id": trial.trial_id,
+                "number": len(self.rows),
+                "method": sampled["method"].get("name"),
+                "config": json.dumps(sampled, sort_keys=True),
+            }
+        return self.rows[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        row.update(status="RUNNING", started_at=time.time(), finished_at=None, error=None, history="[]")
+        row.update(evaluations=0, dev_score=None, eval_score=None, checkpoint=None, startup_seconds=None)
+        self._write()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        row = self._row(trial)
+        history = json.loads(row["history"] or "[]")
+        history.append({k: result[k] for k in HISTORY_KEYS if k in result})
+        row.update(
+            history=json.dumps(history),
+            evaluations=len(history),
+            last_step=result.get("step"),
+            dev_score=result.get("dev_score"),
+            eval_score=result.get("eval_score"),
+            trainable_params=result.get("trainable_params"),
+            load_seconds=result.get("load_seconds"),
+            worker_seconds=result.get("worker_seconds"),
+        )
+        if result.get("worker_started_at") and row["started_at"]:
+            row["startup_seconds"] = result["worker_started_at"] - row["started_at"]
+        if result.get("checkpoint_path"):
+            row["checkpoint"] = result["checkpoint_path"]
+        self._finish_times(row)
+        self._write()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        row["status"] = "TERMINATED" if trial.last_result.get("trained_to_end") else "STOPPED"
+        self._finish_times(row, final=True)
+        self._write()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        row["status"] = "ERROR"
+        error = trial.get_error()
+        row["error"] = error_line(str(error)) if error is not None else "unknown error (see the Ray logs)"
+        self._finish_times(row, final=True)
+        self._write()
+
+    def _finish_times(self, row: dict[str, Any], final: bool = False) -> None:
+        now = time.time()
+        if final:
+            row["finished_at"] = now
+        if row["started_at"] is not None:
+            row["wall_seconds"] = now - row["started_at"]
+            row["device_seconds"] = row["wall_seconds"] * self.devices_per_trial
+
+    def _write(self) -> None:
+        write_trials(self.study_dir, list(self.rows.values()))

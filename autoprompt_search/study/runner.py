@@ -1,0 +1,238 @@
+"""Launch, resume and inspect a search study: Ray Tune + OptunaSearch (+ ASHA), trials as Ray Train runs."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ExperimentConfig
+from ..dataclass_io import to_dict
+from ..errors import ConfigError
+from ..search_space import SearchSpace
+from .cluster import ClusterInfo, check_resources, connect, shutdown
+from .options import STUDY_FILE, StudyOptions
+from .progress import ProgressBar
+from .records import TRIALS_FILE, TrialRecorder, read_trials
+from .trial import TRIAL_CPU, run_trial
+
+OPTUNA_FILE = "optuna.journal"
+TUNE_DIR = "tune"  # Tune experiment: trial dirs with result.json, progress.csv, TensorBoard events
+TRAIN_DIR = "train"  # Ray Train runs, one per trial id, holding the best checkpoint
+
+
+@dataclass
+class StudyRun:
+    study_dir: Path
+    cluster: ClusterInfo
+    rows: list[dict[str, Any]]
+    wall_seconds: float
+
+
+def check_study(options: StudyOptions) -> tuple[SearchSpace, ExperimentConfig, int]:
+    """Everything that can be checked before Ray starts: space, model depth, data, tokens (cached)."""
+    from ..data import load_task_data, tokenize
+    from ..runs import num_layers_of
+    from ..trainer import load_tokenizer
+
+    space = SearchSpace.from_dict(options.space, options.space_file or "<study>")
+    base = options.base_experiment()
+    num_layers = num_layers_of(base.model)
+    space.sampler(num_layers)  # layer indices beyond the model fail here
+    tokenizer = load_tokenizer(base.model)
+    data = load_task_data(base.data)  # unknown task, missing files or columns fail here
+    for name, examples in data.splits.items():
+        if name != "test":  # warm the token cache the workers read
+            tokenize(tokenizer, examples, base.data.max_length, False)
+    return space, base, num_layers
+
+
+def evaluations_per_trial(options: StudyOptions, base: ExperimentConfig) -> int:
+    steps = options.space.get("train", {}).get("steps", base.train.steps)
+    if isinstance(steps, dict):
+        return 100  # steps is searched: let ASHA's rungs run to the longest trial
+    cfg = ExperimentConfig.from_dict({**base.to_dict(), "train": {**to_dict(base.train), "steps": steps}})
+    return math.ceil(cfg.train.steps / cfg.train.eval_interval)
+
+
+def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, study_dir: Path) -> Any:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objectives = options.parsed_objectives
+    kind = options.sampler
+    if kind == "auto":
+        kind = "nsga2" if options.multi_objective else "tpe"
+    sampler = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=options.seed),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=options.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=options.seed),
+    }[kind]()
+    storage = JournalStorage(JournalFileBackend(str(study_dir / OPTUNA_FILE)))
+    searcher = OptunaSearch(
+        space=space.sampler(num_layers),
+        metric=[o.metric for o in objectives] if options.multi_objective else objectives[0].metric,
+        mode=[o.mode for o in objectives] if options.multi_objective else objectives[0].mode,
+        sampler=sampler,
+        study_name=options.name,
+        storage=storage,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
+
+
+def trial_payload(options: StudyOptions, study_dir: Path) -> dict[str, Any]:
+    """What every trial needs from the study (passed once through the object store)."""
+    return {
+        "experiment": options.experiment,
+        "cpus_per_trial": options.cpus_per_trial,
+        "gpus_per_trial": options.gpus_per_trial,
+        "workers_per_trial": options.workers_per_trial,
+        "max_failures": options.max_failures,
+        "train_storage": str(study_dir / TRAIN_DIR),
+        "study": options.name,
+    }
+
+
+def trainable(options: StudyOptions, study_dir: Path) -> Any:
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(run_trial, study=trial_payload(options, study_dir)), {"CPU": TRIAL_CPU}
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    return trial.trial_id
+
+
+def devices_per_trial(options: StudyOptions) -> float:
+    per_worker = options.gpus_per_trial or options.cpus_per_trial
+    return per_worker * options.workers_per_trial
+
+
+def build_tuner(
+    options: StudyOptions, study_dir: Path, space: SearchSpace, base: ExperimentConfig, num_layers: int
+) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    objectives = options.parsed_objectives
+    single = not options.multi_objective
+    if single and options.scheduler == "asha":
+        scheduler: Any = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=evaluations_per_trial(options, base),
+            grace_period=options.grace_period,
+            reduction_factor=options.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    callbacks = [
+        TrialRecorder(str(study_dir), devices_per_trial(options)),
+        ProgressBar(options.num_samples, objectives[0].metric, objectives[0].mode),
+    ]
+    return tune.Tuner(
+        trainable(options, study_dir),
+        tune_config=tune.TuneConfig(
+            search_alg=build_searcher(options, space, num_layers, study_dir),
+            scheduler=scheduler,
+            num_samples=options.num_samples,
+            metric=objectives[0].metric if single else None,
+            mode=objectives[0].mode if single else None,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(study_dir),
+            callbacks=callbacks,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def prepare_study_dir(results_dir: str | Path, name: str, overwrite: bool) -> Path:
+    study_dir = (Path(results_dir) / name).resolve()
+    if (study_dir / STUDY_FILE).exists() and not overwrite:
+        raise ConfigError(
+            f"study: {str(study_dir)!r} already exists; continue it with --resume {name}, or pass --overwrite"
+        )
+    if study_dir.exists() and overwrite:
+        shutil.rmtree(study_dir)
+    return study_dir
+
+
+def run_study(
+    options: StudyOptions,
+    results_dir: str | Path = "results",
+    overwrite: bool = False,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    dashboard: bool = True,
+    on_connect: Any = None,
+    dashboard_port: int = 8265,
+) -> StudyRun:
+    """Validate everything, start or join Ray, and run the study to the end."""
+    study_dir = prepare_study_dir(results_dir, options.name, overwrite)
+    space, base, num_layers = check_study(options)
+    cluster = connect(address, num_cpus, num_gpus, dashboard, dashboard_port)
+    try:
+        check_resources(options, cluster)
+        if on_connect is not None:
+            on_connect(cluster, study_dir)
+        study_dir.mkdir(parents=True, exist_ok=True)
+        options.save(study_dir)
+        started = time.perf_counter()
+        build_tuner(options, study_dir, space, base, num_layers).fit()
+        return StudyRun(study_dir, cluster, read_trials(study_dir), time.perf_counter() - started)
+    finally:
+        shutdown(cluster)
+
+
+def resume_study(
+    name: str,
+    results_dir: str | Path = "results",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    dashboard: bool = True,
+    on_connect: Any = None,
+    dashboard_port: int = 8265,
+) -> StudyRun:
+    """Continue an interrupted study: finished trials are kept, unfinished ones rerun, the sampler's history reloads."""
+    from ray import tune
+
+    study_dir = (Path(results_dir) / name).resolve()
+    options = StudyOptions.load(study_dir)
+    if not tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
+        raise ConfigError(f"study: {str(study_dir)!r} has no Tune state to resume; start it again with --overwrite")
+    check_study(options)
+    cluster = connect(address, num_cpus, num_gpus, dashboard, dashboard_port)
+    try:
+        check_resources(options, cluster)
+        if on_connect is not None:
+            on_connect(cluster, study_dir)
+        started = time.perf_counter()
+        tuner = tune.Tuner.restore(
+            str(study_dir / TUNE_DIR), trainable(options, study_dir), resume_unfinished=True, restart_errored=False
+        )
+        tuner.fit()
+        return StudyRun(study_dir, cluster, read_trials(study_dir), time.perf_counter() - started)
+    finally:
+        shutdown(cluster)
+
+
+def study_rows(study_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(study_dir)
+    StudyOptions.load(path)
+    if not (path / TRIALS_FILE).is_file():
+        raise ConfigError(f"study: {str(path)!r} has no {TRIALS_FILE} yet; no trial has started")
+    return read_trials(path)

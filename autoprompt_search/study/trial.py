@@ -1,0 +1,102 @@
+"""One study trial: a Ray Tune function trainable that drives one Ray Train run (Train V2).
+
+The Tune trial holds almost no resources (it only waits on `TorchTrainer.fit()`); the Train
+workers hold the CPUs/GPUs, so N concurrent trials on an N-CPU machine never deadlock. Each
+worker loads the frozen backbone and the tokenised data (disk-cached), trains one configuration,
+and reports after every evaluation through `ray.train.report`; `TuneReportCallback` forwards the
+reports to Tune (ASHA, Optuna, the dashboard, TensorBoard). A report carries a checkpoint when
+the dev score improved, so a trial's latest checkpoint is its best prompt.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+from ..config import ExperimentConfig
+
+TRIAL_CPU = 0.01  # what the Tune trial itself holds: it only waits on its Train run
+
+
+def experiment_for(base: dict[str, Any], sampled: dict[str, Any]) -> ExperimentConfig:
+    """The base experiment with a sampled {'method': {...}, 'train': {...}} applied."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    data["method"] = dict(sampled["method"])
+    data["train"] = {**data.get("train", {}), **sampled.get("train", {})}
+    return ExperimentConfig.from_dict(data)
+
+
+def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
+    """Tune function trainable: build and fit the trial's TorchTrainer, named by trial id."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    experiment = experiment_for(study["experiment"], config)
+    trial_id = tune.get_context().get_trial_id()
+    gpus = float(study["gpus_per_trial"])
+    resources = {"CPU": float(study["cpus_per_trial"])}
+    if gpus:
+        resources["GPU"] = gpus
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"experiment": experiment.to_dict(), "use_gpu": gpus > 0},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=int(study["workers_per_trial"]), use_gpu=gpus > 0, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=trial_id,
+            storage_path=study["train_storage"],
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=int(study["max_failures"])),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    trainer.fit()
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker loop: train one configuration and report every evaluation."""
+    import ray.train
+    import torch
+
+    from ..checkpoint import save_state
+    from ..trainer import prepare_workspace, train
+
+    started, started_at = time.perf_counter(), time.time()
+    cfg = ExperimentConfig.from_dict(loop_config["experiment"])
+    if loop_config["use_gpu"]:
+        import ray.train.torch
+
+        cfg.train.device = str(ray.train.torch.get_device())
+    else:
+        cfg.train.device = "cpu"
+    ws = prepare_workspace(cfg)
+    ws.splits.pop("test", None)  # a search selects on dev only; test is for exported configs
+    load_seconds = time.perf_counter() - started
+    rank = ray.train.get_context().get_world_rank()
+    trainable: dict[str, int] = {}
+
+    def report(record: dict[str, Any], best_state: dict[str, torch.Tensor]) -> None:
+        metrics = {
+            "step": record["step"],
+            "train_loss": record["train_loss"],
+            "eval_score": record["dev_score"],
+            "eval_accuracy": record["dev_accuracy"],
+            "dev_score": record["best_dev_score"],
+            "trainable_params": trainable.setdefault("n", sum(t.numel() for t in best_state.values())),
+            "load_seconds": load_seconds,
+            "worker_seconds": time.perf_counter() - started,
+            "worker_started_at": started_at,
+            "trained_to_end": record["step"] == cfg.train.steps,
+        }
+        if not (record["improved"] and rank == 0):
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_state(best_state, cfg, tmp, {"dev_score": record["best_dev_score"], "step": record["step"]}, [])
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    train(cfg, ws, on_eval=report)
