@@ -37,6 +37,7 @@ SCHEMA = pa.schema(
         ("worker_seconds", pa.float64()),  # worker: loading + training + evaluation
         ("wall_seconds", pa.float64()),  # driver: trial start to end, Train-job start included
         ("device_seconds", pa.float64()),  # wall_seconds x devices held (GPUs, else CPUs)
+        ("gpu_ids", pa.string()),  # Ray GPU ids the trial's workers held ("" on CPU)
         ("checkpoint", pa.string()),  # directory with prompt.safetensors + config.json
         ("error", pa.string()),
         ("started_at", pa.float64()),  # unix time
@@ -52,6 +53,15 @@ def error_line(text: str) -> str:
     ours = [ln for ln in lines if "TrainingError" in ln or "ConfigError" in ln]
     chosen = (ours or lines or [text.strip().splitlines()[-1] if text.strip() else "unknown error"])[-1]
     return chosen[:500]
+
+
+def trial_error_text(trial: Any) -> str:
+    """The trial's error trace: the driver's local copy (written before callbacks run), else storage."""
+    local = trial.error_file
+    if local and Path(local).is_file():
+        return Path(local).read_text(encoding="utf-8", errors="replace")
+    error = trial.get_error()
+    return str(error) if error is not None else "unknown error (see the Ray logs under /tmp/ray)"
 
 
 def read_trials(study_dir: str | Path) -> list[dict[str, Any]]:
@@ -111,6 +121,7 @@ class TrialRecorder(Callback):
             trainable_params=result.get("trainable_params"),
             load_seconds=result.get("load_seconds"),
             worker_seconds=result.get("worker_seconds"),
+            gpu_ids=result.get("gpu_ids"),
         )
         if result.get("worker_started_at") and row["started_at"]:
             row["startup_seconds"] = result["worker_started_at"] - row["started_at"]
@@ -128,8 +139,7 @@ class TrialRecorder(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
         row["status"] = "ERROR"
-        error = trial.get_error()
-        row["error"] = error_line(str(error)) if error is not None else "unknown error (see the Ray logs)"
+        row["error"] = error_line(trial_error_text(trial))
         self._finish_times(row, final=True)
         self._write()
 

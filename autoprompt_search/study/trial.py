@@ -10,13 +10,25 @@ the dev score improved, so a trial's latest checkpoint is its best prompt.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from typing import Any
 
 from ..config import ExperimentConfig
+from ..errors import ConfigError
 
 TRIAL_CPU = 0.01  # what the Tune trial itself holds: it only waits on its Train run
+# Testing GPU scheduling on a CPU machine: trials hold logical Ray GPUs but train on the CPU.
+LOGICAL_GPUS_ENV = "AUTOPROMPT_LOGICAL_GPUS"
+
+
+def worker_resources(study: dict[str, Any]) -> dict[str, float]:
+    """What each Train worker of a trial holds (fractional GPUs pack trials onto one GPU)."""
+    resources = {"CPU": float(study["cpus_per_trial"])}
+    if float(study["gpus_per_trial"]):
+        resources["GPU"] = float(study["gpus_per_trial"])
+    return resources
 
 
 def experiment_for(base: dict[str, Any], sampled: dict[str, Any]) -> ExperimentConfig:
@@ -31,21 +43,21 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     """Tune function trainable: build and fit the trial's TorchTrainer, named by trial id."""
     import ray.train
     from ray import tune
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     experiment = experiment_for(study["experiment"], config)
     trial_id = tune.get_context().get_trial_id()
-    gpus = float(study["gpus_per_trial"])
-    resources = {"CPU": float(study["cpus_per_trial"])}
-    if gpus:
-        resources["GPU"] = gpus
+    resources = worker_resources(study)
+    use_gpu = "GPU" in resources
+    nccl = use_gpu and os.environ.get(LOGICAL_GPUS_ENV) != "1"
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"experiment": experiment.to_dict(), "use_gpu": gpus > 0},
+        train_loop_config={"experiment": experiment.to_dict(), "use_gpu": use_gpu},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=int(study["workers_per_trial"]), use_gpu=gpus > 0, resources_per_worker=resources
+            num_workers=int(study["workers_per_trial"]), use_gpu=use_gpu, resources_per_worker=resources
         ),
+        torch_config=TorchConfig(backend="nccl" if nccl else "gloo"),
         run_config=ray.train.RunConfig(
             name=trial_id,
             storage_path=study["train_storage"],
@@ -59,6 +71,7 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker loop: train one configuration and report every evaluation."""
+    import ray
     import ray.train
     import torch
 
@@ -67,10 +80,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     started, started_at = time.perf_counter(), time.time()
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
-    if loop_config["use_gpu"]:
+    gpu_ids = [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+    if loop_config["use_gpu"] and torch.cuda.is_available():
         import ray.train.torch
 
         cfg.train.device = str(ray.train.torch.get_device())
+    elif loop_config["use_gpu"] and os.environ.get(LOGICAL_GPUS_ENV) != "1":
+        raise ConfigError(
+            f"Ray gave this trial GPU {gpu_ids} but torch sees no CUDA device on this worker; "
+            "install a CUDA build of torch there or use --gpus-per-trial 0"
+        )
     else:
         cfg.train.device = "cpu"
     ws = prepare_workspace(cfg)
@@ -90,6 +109,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "load_seconds": load_seconds,
             "worker_seconds": time.perf_counter() - started,
             "worker_started_at": started_at,
+            "gpu_ids": ",".join(gpu_ids),
             "trained_to_end": record["step"] == cfg.train.steps,
         }
         if not (record["improved"] and rank == 0):

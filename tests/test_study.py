@@ -1,0 +1,284 @@
+"""Search studies: options and selection (no Ray), then real studies on a local Ray (2 CPUs, 1 logical GPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from autoprompt_search.checkpoint import predict_run
+from autoprompt_search.config import load_config_file
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.prompts import method_to_dict
+from autoprompt_search.search_space import SearchSpaceError
+from autoprompt_search.study import StudyOptions, resume_study, run_study
+from autoprompt_search.study.cluster import ClusterInfo, check_resources
+from autoprompt_search.study.export import export_study, pareto_front, rank_top
+from autoprompt_search.study.options import Objective
+from autoprompt_search.study.records import error_line, read_trials
+from autoprompt_search.study.trial import LOGICAL_GPUS_ENV, experiment_for, worker_resources
+
+
+def base_experiment(model: str, data: str, steps: int = 6) -> dict[str, Any]:
+    return {
+        "model": model,
+        "data": {"task": "sst2", "source": "files", "data_dir": data, "max_length": 32},
+        "method": {"name": "deep"},
+        "train": {"steps": steps, "eval_every": 2, "batch_size": 8, "lr": 0.05},
+    }
+
+
+SPACE = {
+    "methods": {
+        "deep": {"layers": {"type": "layer_set", "depth": [0.0, 1.0], "max_layers": 2}, "length": {"type": "int", "low": 2, "high": 6}},
+        "late": {"layer": {"type": "layer", "depth": [0.25, 0.75]}, "length": 2, "bottleneck": 8},
+    },
+    "train": {"lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True}},
+}  # fmt: skip
+
+
+def options(model: str, data: str, **kw: Any) -> StudyOptions:
+    defaults: dict[str, Any] = {
+        "name": "s", "space": SPACE, "experiment": base_experiment(model, data), "num_samples": 4,
+        "max_concurrent": 2, "scheduler": "fifo",
+    }  # fmt: skip
+    return StudyOptions(**{**defaults, **kw})
+
+
+# ---- no Ray --------------------------------------------------------------------------------
+
+
+def test_objectives_and_options_are_validated() -> None:
+    assert str(Objective.parse("trainable_params")) == "trainable_params:min"
+    assert str(Objective.parse("dev_score")) == "dev_score:max"
+    with pytest.raises(ConfigError, match="not a reported metric"):
+        Objective.parse("accuracy:max")
+    with pytest.raises(ConfigError, match="nsga2 is for several objectives"):
+        StudyOptions(sampler="nsga2")
+    with pytest.raises(ConfigError, match="name"):
+        StudyOptions(name="../escape")
+    with pytest.raises(ConfigError, match="workers-per-trial"):
+        StudyOptions(gpus_per_trial=1.5)
+
+
+def test_gpu_requests_are_checked_before_anything_runs() -> None:
+    cpu_only = ClusterInfo("local", None, cpus=2, gpus=0, started_here=True)
+    with pytest.raises(ConfigError, match="has no GPU; use --gpus-per-trial 0"):
+        check_resources(StudyOptions(gpus_per_trial=0.25), cpu_only)
+    with pytest.raises(ConfigError, match="needs 2.01 CPUs"):
+        check_resources(StudyOptions(cpus_per_trial=2), cpu_only)
+    one_gpu = ClusterInfo("local", None, cpus=2, gpus=1, started_here=True)
+    check_resources(StudyOptions(gpus_per_trial=0.25, cpus_per_trial=0.5), one_gpu)
+    with pytest.raises(ConfigError, match="needs 2 GPUs"):
+        check_resources(StudyOptions(gpus_per_trial=1, workers_per_trial=2, cpus_per_trial=0.5), one_gpu)
+    payload = {"cpus_per_trial": 0.5, "gpus_per_trial": 0.25}
+    assert worker_resources(payload) == {"CPU": 0.5, "GPU": 0.25}
+    assert worker_resources({"cpus_per_trial": 1, "gpus_per_trial": 0}) == {"CPU": 1.0}
+
+
+def test_sampled_config_applies_over_the_base(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    base = base_experiment(tiny_model_dir, tiny_sst_dir)
+    cfg = experiment_for(base, {"method": {"name": "late", "layer": 2, "length": 3}, "train": {"lr": 0.02}})
+    assert cfg.method.layer == 2 and cfg.train.lr == 0.02 and cfg.train.steps == 6
+    assert base["method"] == {"name": "deep"}  # the base is not mutated
+
+
+def test_top_k_and_pareto_selection() -> None:
+    rows = [
+        {"trial_id": "a", "number": 0, "dev_score": 0.9, "trainable_params": 1000, "history": "[]"},
+        {"trial_id": "b", "number": 1, "dev_score": 0.8, "trainable_params": 10, "history": "[]"},
+        {"trial_id": "c", "number": 2, "dev_score": 0.7, "trainable_params": 100, "history": "[]"},  # dominated by b
+        {"trial_id": "d", "number": 3, "dev_score": 0.9, "trainable_params": 1000, "history": "[]"},  # ties a
+    ]
+    acc = Objective("dev_score", "max")
+    assert [r["trial_id"] for r in rank_top(rows, acc, 3)] == ["a", "d", "b"]
+    front = pareto_front(rows, [acc, Objective("trainable_params", "min")])
+    assert [r["trial_id"] for r in front] == ["a", "d", "b"]
+
+
+def test_error_line_finds_the_root_cause() -> None:
+    trace = (
+        "Traceback (most recent call last):\n  File x\nray.train.TrainingFailedError: worker failed\n"
+        "autoprompt_search.trainer.TrainingError: loss became nan at step 3; lower --lr or check the data\n"
+        "\nThe above exception was the direct cause of:\nray.exceptions.RayTaskError(TrainingFailedError): boom"
+    )
+    assert error_line(trace).endswith("loss became nan at step 3; lower --lr or check the data")
+
+
+def test_bad_studies_fail_before_ray_starts(tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path) -> None:
+    import ray
+
+    bad_space = {"methods": {"deep": {"layers": {"type": "layer_set", "depth": [0.5, 0.2]}, "bogus": 1}, "nope": {}}}
+    with pytest.raises(SearchSpaceError) as err:
+        run_study(options(tiny_model_dir, tiny_sst_dir, space=bad_space), tmp_path)
+    assert len(err.value.problems) == 3
+    missing = base_experiment(tiny_model_dir, str(tmp_path / "absent"))
+    with pytest.raises(ConfigError, match="data"):
+        run_study(options(tiny_model_dir, tiny_sst_dir, experiment=missing), tmp_path)
+    fixed_layer = {"methods": {"late": {"layer": 9}}}
+    with pytest.raises(ConfigError, match="beyond a 4-layer model"):
+        run_study(options(tiny_model_dir, tiny_sst_dir, space=fixed_layer), tmp_path)
+    assert not ray.is_initialized() and not any(tmp_path.iterdir())
+
+
+# ---- on a local Ray -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    os.environ[LOGICAL_GPUS_ENV] = "1"  # read by the Train workers of the fractional-GPU test
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+    os.environ.pop(LOGICAL_GPUS_ENV, None)
+
+
+class InterruptAfter:
+    """Ctrl-C the study once `n` trials have finished (once per marker file: resumed runs go on)."""
+
+    def __init__(self, n: int, marker: str) -> None:
+        from ray.tune import Callback
+
+        self.__class__ = type("InterruptAfterCallback", (InterruptAfter, Callback), {})
+        self.n, self.marker, self.done = n, marker, 0
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.done += 1
+        if self.done >= self.n and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_study_of_four_trials_two_concurrent(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    opts = options(tiny_model_dir, tiny_sst_dir, scheduler="asha", sampler="tpe", seed=3)
+    run = run_study(opts, tmp_path)
+    rows = read_trials(tmp_path / "s")
+    assert run.rows == rows and len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    for row in rows:
+        assert row["status"] in ("TERMINATED", "STOPPED"), row
+        history = json.loads(row["history"])
+        assert row["evaluations"] == len(history) >= 1 and history[-1]["step"] == row["last_step"]
+        assert row["dev_score"] == max(h["eval_score"] for h in history)
+        assert row["trainable_params"] > 0 and row["wall_seconds"] > row["worker_seconds"] > 0
+        assert Path(row["checkpoint"], "prompt.safetensors").is_file() and row["error"] is None
+        sampled = json.loads(row["config"])
+        assert sampled["method"]["name"] == row["method"] in ("deep", "late") and 0.01 <= sampled["train"]["lr"] <= 0.1
+        assert (row["status"] == "TERMINATED") == (row["last_step"] == 6)
+    # Two at a time: no moment with three trials running.
+    events = sorted([(r["started_at"], 1) for r in rows] + [(r["finished_at"], -1) for r in rows])
+    running = [sum(e for _, e in events[: i + 1]) for i in range(len(events))]
+    assert max(running) == 2
+    # The Optuna study beside the results knows every trial.
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(
+        study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "s" / "optuna.journal")))
+    )
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    # TensorBoard files per trial.
+    assert len(list((tmp_path / "s" / "tune").glob("*/events.out.tfevents*"))) == 4
+
+    # Export the best two: they reload and predict the trial's dev score; config.yaml retrains.
+    exported = export_study(tmp_path / "s", top=2)
+    assert [p.name.split("-")[1] for p in exported] == [
+        r["trial_id"] for r in sorted(rows, key=lambda r: (-r["dev_score"], r["number"]))[:2]
+    ]
+    best = next(r for r in rows if r["trial_id"] == exported[0].name.split("-")[1])
+    metrics, _ = predict_run(exported[0], "dev", device="cpu")
+    assert metrics["score"] == pytest.approx(best["dev_score"], abs=1e-6)
+    cfg = load_config_file(exported[0] / "config.yaml")
+    assert method_to_dict(cfg.method)["name"] == best["method"] and cfg.train.device == "auto"
+    with pytest.raises(ConfigError, match="already holds files"):
+        export_study(tmp_path / "s", top=1)
+
+
+@pytest.mark.slow
+def test_errors_land_in_the_table(local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path) -> None:
+    # lr 1e30 makes the loss NaN: the trial fails with our one-line reason, the study goes on.
+    space = {
+        "methods": {"deep": {"layers": [0], "length": 2}},
+        "train": {"lr": {"type": "categorical", "choices": [1.0e30]}},
+    }
+    run = run_study(options(tiny_model_dir, tiny_sst_dir, space=space, num_samples=1), tmp_path)
+    (row,) = run.rows
+    assert row["status"] == "ERROR" and "loss became" in row["error"] and "lower --lr" in row["error"]
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_runs_no_trial_twice(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    opts = options(tiny_model_dir, tiny_sst_dir, max_concurrent=1, sampler="random", seed=5)
+    marker = str(tmp_path / "interrupted")
+    from autoprompt_search.study import runner
+
+    original = runner.build_tuner
+
+    def with_interrupt(*args: Any, **kw: Any) -> Any:
+        tuner = original(*args, **kw)
+        tuner._local_tuner.get_run_config().callbacks.append(InterruptAfter(2, marker))
+        return tuner
+
+    runner.build_tuner = with_interrupt
+    try:
+        run_study(opts, tmp_path / "r")
+    finally:
+        runner.build_tuner = original
+    first = {r["trial_id"]: r for r in read_trials(tmp_path / "r" / "s") if r["status"] == "TERMINATED"}
+    assert os.path.exists(marker) and 2 <= len(first) < 4
+    with pytest.raises(ConfigError, match="already exists; continue it with --resume s"):
+        run_study(opts, tmp_path / "r")
+
+    resume_study("s", tmp_path / "r")
+    rows = read_trials(tmp_path / "r" / "s")
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    assert all(r["status"] == "TERMINATED" for r in rows)
+    for trial_id, before in first.items():  # finished trials were not run again
+        after = next(r for r in rows if r["trial_id"] == trial_id)
+        assert after["started_at"] == before["started_at"] and after["finished_at"] == before["finished_at"]
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "r" / "s" / "optuna.journal")))
+    complete = [t for t in optuna.load_study(study_name="s", storage=storage).trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4  # the sampler saw every trial exactly once
+
+
+@pytest.mark.slow
+def test_fractional_gpus_pack_trials(local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path) -> None:
+    import ray
+
+    assert ray.cluster_resources()["GPU"] == 1  # one logical GPU
+    opts = options(tiny_model_dir, tiny_sst_dir, gpus_per_trial=0.5, cpus_per_trial=0.5, num_samples=2)
+    run = run_study(opts, tmp_path)
+    assert [r["status"] for r in run.rows] == ["TERMINATED", "TERMINATED"]
+    assert all(r["gpu_ids"] == "0" for r in run.rows)  # both on the one GPU, half each
+    assert all(r["device_seconds"] == pytest.approx(r["wall_seconds"] * 0.5) for r in run.rows)
+    with pytest.raises(ConfigError, match="needs 2 GPUs"):
+        run_study(
+            options(tiny_model_dir, tiny_sst_dir, gpus_per_trial=1, workers_per_trial=2, cpus_per_trial=0.5, name="g"),
+            tmp_path,
+        )
+
+
+def test_space_yaml_files_load() -> None:
+    from autoprompt_search.study.launch import resolve_space
+
+    for name in ("all", "layers", "lpt"):
+        data, path = resolve_space(name)
+        assert Path(path).name == f"{name}.yaml" and data == yaml.safe_load(Path(path).read_text())
+    with pytest.raises(ConfigError, match="neither a file nor a shipped space"):
+        resolve_space("nonexistent")
