@@ -239,7 +239,7 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
             wall,
             (r["error"] or "")[:60],
         )
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(table)
     best = summary["best"]
     if best is not None:

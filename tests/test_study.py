@@ -134,6 +134,7 @@ def local_ray():
     import ray
 
     os.environ[LOGICAL_GPUS_ENV] = "1"  # read by the Train workers of the fractional-GPU test
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray port on 127.0.0.1
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     yield
     ray.shutdown()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import ConfigError
 from .options import StudyOptions
@@ -30,6 +32,7 @@ def connect(
 
     started = False
     if not ray.is_initialized():
+        prepare_environment(address)
         try:
             if address:
                 context = ray.init(address=address, log_to_driver=False)
@@ -54,6 +57,31 @@ def connect(
     resources = ray.cluster_resources()
     dashboard_url = f"http://{url}" if url and not url.startswith("http") else url
     return ClusterInfo(address or "local", dashboard_url, resources.get("CPU", 0.0), resources.get("GPU", 0.0), started)
+
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray takes 127.0.0.1 as this node's address
+
+
+def prepare_environment(address: str | None) -> None:
+    """Loopback-only Ray when local, and token auth when joining a cluster that uses it.
+
+    Ray 2.60 binds its ports to the machine's main address unless told the node is 127.0.0.1
+    (which `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` does for every process it starts); and a
+    driver joining a `ray start` cluster only sends the token in `~/.ray/auth_token` when
+    `RAY_AUTH_MODE=token`. Values the user set are kept.
+    """
+    host = (address or "127.0.0.1").rsplit(":", 1)[0].removeprefix("ray://")
+    if host in ("127.0.0.1", "localhost") and os.environ.setdefault(LOOPBACK_ENV, "0") == "0":
+        # Ray reads the variable once, at import; the processes it starts read the environment.
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if address and "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
+        # Sets RAY_AUTH_MODE=token and refreshes Ray's cached config, which read it at import.
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def check_resources(options: StudyOptions, cluster: ClusterInfo) -> None:
