@@ -126,7 +126,7 @@ def search(
     resume: Annotated[
         str, Opt(help="continue the interrupted study of this name (other study options are ignored)")
     ] = "",
-    num_samples: Annotated[int, Opt(help="trials in the study")] = 8,
+    num_samples: Annotated[int, Opt(help="trials in the study")] = 6,
     max_concurrent: Annotated[int, Opt(help="trials running at once")] = 2,
     objective: Annotated[
         Optional[list[str]], Opt(help="METRIC:max|min, repeatable; several = multi-objective (NSGA-II)")
@@ -160,8 +160,8 @@ def search(
 ) -> None:
     """Run a search study on Ray: Optuna proposes configurations, each trial is a Ray Train run."""
     from autoprompt_search.runs import TrainOptions
-    from autoprompt_search.study import resume_study, run_study
     from autoprompt_search.study.launch import make_options
+    from autoprompt_search.study.runner import resume_study, run_study
 
     def announce(cluster, study_dir) -> None:  # type: ignore[no-untyped-def]
         where = f"joined {cluster.address}" if cluster.address != "local" else "started a local Ray"
@@ -216,8 +216,9 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.table import Table
 
-    from autoprompt_search.study import StudyOptions, study_rows
     from autoprompt_search.study.launch import summarize
+    from autoprompt_search.study.options import StudyOptions
+    from autoprompt_search.study.runner import study_rows
 
     options = StudyOptions.load(study_dir)
     rows = study_rows(study_dir)

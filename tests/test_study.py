@@ -16,11 +16,11 @@ from autoprompt_search.config import load_config_file
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.prompts import method_to_dict
 from autoprompt_search.search_space import SearchSpaceError
-from autoprompt_search.study import StudyOptions, resume_study, run_study
 from autoprompt_search.study.cluster import ClusterInfo, check_resources
 from autoprompt_search.study.export import export_study, pareto_front, rank_top
-from autoprompt_search.study.options import Objective
+from autoprompt_search.study.options import Objective, StudyOptions
 from autoprompt_search.study.records import error_line, read_trials
+from autoprompt_search.study.runner import resume_study, run_study
 from autoprompt_search.study.trial import LOGICAL_GPUS_ENV, experiment_for, worker_resources
 
 

@@ -1,6 +1,7 @@
-"""Search studies on Ray: Optuna inside Ray Tune, each trial a Ray Train run."""
+"""Search studies on Ray: Optuna inside Ray Tune, each trial a Ray Train run.
 
-from .options import Objective, StudyOptions
-from .runner import StudyRun, resume_study, run_study, study_rows
-
-__all__ = ["Objective", "StudyOptions", "StudyRun", "resume_study", "run_study", "study_rows"]
+Modules: `options` (StudyOptions), `runner` (run_study, resume_study), `trial` (the Tune
+trainable and Train worker), `records` (trials.parquet), `export`, `cluster`, `launch`.
+Nothing is imported here: Ray starts a fresh process per trial, and each should import only
+what it uses.
+"""

@@ -33,11 +33,13 @@ def connect(
     started = False
     if not ray.is_initialized():
         prepare_environment(address)
+        runtime_env = {"env_vars": trial_environment()}
         try:
             if address:
-                context = ray.init(address=address, log_to_driver=False)
+                context = ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
             else:
                 context = ray.init(
+                    address="local",  # a new Ray here, never a stale `ray start` recorded in /tmp/ray
                     num_cpus=num_cpus,
                     num_gpus=num_gpus,
                     include_dashboard=dashboard,
@@ -45,6 +47,7 @@ def connect(
                     dashboard_port=dashboard_port,
                     _node_ip_address="127.0.0.1",
                     log_to_driver=False,
+                    runtime_env=runtime_env,
                 )
         except ConnectionError as exc:
             raise ConfigError(
@@ -57,6 +60,18 @@ def connect(
     resources = ray.cluster_resources()
     dashboard_url = f"http://{url}" if url and not url.startswith("http") else url
     return ClusterInfo(address or "local", dashboard_url, resources.get("CPU", 0.0), resources.get("GPU", 0.0), started)
+
+
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+FAST_HEALTH_CHECK_S = "0.25"  # Ray's default 2 s poll adds up to 2 s at each Train-run start and end
+PASSED_TO_TRIALS = ("AUTOPROMPT_CACHE", "AUTOPROMPT_LOGICAL_GPUS", "HF_HOME", "TOKENIZERS_PARALLELISM")
+
+
+def trial_environment() -> dict[str, str]:
+    """Environment every trial process gets (job-level runtime env: works on remote nodes too)."""
+    env = {k: os.environ[k] for k in PASSED_TO_TRIALS if k in os.environ}
+    env[HEALTH_CHECK_ENV] = os.environ.get(HEALTH_CHECK_ENV, FAST_HEALTH_CHECK_S)
+    return env
 
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray takes 127.0.0.1 as this node's address

@@ -35,6 +35,12 @@ def make_options(space: str, base: TrainOptions, **study: Any) -> StudyOptions:
     """The study: a space, the base experiment (flags over --config over the embedded default), knobs."""
     mapping, path = resolve_space(space)
     experiment = experiment_from_options(base)
+    fixed = (mapping.get("train") or {}).get("steps")
+    if base.steps is not None and fixed is not None:
+        # An explicit --steps beats the space's fixed value; a searched one cannot be fixed from outside.
+        if isinstance(fixed, dict):
+            raise ConfigError(f"--steps {base.steps}: {path} searches train.steps; drop --steps or fix it in the space")
+        mapping = {**mapping, "train": {**mapping["train"], "steps": base.steps}}
     return StudyOptions(space=mapping, space_file=path, experiment=experiment.to_dict(), **study)
 
 

@@ -6,6 +6,9 @@ worker loads the frozen backbone and the tokenised data (disk-cached), trains on
 and reports after every evaluation through `ray.train.report`; `TuneReportCallback` forwards the
 reports to Tune (ASHA, Optuna, the dashboard, TensorBoard). A report carries a checkpoint when
 the dev score improved, so a trial's latest checkpoint is its best prompt.
+
+Imports are lazy on purpose: every trial starts fresh Ray processes (the Tune trial actor, the
+Train controller, the workers), and only the workers need torch and transformers.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import ExperimentConfig
-from ..errors import ConfigError
+if TYPE_CHECKING:
+    from ..config import ExperimentConfig
 
 TRIAL_CPU = 0.01  # what the Tune trial itself holds: it only waits on its Train run
 # Testing GPU scheduling on a CPU machine: trials hold logical Ray GPUs but train on the CPU.
@@ -33,6 +36,8 @@ def worker_resources(study: dict[str, Any]) -> dict[str, float]:
 
 def experiment_for(base: dict[str, Any], sampled: dict[str, Any]) -> ExperimentConfig:
     """The base experiment with a sampled {'method': {...}, 'train': {...}} applied."""
+    from ..config import ExperimentConfig
+
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     data["method"] = dict(sampled["method"])
     data["train"] = {**data.get("train", {}), **sampled.get("train", {})}
@@ -46,14 +51,13 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    experiment = experiment_for(study["experiment"], config)
     trial_id = tune.get_context().get_trial_id()
     resources = worker_resources(study)
     use_gpu = "GPU" in resources
     nccl = use_gpu and os.environ.get(LOGICAL_GPUS_ENV) != "1"
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"experiment": experiment.to_dict(), "use_gpu": use_gpu},
+        train_loop_config={"base": study["experiment"], "sampled": config, "use_gpu": use_gpu},
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(study["workers_per_trial"]), use_gpu=use_gpu, resources_per_worker=resources
         ),
@@ -76,10 +80,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import torch
 
     from ..checkpoint import save_state
+    from ..errors import ConfigError
     from ..trainer import prepare_workspace, train
 
     started, started_at = time.perf_counter(), time.time()
-    cfg = ExperimentConfig.from_dict(loop_config["experiment"])
+    cfg = experiment_for(loop_config["base"], loop_config["sampled"])
     gpu_ids = [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
     if loop_config["use_gpu"] and torch.cuda.is_available():
         import ray.train.torch
