@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -70,15 +71,16 @@ def test_gpu_requests_are_checked_before_anything_runs() -> None:
     cpu_only = ClusterInfo("local", None, cpus=2, gpus=0, started_here=True)
     with pytest.raises(ConfigError, match="has no GPU; use --gpus-per-trial 0"):
         check_resources(StudyOptions(gpus_per_trial=0.25), cpu_only)
-    with pytest.raises(ConfigError, match="needs 2.01 CPUs"):
-        check_resources(StudyOptions(cpus_per_trial=2), cpu_only)
+    check_resources(StudyOptions(cpus_per_trial=2), cpu_only)
+    with pytest.raises(ConfigError, match="needs 3 CPUs"):
+        check_resources(StudyOptions(cpus_per_trial=1.5, workers_per_trial=2), cpu_only)
     one_gpu = ClusterInfo("local", None, cpus=2, gpus=1, started_here=True)
     check_resources(StudyOptions(gpus_per_trial=0.25, cpus_per_trial=0.5), one_gpu)
     with pytest.raises(ConfigError, match="needs 2 GPUs"):
         check_resources(StudyOptions(gpus_per_trial=1, workers_per_trial=2, cpus_per_trial=0.5), one_gpu)
-    payload = {"cpus_per_trial": 0.5, "gpus_per_trial": 0.25}
-    assert worker_resources(payload) == {"CPU": 0.5, "GPU": 0.25}
-    assert worker_resources({"cpus_per_trial": 1, "gpus_per_trial": 0}) == {"CPU": 1.0}
+    payload = {"cpus_per_trial": 0.5, "gpus_per_trial": 0.25, "workers_per_trial": 1}
+    assert worker_resources(payload) == {"CPU": 0.49, "GPU": 0.25}  # 0.01 is the Tune trial's
+    assert worker_resources({"cpus_per_trial": 1, "gpus_per_trial": 0, "workers_per_trial": 2}) == {"CPU": 0.995}
 
 
 def test_sampled_config_applies_over_the_base(tiny_model_dir: str, tiny_sst_dir: str) -> None:
@@ -135,7 +137,9 @@ def local_ray():
 
     os.environ[LOGICAL_GPUS_ENV] = "1"  # read by the Train workers of the fractional-GPU test
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray port on 127.0.0.1
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=2, num_gpus=1, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False
+    )
     yield
     ray.shutdown()
     os.environ.pop(LOGICAL_GPUS_ENV, None)
@@ -179,6 +183,12 @@ def test_study_of_four_trials_two_concurrent(
     events = sorted([(r["started_at"], 1) for r in rows] + [(r["finished_at"], -1) for r in rows])
     running = [sum(e for _, e in events[: i + 1]) for i in range(len(events))]
     assert max(running) == 2
+    # ...and their Train workers really compute at the same time (not queued behind each other's CPU).
+    spans = sorted(
+        (r["started_at"] + r["startup_seconds"], r["started_at"] + r["startup_seconds"] + r["worker_seconds"])
+        for r in rows
+    )
+    assert any(b_start < a_end for (_, a_end), (b_start, _) in itertools.pairwise(spans))
     # The Optuna study beside the results knows every trial.
     import optuna
     from optuna.storages import JournalStorage

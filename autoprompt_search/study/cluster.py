@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .options import StudyOptions
-from .trial import TRIAL_CPU
 
 
 @dataclass
@@ -112,7 +111,7 @@ def check_resources(options: StudyOptions, cluster: ClusterInfo) -> None:
             f"--gpus-per-trial {options.gpus_per_trial} x {workers} workers needs {options.gpus_per_trial * workers} "
             f"GPUs but the cluster has {cluster.gpus:g}; lower --gpus-per-trial or --workers-per-trial"
         )
-    need_cpus = options.cpus_per_trial * workers + TRIAL_CPU
+    need_cpus = options.cpus_per_trial * workers
     if need_cpus > cluster.cpus:
         raise ConfigError(
             f"--cpus-per-trial {options.cpus_per_trial:g} x {workers} workers needs {need_cpus:g} CPUs but the "

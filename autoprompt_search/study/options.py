@@ -74,7 +74,7 @@ class StudyOptions:
         require(bool(NAME.match(self.name)), f"study: name {self.name!r} must be letters, digits, '-', '_' or '.'")
         require(self.num_samples >= 1, f"study.num_samples: must be >= 1, got {self.num_samples}")
         require(self.max_concurrent >= 1, f"study.max_concurrent: must be >= 1, got {self.max_concurrent}")
-        require(self.cpus_per_trial > 0, f"study.cpus_per_trial: must be > 0, got {self.cpus_per_trial}")
+        require(self.cpus_per_trial >= 0.05, f"study.cpus_per_trial: must be >= 0.05, got {self.cpus_per_trial}")
         require(self.gpus_per_trial >= 0, f"study.gpus_per_trial: must be >= 0, got {self.gpus_per_trial}")
         require(
             self.gpus_per_trial <= 1 or float(self.gpus_per_trial).is_integer(),

@@ -17,7 +17,7 @@ from .cluster import ClusterInfo, check_resources, connect, shutdown
 from .options import STUDY_FILE, StudyOptions
 from .progress import ProgressBar
 from .records import TRIALS_FILE, TrialRecorder, read_trials
-from .trial import TRIAL_CPU, run_trial
+from .trial import TRIAL_RESOURCES, run_trial
 
 OPTUNA_FILE = "optuna.journal"
 TUNE_DIR = "tune"  # Tune experiment: trial dirs with result.json, progress.csv, TensorBoard events
@@ -104,7 +104,7 @@ def trainable(options: StudyOptions, study_dir: Path) -> Any:
     from ray import tune
 
     return tune.with_resources(
-        tune.with_parameters(run_trial, study=trial_payload(options, study_dir)), {"CPU": TRIAL_CPU}
+        tune.with_parameters(run_trial, study=trial_payload(options, study_dir)), TRIAL_RESOURCES
     )
 
 

@@ -21,14 +21,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
 
-TRIAL_CPU = 0.01  # what the Tune trial itself holds: it only waits on its Train run
+# What the Tune trial itself holds (it only waits on its Train run; the Train controller and the
+# report queue actor are placed in its bundle). The workers get the rest of --cpus-per-trial, so
+# N one-CPU trials fit N CPUs exactly: with 0.01 on top, two 1-CPU workers on 2 CPUs queued
+# behind each other; with no CPU at all, the trial's helper actors took whole CPUs and hung.
+TRIAL_CPU = 0.01
+TRIAL_RESOURCES = {"CPU": TRIAL_CPU}
 # Testing GPU scheduling on a CPU machine: trials hold logical Ray GPUs but train on the CPU.
 LOGICAL_GPUS_ENV = "AUTOPROMPT_LOGICAL_GPUS"
 
 
 def worker_resources(study: dict[str, Any]) -> dict[str, float]:
     """What each Train worker of a trial holds (fractional GPUs pack trials onto one GPU)."""
-    resources = {"CPU": float(study["cpus_per_trial"])}
+    resources = {"CPU": float(study["cpus_per_trial"]) - TRIAL_CPU / int(study["workers_per_trial"])}
     if float(study["gpus_per_trial"]):
         resources["GPU"] = float(study["gpus_per_trial"])
     return resources
