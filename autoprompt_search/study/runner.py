@@ -183,18 +183,13 @@ def run_study(
     """Validate everything, start or join Ray, and run the study to the end."""
     study_dir = prepare_study_dir(results_dir, options.name, overwrite)
     space, base, num_layers = check_study(options)
-    cluster = connect(address, num_cpus, num_gpus, dashboard, dashboard_port)
-    try:
-        check_resources(options, cluster)
-        if on_connect is not None:
-            on_connect(cluster, study_dir)
+
+    def fit() -> None:
         study_dir.mkdir(parents=True, exist_ok=True)
         options.save(study_dir)
-        started = time.perf_counter()
         build_tuner(options, study_dir, space, base, num_layers).fit()
-        return StudyRun(study_dir, cluster, read_trials(study_dir), time.perf_counter() - started)
-    finally:
-        shutdown(cluster)
+
+    return _on_ray(options, study_dir, fit, address, num_cpus, num_gpus, dashboard, on_connect, dashboard_port)
 
 
 def resume_study(
@@ -215,16 +210,34 @@ def resume_study(
     if not tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
         raise ConfigError(f"study: {str(study_dir)!r} has no Tune state to resume; start it again with --overwrite")
     check_study(options)
+
+    def fit() -> None:
+        tune.Tuner.restore(
+            str(study_dir / TUNE_DIR), trainable(options, study_dir), resume_unfinished=True, restart_errored=False
+        ).fit()
+
+    return _on_ray(options, study_dir, fit, address, num_cpus, num_gpus, dashboard, on_connect, dashboard_port)
+
+
+def _on_ray(
+    options: StudyOptions,
+    study_dir: Path,
+    fit: Any,
+    address: str | None,
+    num_cpus: int | None,
+    num_gpus: int | None,
+    dashboard: bool,
+    on_connect: Any,
+    dashboard_port: int,
+) -> StudyRun:
+    """Start or join Ray, refuse resources a trial can never get, run `fit`, and stop what we started."""
     cluster = connect(address, num_cpus, num_gpus, dashboard, dashboard_port)
     try:
         check_resources(options, cluster)
         if on_connect is not None:
             on_connect(cluster, study_dir)
         started = time.perf_counter()
-        tuner = tune.Tuner.restore(
-            str(study_dir / TUNE_DIR), trainable(options, study_dir), resume_unfinished=True, restart_errored=False
-        )
-        tuner.fit()
+        fit()
         return StudyRun(study_dir, cluster, read_trials(study_dir), time.perf_counter() - started)
     finally:
         shutdown(cluster)
