@@ -25,9 +25,9 @@ WEIGHTS = "prompt.safetensors"
 CONFIG = "config.json"
 
 
-def save_run(result: TrainResult, cfg: ExperimentConfig, directory: str | Path) -> Path:
-    """Write `prompt.safetensors` and `config.json` (config, metrics, history, versions)."""
-    return save_state(result.best_state, cfg, directory, result.metrics, result.history)
+def save_run(result: TrainResult, directory: str | Path) -> Path:
+    """Write `prompt.safetensors` and `config.json` (the trained config, metrics, history, versions)."""
+    return save_state(result.best_state, result.config, directory, result.metrics, result.history)
 
 
 def save_state(

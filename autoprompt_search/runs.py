@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .backbones import load_config, resolve_model
 from .checkpoint import predict_run, save_run
 from .config import ExperimentConfig, load_config_file
@@ -43,6 +45,7 @@ class TrainOptions:
     layer: int | None = None  # LPT insertion layer
     generator: str | None = None
     bottleneck: int | None = None
+    method_options: list[str] = field(default_factory=list)  # KEY=VALUE (YAML value) for any method field
     head: str | None = None
     label_words: str | None = None  # comma-separated
     steps: int | None = None
@@ -82,6 +85,19 @@ def parse_columns(items: list[str]) -> dict[str, str]:
     return out
 
 
+def parse_method_options(items: list[str]) -> dict[str, Any]:
+    """`--method-option budget=2 --method-option choose=[position,length]`: YAML-typed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        require(bool(sep and key.strip()), f"method: {item!r} is not KEY=VALUE; e.g. --method-option budget=2")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"method.{key.strip()}: {value!r} is not a valid value ({exc})") from exc
+    return out
+
+
 def experiment_from_options(o: TrainOptions) -> ExperimentConfig:
     """Merge command-line options over a config file (or the embedded default)."""
     base = load_config_file(o.config_file) if o.config_file else ExperimentConfig()
@@ -105,6 +121,7 @@ def experiment_from_options(o: TrainOptions) -> ExperimentConfig:
         value = getattr(o, key)
         if value is not None:
             method[key] = value
+    method.update(parse_method_options(o.method_options))
     name = method.pop("name")
     d["method"] = {"name": name, **to_dict(method_config(name, method))}
 
@@ -152,7 +169,7 @@ def train_to_directory(cfg: ExperimentConfig, output: str | Path, overwrite: boo
     result = train(cfg, ws)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out.parent))
     try:
-        save_run(result, cfg, staging)
+        save_run(result, staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

@@ -187,20 +187,27 @@ class TrainResult:
     metrics: dict[str, Any]  # best dev metrics, test metrics, throughput, trainable params
     history: list[dict[str, Any]]  # one entry per evaluation
     best_state: dict[str, Tensor]
+    config: ExperimentConfig  # what was trained (SPT-DARTS: the derived configuration, not the search)
 
 
 def train(
     cfg: ExperimentConfig,
     ws: Workspace,
-    on_eval: Callable[[dict[str, Any], dict[str, Tensor]], None] | None = None,
+    on_eval: Callable[[dict[str, Any], dict[str, Tensor], ExperimentConfig], None] | None = None,
 ) -> TrainResult:
     """Train `cfg` on the workspace; returns the model holding its best (dev) state.
 
-    `on_eval(record, best_state)` runs after every evaluation (a study reports and checkpoints
-    there). Under an initialised `torch.distributed` group (a multi-worker Ray Train trial) each
+    `on_eval(record, best_state, trained_cfg)` runs after every evaluation (a study reports and
+    checkpoints there). An SPT config with `search: true` first learns its layer gates (SPT-DARTS,
+    `darts.py`) and then trains the derived configuration, which `trained_cfg` and the result's
+    `config` name. Under an initialised `torch.distributed` group (a multi-worker Ray Train trial) each
     rank trains on its share of every batch and gradients are averaged across ranks (DDP's
     arithmetic; the trainable state is tiny, so one all-reduce per parameter is cheap).
     """
+    if getattr(cfg.method, "search", False):
+        from .darts import search_then_retrain
+
+        return search_then_retrain(cfg, ws, on_eval)
     tc = cfg.train
     device = resolve_device(tc.device)
     seed_everything(tc.seed)
@@ -225,6 +232,8 @@ def train(
         t0 = time.perf_counter()
         rows = next(batches)
         batch = ws.splits["train"].batch(rows[rank::world] if world > 1 else rows).to(device)
+        if model.method is not None:
+            model.method.on_step(step)
         with autocast(device, tc.precision):
             logits = model(batch)
         loss = torch.nn.functional.cross_entropy(logits.float(), batch.labels)
@@ -256,7 +265,7 @@ def train(
             record["best_dev_score"] = best_score
             history.append(record)
             if on_eval is not None:
-                on_eval(dict(record, improved=improved), best_state)
+                on_eval(dict(record, improved=improved), best_state, cfg)
 
     model.load_state_dict(best_state, strict=False)
     metrics: dict[str, Any] = {
@@ -274,7 +283,7 @@ def train(
         metrics["test"] = evaluate(
             model, ws.splits["test"], task.metric, num_classes, tc.eval_batch_size, device, tc.precision
         )
-    return TrainResult(model, metrics, history, best_state)
+    return TrainResult(model, metrics, history, best_state, cfg)
 
 
 def _world() -> tuple[int, int]:

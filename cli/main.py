@@ -37,7 +37,9 @@ def train(
     columns: Annotated[Optional[list[str]], Opt("--column", help="FIELD=COLUMN, repeatable")] = None,
     max_length: Annotated[Optional[int], Opt()] = None,
     max_train: Annotated[Optional[int], Opt(help="seeded subset of the training set (0 = all)")] = None,
-    method: Annotated[Optional[str], Opt(help="probe | deep | late")] = None,
+    method: Annotated[
+        Optional[str], Opt(help="probe | deep | late | spt (SPT-DARTS gates) | dp (dynamic prompting)")
+    ] = None,
     layers: Annotated[Optional[str], Opt(help="deep: block indices '0,3,5', 'all', 'lower-half', 'upper-half'")] = None,
     length: Annotated[Optional[int], Opt(help="prompt length L")] = None,
     position: Annotated[Optional[str], Opt(help="deep: prefix | split")] = None,
@@ -46,6 +48,10 @@ def train(
     layer: Annotated[Optional[int], Opt(help="late: insertion layer k")] = None,
     generator: Annotated[Optional[str], Opt(help="late: npg | appg | mppg")] = None,
     bottleneck: Annotated[Optional[int], Opt(help="late: generator bottleneck r")] = None,
+    method_options: Annotated[
+        Optional[list[str]],
+        Opt("--method-option", help="KEY=VALUE for any method field, repeatable (e.g. budget=3, choose=[position])"),
+    ] = None,
     head: Annotated[Optional[str], Opt(help="classifier | label_words")] = None,
     label_words: Annotated[Optional[str], Opt(help="comma-separated, one per class")] = None,
     steps: Annotated[Optional[int], Opt()] = None,
@@ -66,6 +72,7 @@ def train(
 
     values["config_file"] = config
     values["columns"] = values["columns"] or []
+    values["method_options"] = values["method_options"] or []
     try:
         cfg = experiment_from_options(TrainOptions(**values))
         result = train_to_directory(cfg, output, overwrite)
@@ -77,6 +84,10 @@ def train(
             {k: m[k] for k in ("dev", "test", "trainable_params", "steps_per_s", "collapsed") if k in m}, indent=2
         )
     )
+    if "spt_search" in m:
+        from autoprompt_search.darts import describe_search
+
+        typer.echo(describe_search(m["spt_search"]), err=True)
     if m["collapsed"]:
         typer.echo("warning: the best checkpoint predicts a single class (collapsed run)", err=True)
     typer.echo(f"saved to {output}")
@@ -171,7 +182,10 @@ def search(
         typer.echo(f"results: {study_dir}/trials.parquet (autoprompt status {study_dir})", err=True)
         typer.echo(f"tensorboard: tensorboard --logdir {study_dir}/tune", err=True)
 
-    connect = {"address": address, "num_cpus": num_cpus, "on_connect": announce, "dashboard_port": dashboard_port}
+    from autoprompt_search.study.cluster import RaySettings
+
+    ray_settings = RaySettings(address=address, num_cpus=num_cpus, dashboard_port=dashboard_port)
+    connect = {"ray_settings": ray_settings, "on_connect": announce}
     try:
         if resume:
             run = resume_study(resume, results_dir, **connect)

@@ -9,6 +9,8 @@ plus the mean per-trial startup (trial start -> worker loop), load (model + data
 and teardown (last report -> trial end). Variants:
   ray-default-poll  Ray Train's default 2 s controller poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=2)
   fast-poll         what `autoprompt search` sets: a 0.25 s poll
+  reuse-actors      fast-poll + Tune reuse_actors (a finished trial's process runs the next trial)
+  preload           reuse-actors + Ray workers import torch and transformers when they start
 Usage (embedded default: MiniLM-L6, TREC, search_spaces/all.yaml):
   python scripts/bench_study_overhead.py --num-samples 6 --steps 200 --out results/study/overhead_cpu
 """
@@ -26,11 +28,16 @@ from statistics import mean
 from typing import Any
 
 from autoprompt_search.runs import TrainOptions
-from autoprompt_search.study.cluster import HEALTH_CHECK_ENV
+from autoprompt_search.study.cluster import HEALTH_CHECK_ENV, RaySettings
 from autoprompt_search.study.launch import make_options
 from autoprompt_search.study.runner import run_study
 
-VARIANTS = {"ray-default-poll": "2.0", "fast-poll": "0.25"}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "ray-default-poll": {"poll_s": "2.0"},
+    "fast-poll": {"poll_s": "0.25"},
+    "reuse-actors": {"poll_s": "0.25", "reuse_actors": True},
+    "preload": {"poll_s": "0.25", "reuse_actors": True, "preload": ("torch", "transformers")},
+}
 
 
 def machine() -> str:
@@ -52,6 +59,7 @@ def measure(rows: list[dict[str, Any]], wall: float, concurrent: int) -> dict[st
         "ideal_wall_s": compute / concurrent,
         "overhead": 1 - (compute / concurrent) / wall,
         "mean_startup_s": mean(r["startup_seconds"] for r in rows),
+        "mean_trial_actor_s": mean(r["trial_actor_seconds"] for r in rows),
         "mean_load_s": mean(r["load_seconds"] for r in rows),
         "mean_teardown_s": mean(teardown),
         "mean_trial_wall_s": mean(r["wall_seconds"] for r in rows),
@@ -73,19 +81,21 @@ def main() -> None:
 
     results = []
     for variant in args.variants.split(","):
-        os.environ[HEALTH_CHECK_ENV] = VARIANTS[variant]
+        settings = VARIANTS[variant]
+        os.environ[HEALTH_CHECK_ENV] = settings["poll_s"]
         base = TrainOptions(model=args.model, task=args.task, data_dir=args.data_dir, steps=args.steps)
         options = make_options(
             args.space, base, name=f"bench-{variant}", num_samples=args.num_samples,
             max_concurrent=args.max_concurrent, sampler="random", scheduler="fifo", seed=0,
         )  # fmt: skip
+        options.reuse_actors = settings.get("reuse_actors", False)
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
-            run = run_study(options, tmp, dashboard=True)
+            run = run_study(options, tmp, ray_settings=RaySettings(preload_modules=settings.get("preload", ())))
             total = time.perf_counter() - started
         row = {
             "variant": variant,
-            "poll_s": float(VARIANTS[variant]),
+            "poll_s": float(settings["poll_s"]),
             **measure(run.rows, run.wall_seconds, args.max_concurrent),
         }
         row["with_ray_start_s"] = total
@@ -99,13 +109,13 @@ def main() -> None:
         f"task {args.task or 'trec'}; random sampler seed 0, FIFO: the same trials in every variant).\n\n"
     )
     table = [
-        "| variant | trials | study wall s | compute s | ideal wall s | overhead | startup s/trial | load s/trial | teardown s/trial |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | trials | study wall s | compute s | ideal wall s | overhead | startup s/trial | (Tune trial actor) | load s/trial | teardown s/trial |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         table.append(
             f"| {r['variant']} | {r['trials']} | {r['study_wall_s']:.1f} | {r['compute_s']:.1f} | {r['ideal_wall_s']:.1f} | "
-            f"{r['overhead']:.1%} | {r['mean_startup_s']:.1f} | {r['mean_load_s']:.1f} | {r['mean_teardown_s']:.1f} |"
+            f"{r['overhead']:.1%} | {r['mean_startup_s']:.1f} | {r['mean_trial_actor_s']:.1f} | {r['mean_load_s']:.1f} | {r['mean_teardown_s']:.1f} |"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

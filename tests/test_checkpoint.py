@@ -25,7 +25,7 @@ def test_round_trip_reproduces_logits_and_metrics(tiny_model_dir: str, tiny_sst_
     cfg = experiment(tiny_model_dir, tiny_sst_dir, method, steps=6, eval_every=3)
     ws = prepare_workspace(cfg)
     result = train(cfg, ws)
-    save_run(result, cfg, tmp_path / "run")
+    save_run(result, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "prompt.safetensors"]
     model, cfg2, ws2 = load_run(tmp_path / "run", device="cpu")
     assert cfg2.to_dict() | {"train": None} == cfg.to_dict() | {"train": None}
@@ -41,7 +41,7 @@ def test_round_trip_reproduces_logits_and_metrics(tiny_model_dir: str, tiny_sst_
 def test_weights_that_do_not_match_the_config_are_refused(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:
     cfg = experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0,), length=3), steps=2)
     ws = prepare_workspace(cfg)
-    save_run(train(cfg, ws), cfg, tmp_path / "run")
+    save_run(train(cfg, ws), tmp_path / "run")
     record = json.loads((tmp_path / "run" / "config.json").read_text())
     record["config"]["method"]["layers"] = [0, 1]
     (tmp_path / "run" / "config.json").write_text(json.dumps(record))

@@ -103,3 +103,38 @@ def test_space_command_validates_and_samples(tiny_model_dir: str, tmp_path) -> N
     (tmp_path / "bad.yaml").write_text("methods: {deep: {length: {type: int, low: 5, high: 1}}, lora: {}}\n")
     res = runner.invoke(app, ["space", str(tmp_path / "bad.yaml"), "--model", tiny_model_dir])
     assert res.exit_code == 2 and "2 problem(s)" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_train_spt_and_dp_from_the_command_line(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:
+    out = str(tmp_path / "spt")
+    options = ["--method-option", "top_k=2", "--method-option", "search_steps=2", "--method-option", "gate=relaxed"]
+    res = runner.invoke(app, train_args(tiny_model_dir, tiny_sst_dir, out, "--method", "spt", "--length", "2",
+                                        "--bottleneck", "8", "--layers", "1,2,3", *options))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "retrained layers" in res.stderr
+    saved = json.loads((tmp_path / "spt" / "config.json").read_text())
+    method = saved["config"]["method"]
+    assert method["name"] == "spt" and method["search"] is False and len(method["layers"]) == 2
+    assert set(method["layers"]) <= {1, 2, 3} and saved["metrics"]["spt_search"]["derived_layers"] == method["layers"]
+    assert runner.invoke(app, ["predict", out, "--device", "cpu"]).exit_code == 0
+
+    dp = ["--method", "dp", "--length", "3", "--method-option", "level=task", "--method-option", "choose=[position, length]",
+          "--method-option", "pool=1"]  # fmt: skip
+    res = runner.invoke(app, train_args(tiny_model_dir, tiny_sst_dir, str(tmp_path / "dp"), *dp))
+    assert res.exit_code == 0, res.output
+    method = json.loads((tmp_path / "dp" / "config.json").read_text())["config"]["method"]
+    assert method["choose"] == ["position", "length"] and method["level"] == "task"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "dp", "--method-option", "width=3"], "method.width"),
+        (["--method", "spt", "--method-option", "budget"], "not KEY=VALUE"),
+        (["--method", "spt", "--layers", "1,9"], "layer 9 out of range"),
+    ],
+)
+def test_bad_method_options_exit_2(tiny_model_dir: str, tiny_sst_dir: str, tmp_path, extra, message) -> None:  # type: ignore[no-untyped-def]
+    res = runner.invoke(app, train_args(tiny_model_dir, tiny_sst_dir, str(tmp_path / "r"), *extra))
+    assert res.exit_code == 2 and message in res.stderr, res.output
+    assert not (tmp_path / "r").exists()

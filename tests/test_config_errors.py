@@ -44,7 +44,7 @@ def test_non_positive_length(length: int) -> None:
 def test_unknown_method() -> None:
     with pytest.raises(ValueError) as exc:
         method_config("lora")
-    assert one_line(exc) == "method: 'lora' unknown; use one of probe, deep, late"
+    assert one_line(exc) == "method: 'lora' unknown; use one of probe, deep, late, spt, dp"
 
 
 def test_unknown_generator() -> None:

@@ -118,7 +118,7 @@ def test_split_position_equals_reordered_sequence(family: str) -> None:
 
 def constant_npg(model: PromptedModel, prompt: torch.Tensor) -> None:
     """Make an NPG generator output `prompt` (L, d) for every instance."""
-    gen = model.method
+    gen = model.method.generator
     with torch.no_grad():
         gen.down.weight.zero_()
         gen.down.bias.zero_()
@@ -146,7 +146,7 @@ def test_lpt_at_layer_k_equals_reference(family: str, generator: str) -> None:
     h, _ = model.hidden_states(batch)
     with torch.no_grad():
         states = bb.model(input_ids=batch.input_ids, output_hidden_states=True).hidden_states
-    prompt = model.method.generate(states[k], batch.text_mask)
+    prompt = model.method.generator(states[k], batch.text_mask)
     ref = reference_from_layer(bb, torch.cat([prompt, states[k]], 1), k)
     torch.testing.assert_close(h, ref, atol=ATOL, rtol=0)
 

@@ -15,7 +15,7 @@ from autoprompt_search.search_space import SearchSpace, SearchSpaceError, depth_
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
-@pytest.mark.parametrize("name", ["layers.yaml", "lpt.yaml", "all.yaml"])
+@pytest.mark.parametrize("name", ["layers.yaml", "lpt.yaml", "all.yaml", "learned.yaml"])
 def test_shipped_spaces_validate_and_sample_valid_configs(name: str) -> None:
     sampler = SearchSpace.load(SPACES / name).sampler(num_layers=6)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

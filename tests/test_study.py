@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from autoprompt_search.config import load_config_file
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.prompts import method_to_dict
 from autoprompt_search.search_space import SearchSpaceError
-from autoprompt_search.study.cluster import ClusterInfo, check_resources
+from autoprompt_search.study.cluster import ClusterInfo, check_resources, start_local
 from autoprompt_search.study.export import export_study, pareto_front, rank_top
 from autoprompt_search.study.options import Objective, StudyOptions
 from autoprompt_search.study.records import error_line, read_trials
@@ -136,13 +137,21 @@ def local_ray():
     import ray
 
     os.environ[LOGICAL_GPUS_ENV] = "1"  # read by the Train workers of the fractional-GPU test
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray port on 127.0.0.1
-    ray.init(
-        address="local", num_cpus=2, num_gpus=1, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False
-    )
+    start_local(num_cpus=2, num_gpus=1)
     yield
     ray.shutdown()
     os.environ.pop(LOGICAL_GPUS_ENV, None)
+
+
+def assert_no_placement_group_left(wait_s: float = 15.0) -> None:
+    from ray.util import placement_group_table
+
+    deadline = time.monotonic() + wait_s
+    while (
+        left := [g for g in placement_group_table().values() if g["state"] != "REMOVED"]
+    ) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, left
 
 
 class InterruptAfter:
@@ -189,6 +198,9 @@ def test_study_of_four_trials_two_concurrent(
         for r in rows
     )
     assert any(b_start < a_end for (_, a_end), (b_start, _) in itertools.pairwise(spans))
+    # ASHA stops every trial (at max_t if not before), killing its Train controller: the Train
+    # workers' placement groups must still be freed, or later trials pend forever.
+    assert_no_placement_group_left()
     # The Optuna study beside the results knows every trial.
     import optuna
     from optuna.storages import JournalStorage
@@ -225,6 +237,26 @@ def test_errors_land_in_the_table(local_ray: None, tiny_model_dir: str, tiny_sst
     run = run_study(options(tiny_model_dir, tiny_sst_dir, space=space, num_samples=1), tmp_path)
     (row,) = run.rows
     assert row["status"] == "ERROR" and "loss became" in row["error"] and "lower --lr" in row["error"]
+
+
+@pytest.mark.slow
+def test_spt_darts_trials_checkpoint_and_export_the_retrained_layers(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    space = {
+        "methods": {"spt": {"budget": {"type": "float", "low": 1.0, "high": 3.0}, "length": 2, "bottleneck": 8}},
+        "train": {"lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True}},
+    }
+    run = run_study(options(tiny_model_dir, tiny_sst_dir, space=space, num_samples=2), tmp_path)
+    assert [r["status"] for r in run.rows] == ["TERMINATED", "TERMINATED"] and all(
+        r["method"] == "spt" for r in run.rows
+    )
+    (exported,) = export_study(tmp_path / "s", top=1)
+    cfg = load_config_file(exported / "config.yaml")
+    budget = json.loads(next(r for r in run.rows if r["trial_id"] in exported.name)["config"])["method"]["budget"]
+    assert cfg.method.search is False and len(cfg.method.layers) == max(1, round(budget))
+    metrics, _ = predict_run(exported, "dev", device="cpu")
+    assert metrics["score"] == pytest.approx(max(r["dev_score"] for r in run.rows), abs=1e-6)
 
 
 @pytest.mark.slow
@@ -288,7 +320,7 @@ def test_fractional_gpus_pack_trials(local_ray: None, tiny_model_dir: str, tiny_
 def test_space_yaml_files_load() -> None:
     from autoprompt_search.study.launch import resolve_space
 
-    for name in ("all", "layers", "lpt"):
+    for name in ("all", "layers", "lpt", "learned"):
         data, path = resolve_space(name)
         assert Path(path).name == f"{name}.yaml" and data == yaml.safe_load(Path(path).read_text())
     with pytest.raises(ConfigError, match="neither a file nor a shipped space"):

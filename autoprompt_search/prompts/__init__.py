@@ -10,7 +10,9 @@ from ..dataclass_io import from_dict, to_dict
 from ..errors import ConfigError
 from .base import BatchContext, PromptMethod, SlotLayout
 from .deep import DeepConfig, DeepPrompt, prompt_tuning, ptuning_v2
+from .dynamic import DpConfig, DynamicPrompt
 from .late import LateConfig, LatePrompt
+from .selective import SelectivePrompt, SptConfig
 
 
 @dataclass
@@ -25,6 +27,8 @@ METHODS: dict[str, tuple[type, type[PromptMethod] | None]] = {
     "probe": (ProbeConfig, None),
     "deep": (DeepConfig, DeepPrompt),
     "late": (LateConfig, LatePrompt),
+    "spt": (SptConfig, SelectivePrompt),
+    "dp": (DpConfig, DynamicPrompt),
 }
 
 
@@ -66,11 +70,15 @@ __all__ = [
     "BatchContext",
     "DeepConfig",
     "DeepPrompt",
+    "DpConfig",
+    "DynamicPrompt",
     "LateConfig",
     "LatePrompt",
     "ProbeConfig",
     "PromptMethod",
+    "SelectivePrompt",
     "SlotLayout",
+    "SptConfig",
     "build_method",
     "method_config",
     "method_from_dict",

@@ -88,6 +88,9 @@ class PromptMethod(nn.Module):
         """
         raise NotImplementedError
 
+    def on_step(self, step: int) -> None:
+        """Called before every training step (1-based): schedules such as a Gumbel temperature."""
+
     def init_parameters(self, word_embeddings: nn.Embedding, generator: torch.Generator) -> None:
         """Seeded initialisation; may read the frozen vocabulary (e.g. prompt tuning's vocab init)."""
 

@@ -64,17 +64,54 @@ def adaptive_pool_weights(text_mask: Tensor, length: int) -> Tensor:
     return (t >= lo[..., None]) & (t < hi[..., None])  # (B, L, T)
 
 
+class PromptGenerator(nn.Module):
+    """LPT's neural prompt generator: hidden states (B, T, d) -> an instance prompt (B, L, d)."""
+
+    def __init__(self, kind: str, hidden: int, bottleneck: int, length: int, dropout: float, read_last: bool) -> None:
+        super().__init__()
+        self.kind, self.length, self.read_last = kind, length, read_last  # decoders read the last real token
+        self.down = nn.Linear(hidden, bottleneck)
+        self.up = nn.Linear(bottleneck, length * hidden) if kind == "npg" else nn.Linear(bottleneck, hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def init_parameters(self, generator: torch.Generator) -> None:
+        with torch.no_grad():
+            for m in (self.down, self.up):
+                bound = m.in_features**-0.5
+                m.weight.uniform_(-bound, bound, generator=generator)
+                m.bias.uniform_(-bound, bound, generator=generator)
+
+    def forward(self, text: Tensor, text_mask: Tensor) -> Tensor:
+        """text (B, T, d), text_mask (B, T) -> prompt (B, L, d)."""
+        b, _, d = text.shape
+        if self.kind == "npg":
+            if self.read_last:
+                last = text_mask.sum(1) - 1  # (B,)
+                summary = text[torch.arange(b, device=text.device), last]  # (B, d)
+            else:
+                summary = text[:, 0]  # (B, d)
+            prompt = self.up(torch.relu(self.down(summary))).view(b, self.length, d)  # (B, L, d)
+            return self.dropout(prompt)
+        z = self.down(text)  # (B, T, r)
+        bins = adaptive_pool_weights(text_mask, self.length)  # (B, L, T)
+        if self.kind == "appg":
+            w = bins.to(z.dtype)
+            pooled = (w @ z) / w.sum(-1, keepdim=True)  # (B, L, r)
+        else:
+            masked = z[:, None, :, :].masked_fill(~bins[..., None], float("-inf"))  # (B, L, T, r)
+            pooled = masked.amax(dim=2)  # (B, L, r)
+        return self.dropout(self.up(torch.relu(pooled)))  # (B, L, d)
+
+
 class LatePrompt(PromptMethod):
     name = "late"
     config_class = LateConfig
 
     def __init__(self, config: LateConfig, info: BackboneInfo) -> None:
         super().__init__(config, info)
-        d, r, length = info.hidden_size, config.bottleneck, config.length
-        self.read_last = info.causal  # decoders summarise with the last real token
-        self.down = nn.Linear(d, r)
-        self.up = nn.Linear(r, length * d) if config.generator == "npg" else nn.Linear(r, d)
-        self.dropout = nn.Dropout(config.dropout)
+        self.generator = PromptGenerator(
+            config.generator, info.hidden_size, config.bottleneck, config.length, config.dropout, info.causal
+        )
 
     @property
     def length(self) -> int:
@@ -85,11 +122,7 @@ class LatePrompt(PromptMethod):
         return self.config.layer
 
     def init_parameters(self, word_embeddings: nn.Embedding, generator: torch.Generator) -> None:
-        with torch.no_grad():
-            for m in (self.down, self.up):
-                bound = m.in_features**-0.5
-                m.weight.uniform_(-bound, bound, generator=generator)
-                m.bias.uniform_(-bound, bound, generator=generator)
+        self.generator.init_parameters(generator)
 
     def layout(self, ctx: BatchContext) -> SlotLayout:
         return SlotLayout.uniform(ctx.input_ids.shape[0], self.length, self.config.layer, ctx.input_ids.device)
@@ -97,25 +130,4 @@ class LatePrompt(PromptMethod):
     def inject(self, layer: int, slots: Tensor | None, text: Tensor, ctx: BatchContext) -> Tensor | None:
         if layer != self.config.layer:
             return None
-        return self.generate(text, ctx.text_mask)
-
-    def generate(self, text: Tensor, text_mask: Tensor) -> Tensor:
-        """text (B, T, d), text_mask (B, T) -> prompt (B, L, d)."""
-        b, _, d = text.shape
-        if self.config.generator == "npg":
-            if self.read_last:
-                last = text_mask.sum(1) - 1  # (B,)
-                summary = text[torch.arange(b, device=text.device), last]  # (B, d)
-            else:
-                summary = text[:, 0]  # (B, d)
-            prompt = self.up(torch.relu(self.down(summary))).view(b, self.length, d)  # (B, L, d)
-            return self.dropout(prompt)
-        z = self.down(text)  # (B, T, r)
-        bins = adaptive_pool_weights(text_mask, self.length)  # (B, L, T)
-        if self.config.generator == "appg":
-            w = bins.to(z.dtype)
-            pooled = (w @ z) / w.sum(-1, keepdim=True)  # (B, L, r)
-        else:
-            masked = z[:, None, :, :].masked_fill(~bins[..., None], float("-inf"))  # (B, L, T, r)
-            pooled = masked.amax(dim=2)  # (B, L, r)
-        return self.dropout(self.up(torch.relu(pooled)))  # (B, L, d)
+        return self.generator(text, ctx.text_mask)

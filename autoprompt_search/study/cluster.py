@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from .options import StudyOptions
@@ -19,46 +21,100 @@ class ClusterInfo:
     started_here: bool
 
 
-def connect(
-    address: str | None = None,
-    num_cpus: int | None = None,
-    num_gpus: int | None = None,
-    dashboard: bool = True,
-    dashboard_port: int = 8265,
-) -> ClusterInfo:
-    """Start a local Ray bound to loopback, or join `address`; reuses a Ray already initialised here."""
+@dataclass
+class RaySettings:
+    """Which Ray a study runs on: `address` joins a cluster, None starts a local one here."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    dashboard_port: int = 8265  # local mode; the next free port when taken
+    preload_modules: tuple[str, ...] = ()  # local mode: imported by every Ray worker process at start
+
+
+def connect(settings: RaySettings | None = None) -> ClusterInfo:
+    """Start a local Ray bound to loopback, or join `settings.address`; reuses a Ray already initialised here."""
     import ray
 
+    settings = settings or RaySettings()
+    address = settings.address
     started = False
     if not ray.is_initialized():
         prepare_environment(address)
-        runtime_env = {"env_vars": trial_environment()}
         try:
             if address:
-                context = ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+                env = {"env_vars": trial_environment()}
+                context = ray.init(address=address, log_to_driver=False, runtime_env=env)
             else:
-                context = ray.init(
-                    address="local",  # a new Ray here, never a stale `ray start` recorded in /tmp/ray
-                    num_cpus=num_cpus,
-                    num_gpus=num_gpus,
-                    include_dashboard=dashboard,
-                    dashboard_host="127.0.0.1",
-                    dashboard_port=dashboard_port,
-                    _node_ip_address="127.0.0.1",
-                    log_to_driver=False,
-                    runtime_env=runtime_env,
+                context = start_local(
+                    settings.num_cpus, settings.num_gpus, settings.dashboard_port, settings.preload_modules
                 )
         except ConnectionError as exc:
             raise ConfigError(
                 f"--address {address}: no Ray cluster answers there ({exc}); start one with `ray start --head` or drop --address"
             ) from exc
-        started = not address
-        url = context.dashboard_url
+        started, url = not address, context.dashboard_url
     else:
         url = None  # a Ray this process already started (tests, notebooks)
     resources = ray.cluster_resources()
     dashboard_url = f"http://{url}" if url and not url.startswith("http") else url
     return ClusterInfo(address or "local", dashboard_url, resources.get("CPU", 0.0), resources.get("GPU", 0.0), started)
+
+
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+
+
+def start_local(
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    dashboard_port: int = 8265,
+    preload_modules: tuple[str, ...] = (),
+) -> Any:
+    """`ray.init` a new local Ray with every port and the dashboard on 127.0.0.1.
+
+    The dashboard is required, not optional: when ASHA (or Ctrl-C) stops a trial, its Train
+    controller dies and Ray Train's detached PlacementGroupCleaner frees the workers' placement
+    group, but it finds the controller's state through the dashboard's API server, located via
+    `/tmp/ray/ray_current_cluster` unless told otherwise. A stale file there (left by any earlier
+    `ray start`) made the cleaner crash, the placement group leak, and the study hang once the
+    leaked groups held every CPU. So the processes get the API server's address explicitly.
+    """
+    import ray
+
+    prepare_environment(None)
+    port = free_port(dashboard_port)
+    env = {**trial_environment(), API_SERVER_ENV: f"http://127.0.0.1:{port}"}
+    context = ray.init(
+        address="local",  # a new Ray here, never a stale `ray start` recorded in /tmp/ray
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+        _system_config={"preload_python_modules": list(preload_modules)} if preload_modules else None,
+    )
+    if context.dashboard_url != f"127.0.0.1:{port}":
+        ray.shutdown()
+        raise ConfigError(
+            f"the Ray dashboard did not start on 127.0.0.1:{port} (got {context.dashboard_url!r}); "
+            "pass a free --dashboard-port"
+        )
+    return context
+
+
+def free_port(preferred: int) -> int:
+    """`preferred` if nothing listens on 127.0.0.1 there, else a port the OS says is free."""
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise ConfigError("no free TCP port on 127.0.0.1 for the Ray dashboard")
 
 
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"

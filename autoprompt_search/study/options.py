@@ -69,6 +69,7 @@ class StudyOptions:
     reduction_factor: int = 3
     seed: int = 0
     max_failures: int = 0  # Train-run retries per trial (worker crashes), not bad configs
+    reuse_actors: bool = False  # Tune runs the next trial in a finished trial's process
 
     def __post_init__(self) -> None:
         require(bool(NAME.match(self.name)), f"study: name {self.name!r} must be letters, digits, '-', '_' or '.'")

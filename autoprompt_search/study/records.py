@@ -33,6 +33,7 @@ SCHEMA = pa.schema(
         ("last_step", pa.int64()),
         ("history", pa.string()),  # JSON list: one dict per evaluation (metrics over time)
         ("startup_seconds", pa.float64()),  # driver trial start -> Train worker loop start (Ray's cost)
+        ("trial_actor_seconds", pa.float64()),  # ...of which: driver trial start -> Tune trial function entered
         ("load_seconds", pa.float64()),  # worker: loading model + data
         ("worker_seconds", pa.float64()),  # worker: loading + training + evaluation
         ("wall_seconds", pa.float64()),  # driver: trial start to end, Train-job start included
@@ -105,7 +106,8 @@ class TrialRecorder(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
         row.update(status="RUNNING", started_at=time.time(), finished_at=None, error=None, history="[]")
-        row.update(evaluations=0, dev_score=None, eval_score=None, checkpoint=None, startup_seconds=None)
+        row.update(evaluations=0, dev_score=None, eval_score=None, checkpoint=None)
+        row.update(startup_seconds=None, trial_actor_seconds=None)
         self._write()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -125,6 +127,7 @@ class TrialRecorder(Callback):
         )
         if result.get("worker_started_at") and row["started_at"]:
             row["startup_seconds"] = result["worker_started_at"] - row["started_at"]
+            row["trial_actor_seconds"] = result["trial_entered_at"] - row["started_at"]
         if result.get("checkpoint_path"):
             row["checkpoint"] = result["checkpoint_path"]
         self._finish_times(row)

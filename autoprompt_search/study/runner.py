@@ -13,7 +13,7 @@ from ..config import ExperimentConfig
 from ..dataclass_io import to_dict
 from ..errors import ConfigError
 from ..search_space import SearchSpace
-from .cluster import ClusterInfo, check_resources, connect, shutdown
+from .cluster import ClusterInfo, RaySettings, check_resources, connect, shutdown
 from .options import STUDY_FILE, StudyOptions
 from .progress import ProgressBar
 from .records import TRIALS_FILE, TrialRecorder, read_trials
@@ -147,6 +147,7 @@ def build_tuner(
             metric=objectives[0].metric if single else None,
             mode=objectives[0].mode if single else None,
             trial_dirname_creator=trial_dirname,
+            reuse_actors=options.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,
@@ -173,12 +174,8 @@ def run_study(
     options: StudyOptions,
     results_dir: str | Path = "results",
     overwrite: bool = False,
-    address: str | None = None,
-    num_cpus: int | None = None,
-    num_gpus: int | None = None,
-    dashboard: bool = True,
+    ray_settings: RaySettings | None = None,
     on_connect: Any = None,
-    dashboard_port: int = 8265,
 ) -> StudyRun:
     """Validate everything, start or join Ray, and run the study to the end."""
     study_dir = prepare_study_dir(results_dir, options.name, overwrite)
@@ -189,18 +186,14 @@ def run_study(
         options.save(study_dir)
         build_tuner(options, study_dir, space, base, num_layers).fit()
 
-    return _on_ray(options, study_dir, fit, address, num_cpus, num_gpus, dashboard, on_connect, dashboard_port)
+    return _on_ray(options, study_dir, fit, ray_settings, on_connect)
 
 
 def resume_study(
     name: str,
     results_dir: str | Path = "results",
-    address: str | None = None,
-    num_cpus: int | None = None,
-    num_gpus: int | None = None,
-    dashboard: bool = True,
+    ray_settings: RaySettings | None = None,
     on_connect: Any = None,
-    dashboard_port: int = 8265,
 ) -> StudyRun:
     """Continue an interrupted study: finished trials are kept, unfinished ones rerun, the sampler's history reloads."""
     from ray import tune
@@ -216,22 +209,18 @@ def resume_study(
             str(study_dir / TUNE_DIR), trainable(options, study_dir), resume_unfinished=True, restart_errored=False
         ).fit()
 
-    return _on_ray(options, study_dir, fit, address, num_cpus, num_gpus, dashboard, on_connect, dashboard_port)
+    return _on_ray(options, study_dir, fit, ray_settings, on_connect)
 
 
 def _on_ray(
     options: StudyOptions,
     study_dir: Path,
     fit: Any,
-    address: str | None,
-    num_cpus: int | None,
-    num_gpus: int | None,
-    dashboard: bool,
+    ray_settings: RaySettings | None,
     on_connect: Any,
-    dashboard_port: int,
 ) -> StudyRun:
     """Start or join Ray, refuse resources a trial can never get, run `fit`, and stop what we started."""
-    cluster = connect(address, num_cpus, num_gpus, dashboard, dashboard_port)
+    cluster = connect(ray_settings)
     try:
         check_resources(options, cluster)
         if on_connect is not None:

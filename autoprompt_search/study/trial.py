@@ -56,13 +56,19 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    entered_at = time.time()
     trial_id = tune.get_context().get_trial_id()
     resources = worker_resources(study)
     use_gpu = "GPU" in resources
     nccl = use_gpu and os.environ.get(LOGICAL_GPUS_ENV) != "1"
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"base": study["experiment"], "sampled": config, "use_gpu": use_gpu},
+        train_loop_config={
+            "base": study["experiment"],
+            "sampled": config,
+            "use_gpu": use_gpu,
+            "trial_entered_at": entered_at,
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(study["workers_per_trial"]), use_gpu=use_gpu, resources_per_worker=resources
         ),
@@ -108,7 +114,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     trainable: dict[str, int] = {}
 
-    def report(record: dict[str, Any], best_state: dict[str, torch.Tensor]) -> None:
+    def report(record: dict[str, Any], best_state: dict[str, torch.Tensor], trained: ExperimentConfig) -> None:
         metrics = {
             "step": record["step"],
             "train_loss": record["train_loss"],
@@ -119,6 +125,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "load_seconds": load_seconds,
             "worker_seconds": time.perf_counter() - started,
             "worker_started_at": started_at,
+            "trial_entered_at": loop_config["trial_entered_at"],
             "gpu_ids": ",".join(gpu_ids),
             "trained_to_end": record["step"] == cfg.train.steps,
         }
@@ -126,7 +133,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            save_state(best_state, cfg, tmp, {"dev_score": record["best_dev_score"], "step": record["step"]}, [])
+            save_state(best_state, trained, tmp, {"dev_score": record["best_dev_score"], "step": record["step"]}, [])
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     train(cfg, ws, on_eval=report)

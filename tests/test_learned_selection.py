@@ -1,0 +1,220 @@
+"""Learned selection: SPT gates with the bi-level (DARTS) search, and Gumbel dynamic prompting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FAMILIES
+from test_engine import ATOL, full_batch, make
+from test_training import experiment
+
+from autoprompt_search.checkpoint import load_run, predict_run, save_run
+from autoprompt_search.darts import BilevelSearch, split_rows
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.prompts import DeepConfig, DpConfig, LateConfig, SptConfig, method_config
+from autoprompt_search.trainer import prepare_workspace, train
+
+# ---- SPT --------------------------------------------------------------------------------
+
+
+def set_gates(model, probs: list[float]) -> None:  # type: ignore[no-untyped-def]
+    with torch.no_grad():
+        model.method.gate_logits.copy_(torch.logit(torch.tensor(probs)))
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_spt_without_search_at_one_layer_equals_lpt(family: str) -> None:
+    lpt = make(family, LateConfig(layer=2, length=3, bottleneck=8, dropout=0.0))
+    spt = make(family, SptConfig(layers=(2,), search=False, length=3, bottleneck=8, dropout=0.0))
+    spt.method.generators[0].load_state_dict(lpt.method.generator.state_dict())
+    spt.head.load_state_dict(lpt.head.state_dict())
+    batch = full_batch()
+    batch.text_mask[0, 4:] = False
+    torch.testing.assert_close(spt(batch), lpt(batch), atol=ATOL, rtol=0)
+
+
+def test_spt_gates_interpolate_between_injecting_and_propagating() -> None:
+    """A closed gate keeps the propagated prompt (= no prompt at that layer); an open one injects."""
+    model = make("bert", SptConfig(layers=(1, 2), length=3, bottleneck=8, dropout=0.0))
+    only_1 = make("bert", SptConfig(layers=(1,), search=False, length=3, bottleneck=8, dropout=0.0))
+    only_1.method.generators[0].load_state_dict(model.method.generators[0].state_dict())
+    only_1.head.load_state_dict(model.head.state_dict())
+    set_gates(model, [1.0, 0.0])  # logit(1) = inf: exactly open / exactly closed
+    batch = full_batch()
+    torch.testing.assert_close(model(batch), only_1(batch), atol=ATOL, rtol=0)
+
+
+def test_derived_layer_set_matches_the_gates() -> None:
+    model = make("bert", SptConfig(length=2, bottleneck=4))  # candidates: all 4 blocks
+    set_gates(model, [0.2, 0.9, 0.6, 0.4])
+    assert model.method.derive_layers() == (1, 2)  # top half by default
+    model.method.config.top_k = 3
+    assert model.method.derive_layers() == (1, 2, 3)
+    model.method.config.derive = "threshold"
+    assert model.method.derive_layers() == (1, 2)
+    model.method.config.threshold = 0.95
+    assert model.method.derive_layers() == (1,)  # nothing passes: the best gate is kept
+    model.method.config.retrain = "deep"
+    assert model.method.derived_config() == DeepConfig(layers=(1,), length=2)
+
+
+def test_gate_logits_get_gradients_only_in_the_architecture_step(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, SptConfig(length=2, bottleneck=8, budget=1.0))
+    search = BilevelSearch(cfg, prepare_workspace(cfg))
+    gates = search.method.gate_logits
+    weights_before = [p.detach().clone() for p in search.weights]
+    gates_before = gates.detach().clone()
+    batch = search.batch(next(search.weight_batches))
+
+    search.weight_step(batch)
+    assert gates.grad is None and torch.equal(gates, gates_before)
+    assert all(not torch.equal(a, b) for a, b in zip(weights_before, search.weights, strict=True) if b.numel() > 1)
+
+    weights_before = [p.detach().clone() for p in search.weights]
+    search.arch_step(search.batch(next(search.arch_batches)), batch)
+    assert not torch.equal(gates, gates_before)
+    assert all(torch.equal(a, b) for a, b in zip(weights_before, search.weights, strict=True))
+    assert all(p.grad is None for p in search.weights)
+
+
+def test_second_order_arch_step_restores_weights_and_moves_gates(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, SptConfig(length=2, bottleneck=8, second_order=True))
+    search = BilevelSearch(cfg, prepare_workspace(cfg))
+    weights_before = [p.detach().clone() for p in search.weights]
+    gates_before = search.method.gate_logits.detach().clone()
+    search.arch_step(search.batch(next(search.arch_batches)), search.batch(next(search.weight_batches)))
+    assert all(torch.equal(a, b) for a, b in zip(weights_before, search.weights, strict=True))
+    assert not torch.equal(gates_before, search.method.gate_logits)
+
+
+def test_budget_pushes_the_expected_number_of_layers_down(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    spt = SptConfig(length=2, bottleneck=8, budget=1.0, budget_weight=50.0, gate_init=2.0, arch_lr=0.2)
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, spt, steps=10, eval_every=5)
+    result = BilevelSearch(cfg, prepare_workspace(cfg)).run()
+    assert result.history[0]["expected_layers"] < 4 * torch.sigmoid(torch.tensor(2.0)).item()
+    assert result.history[-1]["expected_layers"] < result.history[0]["expected_layers"]
+    assert [len(h["gate_probs"]) for h in result.history] == [4, 4]
+
+
+def test_weight_and_architecture_rows_are_disjoint() -> None:
+    w, a = split_rows(10, 0.3, seed=1)
+    assert len(a) == 3 and len(w) == 7 and not set(w.tolist()) & set(a.tolist())
+    with pytest.raises(ConfigError, match="at least 2"):
+        split_rows(1, 0.5, seed=1)
+
+
+def test_spt_darts_end_to_end_retrains_the_derived_layers(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    spt = SptConfig(length=2, bottleneck=8, top_k=2, search_steps=4)
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, spt)
+    ws = prepare_workspace(cfg)
+    seen: list[object] = []
+    result = train(cfg, ws, on_eval=lambda record, state, trained: seen.append(trained.method))
+    search = result.metrics["spt_search"]
+    probs = torch.tensor(search["gate_probs"])
+    assert search["derived_layers"] == sorted(torch.topk(probs, 2).indices.tolist())
+    assert result.config.method == SptConfig(
+        layers=tuple(search["derived_layers"]), search=False, length=2, bottleneck=8
+    )
+    assert seen and all(m == result.config.method for m in seen)  # reports carry the retrained config
+    assert len(search["history"]) >= 1 and result.metrics["steps_total"] == 4 + cfg.train.steps
+    # The exported run is an ordinary fixed-layer SPT run: it reloads and predicts.
+    save_run(result, tmp_path / "run")
+    model, loaded, _ = load_run(tmp_path / "run", device="cpu")
+    assert loaded.method == result.config.method and model.method.gate_logits is None
+    metrics, _ = predict_run(tmp_path / "run", "dev", device="cpu")
+    assert metrics["score"] == pytest.approx(result.metrics["dev"]["score"], abs=1e-6)
+
+
+def test_spt_config_errors() -> None:
+    with pytest.raises(ConfigError, match="method.gate: 'hard' unknown"):
+        method_config("spt", {"gate": "hard"})
+    with pytest.raises(ConfigError, match="give the prompted layers"):
+        method_config("spt", {"search": False})
+    model_info = make("bert", None).backbone
+    from autoprompt_search.backbones import BackboneInfo
+
+    with pytest.raises(ConfigError, match="top_k: 9 exceeds the 4 candidate layers"):
+        method_config("spt", {"top_k": 9}).check(BackboneInfo.of(model_info))
+
+
+# ---- dynamic prompting --------------------------------------------------------------------
+
+
+def fix_task_choice(model, choice: str, index: int) -> None:  # type: ignore[no-untyped-def]
+    with torch.no_grad():
+        logits = model.method.logits[choice]
+        logits.fill_(-10.0)
+        logits[index] = 10.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("j", [0, 2, 4])
+def test_task_level_dp_with_a_fixed_position_equals_deep_with_that_position(family: str, j: int) -> None:
+    dp = make(family, DpConfig(length=4, pool=1, level="task", choose=("position",)))
+    position = {"position": "split", "split": j} if j else {}
+    deep = make(family, DeepConfig(layers=(0,), length=4, **position))
+    with torch.no_grad():
+        deep.method.prompts.copy_(dp.method.prompts)
+    deep.head.load_state_dict(dp.head.state_dict())
+    fix_task_choice(dp, "position", j)
+    batch = full_batch()
+    batch.text_mask[1, 4:] = False
+    torch.testing.assert_close(dp(batch), deep(batch), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_dropped_prompt_tokens_cannot_change_the_output(family: str) -> None:
+    model = make(family, DpConfig(length=5, pool=1, level="task", choose=("length", "position")))
+    fix_task_choice(model, "length", 2)  # keep P[:2]
+    fix_task_choice(model, "position", 1)  # P[1:2] before the input, P[:1] after it
+    batch = full_batch()
+    before = model(batch)
+    assert model.method.choices.length.tolist() == [2, 2]
+    with torch.no_grad():
+        model.method.prompts[:, 2:] = torch.randn_like(model.method.prompts[:, 2:]) * 100
+    torch.testing.assert_close(model(batch), before, atol=ATOL, rtol=0)
+    with torch.no_grad():
+        model.method.prompts[:, 1] += torch.randn_like(model.method.prompts[:, 1])  # a kept token does change it
+    assert not torch.allclose(model(batch), before, atol=1e-4)
+
+
+def test_hard_samples_are_one_hot_and_carry_gradients() -> None:
+    model = make("bert", DpConfig(length=4, pool=3, level="instance")).train()
+    method = model.method
+    ctx_logits = torch.randn(6, 5, requires_grad=True)
+    y = method.one_hot(ctx_logits)
+    assert set(y.unique().tolist()) <= {0.0, 1.0} and torch.equal(y.sum(-1), torch.ones(6))
+    batch = full_batch(b=6)
+    model(batch).sum().backward()
+    for name in ("position", "length", "pool"):
+        assert method.selectors[name].weight.grad is not None and method.selectors[name].weight.grad.abs().sum() > 0
+    assert method.prompts.grad.abs().sum() > 0
+    c = method.choices
+    assert torch.equal(c.scale.detach(), torch.ones(6)) and torch.allclose(c.weights.sum(-1), torch.ones(6))
+
+
+def test_dp_eval_is_deterministic_and_temperature_anneals() -> None:
+    model = make("bert", DpConfig(length=4, tau=2.0, tau_min=0.5, anneal=0.01))
+    batch = full_batch(b=4)
+    torch.testing.assert_close(model(batch), model(batch), atol=0, rtol=0)
+    model.method.on_step(100)
+    assert model.method.tau == pytest.approx(2.0 * torch.exp(torch.tensor(-1.0)).item())
+    model.method.on_step(10_000)
+    assert model.method.tau == 0.5
+
+
+def test_dp_trains_and_reloads(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, DpConfig(length=3, pool=2))
+    result = train(cfg, prepare_workspace(cfg))
+    save_run(result, tmp_path / "run")
+    metrics, _ = predict_run(tmp_path / "run", "dev", device="cpu")
+    assert metrics["score"] == pytest.approx(result.metrics["dev"]["score"], abs=1e-6)
+
+
+def test_dp_config_errors() -> None:
+    with pytest.raises(ConfigError, match="method.pool: 4 prompt sets need 'pool'"):
+        method_config("dp", {"choose": ["position"]})
+    with pytest.raises(ConfigError, match="method.choose: 'width' unknown"):
+        method_config("dp", {"choose": ["width"], "pool": 1})
+    with pytest.raises(ConfigError, match="conflicts with choosing it"):
+        method_config("dp", {"split": 2})
