@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from .data import get_task
 from .dataclass_io import to_dict
 from .errors import ConfigError, require
 from .prompts import method_config
+from .staging import staged_directory
 from .trainer import TrainResult, prepare_workspace, resolve_device, train
 
 
@@ -167,15 +167,8 @@ def train_to_directory(cfg: ExperimentConfig, output: str | Path, overwrite: boo
     resolve_device(cfg.train.device)  # a GPU asked for where none exists fails here, before loading
     ws = prepare_workspace(cfg)
     result = train(cfg, ws)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out.parent))
-    try:
+    with staged_directory(out) as staging:
         save_run(result, staging)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return result
 
 

@@ -262,6 +262,72 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
 
 
 @app.command()
+def compare(
+    name: Annotated[str, Opt(help="results/compare/<name>")] = "compare",
+    space: Annotated[str, Opt(help="discrete search space: shipped name (all, layers, lpt, learned) or YAML")] = "all",
+    search_trials: Annotated[int, Opt(help="discrete-search trials; also sets SPT-DARTS' matched budget")] = 4,
+    seeds: Annotated[str, Opt(help="comma-separated seeds of the final runs (>= 3 for medians)")] = "1,2,3",
+    arms: Annotated[
+        Optional[list[str]],
+        Opt(
+            "--arm",
+            help="run only these arms (repeatable): probe, prompt-tuning, deep-all, lpt-half, dp, "
+            "spt-darts, discrete-search",
+        ),
+    ] = None,
+    spt_options: Annotated[Optional[list[str]], Opt("--spt-option", help="KEY=VALUE for the SPT gate search")] = None,
+    dp_options: Annotated[Optional[list[str]], Opt("--dp-option", help="KEY=VALUE for dynamic prompting")] = None,
+    max_concurrent: Annotated[int, Opt(help="discrete-search trials at once")] = 2,
+    scheduler: Annotated[str, Opt(help="discrete search: asha | fifo")] = "asha",
+    search_seed: Annotated[int, Opt(help="sampler seed of the discrete search")] = 0,
+    address: Annotated[Optional[str], Opt(help="run the discrete search on this Ray cluster")] = None,
+    num_cpus: Annotated[Optional[int], Opt(help="local mode: CPUs Ray may use")] = None,
+    results_dir: Annotated[str, Opt(help="where comparisons live")] = "results/compare",
+    overwrite: Annotated[bool, Opt(help="replace an existing comparison of the same name")] = False,
+    config: Annotated[str, Opt("--config", help="base experiment YAML/JSON (model, data, head, recipe)")] = "",
+    model: Annotated[Optional[str], Opt(help="packaged name, model directory or hub id")] = None,
+    task: Annotated[Optional[str], Opt(help="registered task (sst2, rte, trec, ...)")] = None,
+    source: Annotated[Optional[str], Opt(help="auto | files | hub | package")] = None,
+    data_dir: Annotated[Optional[str], Opt(help="folder with train/dev/test files")] = None,
+    max_length: Annotated[Optional[int], Opt()] = None,
+    max_train: Annotated[Optional[int], Opt(help="seeded subset of the training set (0 = all)")] = None,
+    steps: Annotated[Optional[int], Opt(help="training steps of every run and search trial")] = None,
+    batch_size: Annotated[Optional[int], Opt()] = None,
+    eval_every: Annotated[Optional[int], Opt()] = None,
+    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda (final runs and the gate search)")] = None,
+    precision: Annotated[Optional[str], Opt(help="auto | fp32 | bf16")] = None,
+) -> None:
+    """Compare discrete search, SPT-DARTS, dynamic prompting and fixed baselines on one task and model."""
+    from autoprompt_search.compare.runner import make_compare_options, run_compare
+    from autoprompt_search.runs import TrainOptions
+    from autoprompt_search.study.cluster import RaySettings
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        fail(ConfigError(f"--seeds: {seeds!r} is not a comma-separated list of integers; e.g. 1,2,3"))
+    base = TrainOptions(
+        config_file=config, model=model, task=task, source=source, data_dir=data_dir, max_length=max_length,
+        max_train=max_train, steps=steps, batch_size=batch_size, eval_every=eval_every, device=device,
+        precision=precision,
+    )  # fmt: skip
+    try:
+        options = make_compare_options(
+            space, base, spt_options or [], dp_options or [], name=name, search_trials=search_trials,
+            seeds=seed_list, arms=tuple(arms or ()), max_concurrent=max_concurrent, scheduler=scheduler,
+            search_seed=search_seed,
+        )  # fmt: skip
+        out = run_compare(
+            options, results_dir, overwrite, RaySettings(address=address, num_cpus=num_cpus),
+            log=lambda line: typer.echo(line, err=True),
+        )  # fmt: skip
+    except ConfigError as exc:
+        fail(exc)
+    typer.echo((out / "report.md").read_text(encoding="utf-8"))
+    typer.echo(f"written to {out}", err=True)
+
+
+@app.command()
 def status(
     study: Annotated[str, typer.Argument(help="study directory (RESULTS_DIR/NAME) or a name under results/")],
 ) -> None:

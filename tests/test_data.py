@@ -64,6 +64,17 @@ def test_seeded_dev_split_is_deterministic_and_disjoint(tiny_sst_dir: str) -> No
     assert "seed 3" in a.origin["dev"]
 
 
+def test_dev_as_test_holds_the_dev_split_out(tiny_sst_dir: str) -> None:
+    files = {"train_file": f"{tiny_sst_dir}/train.tsv", "dev_file": f"{tiny_sst_dir}/dev.tsv"}
+    plain = load_task_data(DataConfig(task="sst2", **files))
+    held = load_task_data(DataConfig(task="sst2", dev_as_test=True, dev_fraction=0.25, **files))
+    assert held.splits["test"].text_a == plain.splits["dev"].text_a and "held out as test" in held.origin["test"]
+    assert len(held.splits["dev"]) == 40 and len(held.splits["train"]) == 120
+    assert not set(held.splits["dev"].text_a) & set(held.splits["test"].text_a) - set(plain.splits["train"].text_a)
+    with_test = load_task_data(DataConfig(task="sst2", data_dir=tiny_sst_dir, dev_as_test=True))
+    assert len(with_test.splits["dev"]) == 48  # a real test split exists: nothing moves
+
+
 def test_glue_files_load_sst2_and_rte() -> None:
     sst = load_task_data(DataConfig(task="sst2", data_dir=shared_glue("SST-2")))
     assert {k: len(v) for k, v in sst.splits.items()} == {"train": 67349, "dev": 872, "test": 1821}

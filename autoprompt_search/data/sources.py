@@ -36,6 +36,7 @@ class DataConfig:
     dev_fraction: float = 0.1  # carved from train (seeded) when there is no dev split
     split_seed: int = 0
     max_train: int = 0  # keep a seeded subset of this many training examples (0 = all)
+    dev_as_test: bool = False  # no test split: the dev split becomes the held-out test, dev is carved from train
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -227,6 +228,9 @@ def load_task_data(cfg: DataConfig) -> TaskData:
     else:
         splits, origin = _from_hub(cfg, task)
     require("train" in splits, f"data: {task.name} has no training split in {source}")
+    if cfg.dev_as_test and "test" not in splits and "dev" in splits:
+        splits["test"] = splits.pop("dev")
+        origin["test"] = origin.pop("dev", "") + " (the dev split, held out as test)"
     if "dev" not in splits:
         train = splits["train"]
         order = list(range(len(train)))

@@ -25,6 +25,17 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import BackboneInfo
+from ..errors import ConfigError
+
+
+def check_layers(layers: tuple[int, ...], info: BackboneInfo) -> None:
+    """Every block index of a method's layer set exists in the model."""
+    bad = [i for i in layers if not 0 <= i < info.num_layers]
+    if bad:
+        raise ConfigError(
+            f"method.layers: layer {bad[0]} out of range for a {info.num_layers}-layer model; "
+            f"use 0..{info.num_layers - 1}"
+        )
 
 
 @dataclass

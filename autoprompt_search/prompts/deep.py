@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import BackboneInfo
-from ..errors import ConfigError, require
-from .base import BatchContext, PromptMethod, SlotLayout
+from ..errors import require
+from .base import BatchContext, PromptMethod, SlotLayout, check_layers
 
 POSITIONS = ("prefix", "split")
 
@@ -46,12 +46,7 @@ class DeepConfig:
         require(self.reparam >= 0, f"method.reparam: must be >= 0 (0 = off), got {self.reparam}")
 
     def check(self, info: BackboneInfo) -> None:
-        bad = [i for i in self.layers if not 0 <= i < info.num_layers]
-        if bad:
-            raise ConfigError(
-                f"method.layers: layer {bad[0]} out of range for a {info.num_layers}-layer model; "
-                f"use 0..{info.num_layers - 1}"
-            )
+        check_layers(self.layers, info)
 
 
 def prompt_tuning(length: int = 20) -> DeepConfig:

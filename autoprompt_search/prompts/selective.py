@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..backbones import BackboneInfo
 from ..errors import ConfigError, require
-from .base import BatchContext, PromptMethod, SlotLayout
+from .base import BatchContext, PromptMethod, SlotLayout, check_layers
 from .deep import DeepConfig
 from .late import GENERATORS, PromptGenerator
 
@@ -78,12 +78,7 @@ class SptConfig:
         require(self.search_steps >= 0, f"method.search_steps: must be >= 0 (0 = train.steps), got {self.search_steps}")
 
     def check(self, info: BackboneInfo) -> None:
-        bad = [i for i in self.layers if not 0 <= i < info.num_layers]
-        if bad:
-            raise ConfigError(
-                f"method.layers: layer {bad[0]} out of range for a {info.num_layers}-layer model; "
-                f"use 0..{info.num_layers - 1}"
-            )
+        check_layers(self.layers, info)
         if self.top_k > len(self.candidates(info.num_layers)):
             raise ConfigError(
                 f"method.top_k: {self.top_k} exceeds the {len(self.candidates(info.num_layers))} candidate layers; lower it"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import yaml
 
 from ..checkpoint import CONFIG, WEIGHTS
 from ..errors import ConfigError
+from ..staging import staged_directory
 from .options import Objective, StudyOptions
 from .runner import study_rows
 
@@ -72,10 +72,8 @@ def export_study(
     missing = [r["trial_id"] for r in chosen if not (Path(r["checkpoint"]) / WEIGHTS).is_file()]
     if missing:
         raise ConfigError(f"export: the checkpoint of trial {missing[0]} is gone; was the study directory moved?")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
-    try:
-        names = []
+    names = []
+    with staged_directory(out) as staging:
         for rank, row in enumerate(chosen, start=1):
             name = f"{rank:02d}-{row['trial_id']}"
             write_run(row, options, staging / name)
@@ -85,12 +83,6 @@ def export_study(
             for i, (n, r) in enumerate(zip(names, chosen, strict=True))
         ]
         (staging / "exported.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return [out / n for n in names]
 
 
