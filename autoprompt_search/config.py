@@ -87,6 +87,28 @@ class ExperimentConfig:
         )
 
 
+DATA_PATHS = ("data_dir", "train_file", "dev_file", "test_file")
+
+
+def absolute_paths(experiment: dict[str, Any]) -> dict[str, Any]:
+    """The experiment (as a dict) with relative local paths made absolute against the current directory.
+
+    Ray workers run in other directories (and on other nodes of a shared file system), so a
+    study or comparison pins `--data-dir ../data` to what it meant where the command was typed.
+    """
+    out = dict(experiment)
+    data = dict(out.get("data") or {})
+    for key in DATA_PATHS:
+        if data.get(key):
+            data[key] = str(Path(data[key]).expanduser().absolute())
+    if data:
+        out["data"] = data
+    model = out.get("model")
+    if isinstance(model, str) and model and Path(model).expanduser().exists():
+        out["model"] = str(Path(model).expanduser().absolute())
+    return out
+
+
 def load_config_file(path: str | Path) -> ExperimentConfig:
     """An experiment from YAML or JSON (safe loaders only); a `config:` key may wrap it."""
     p = Path(path)

@@ -105,6 +105,7 @@ def main() -> None:
     header = (
         f"# Study overhead on {machine()}\n\n"
         f"Command: `python scripts/bench_study_overhead.py --space {args.space} --num-samples {args.num_samples} "
+        f"--variants {args.variants} "
         f"--steps {args.steps} --max-concurrent {args.max_concurrent}` (model {args.model or 'minilm-l6'}, "
         f"task {args.task or 'trec'}; random sampler seed 0, FIFO: the same trials in every variant).\n\n"
     )

@@ -193,6 +193,13 @@ def test_hard_samples_are_one_hot_and_carry_gradients() -> None:
     assert torch.equal(c.scale.detach(), torch.ones(6)) and torch.allclose(c.weights.sum(-1), torch.ones(6))
 
 
+def test_untrained_dp_keeps_the_whole_prompt() -> None:
+    for level in ("task", "instance"):
+        model = make("bert", DpConfig(length=4, pool=1, level=level, choose=("length",)))
+        model(full_batch(b=3))
+        assert model.method.choices.length.tolist() == [4, 4, 4], level
+
+
 def test_dp_eval_is_deterministic_and_temperature_anneals() -> None:
     model = make("bert", DpConfig(length=4, tau=2.0, tau_min=0.5, anneal=0.01))
     batch = full_batch(b=4)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import absolute_paths
 from ..errors import ConfigError, require
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -38,6 +39,7 @@ class CompareOptions:
     arms: tuple[str, ...] = ()  # a subset of ARMS to run; () = all
 
     def __post_init__(self) -> None:
+        self.experiment = absolute_paths(self.experiment)
         require(bool(NAME.match(self.name)), f"--name: {self.name!r} must be letters, digits, '.', '_' or '-'")
         require(self.search_trials >= 1, f"--search-trials: must be >= 1, got {self.search_trials}")
         require(self.max_concurrent >= 1, f"--max-concurrent: must be >= 1, got {self.max_concurrent}")

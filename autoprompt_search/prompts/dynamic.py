@@ -34,6 +34,7 @@ from .base import BatchContext, PromptMethod, SlotLayout
 
 LEVELS = ("instance", "task")
 CHOICES = ("position", "length", "pool")
+FULL_LENGTH_LOGIT = 1.0  # initial preference for keeping all L slots
 
 
 @dataclass
@@ -126,6 +127,12 @@ class DynamicPrompt(PromptMethod):
                 bound = m.in_features**-0.5
                 m.weight.uniform_(-bound, bound, generator=generator)
                 m.bias.zero_()
+            # Start from the whole prompt (plain prompt tuning), not from a tie that argmax breaks
+            # towards length 0 (no prompt at all).
+            if "length" in self.selectors:
+                self.selectors["length"].bias[-1] = FULL_LENGTH_LOGIT
+            if "length" in self.logits:
+                self.logits["length"][-1] = FULL_LENGTH_LOGIT
 
     def on_step(self, step: int) -> None:
         cfg = self.config

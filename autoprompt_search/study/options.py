@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, absolute_paths
 from ..dataclass_io import from_dict, to_dict
 from ..errors import ConfigError, require
 
@@ -72,6 +72,7 @@ class StudyOptions:
     reuse_actors: bool = False  # Tune runs the next trial in a finished trial's process
 
     def __post_init__(self) -> None:
+        self.experiment = absolute_paths(self.experiment)  # Ray workers run in other directories
         require(bool(NAME.match(self.name)), f"study: name {self.name!r} must be letters, digits, '-', '_' or '.'")
         require(self.num_samples >= 1, f"study.num_samples: must be >= 1, got {self.num_samples}")
         require(self.max_concurrent >= 1, f"study.max_concurrent: must be >= 1, got {self.max_concurrent}")
