@@ -7,6 +7,7 @@ errors name the field (`train.lr: ...`).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,12 +101,12 @@ def absolute_paths(experiment: dict[str, Any]) -> dict[str, Any]:
     data = dict(out.get("data") or {})
     for key in DATA_PATHS:
         if data.get(key):
-            data[key] = str(Path(data[key]).expanduser().absolute())
+            data[key] = os.path.normpath(Path(data[key]).expanduser().absolute())
     if data:
         out["data"] = data
     model = out.get("model")
     if isinstance(model, str) and model and Path(model).expanduser().exists():
-        out["model"] = str(Path(model).expanduser().absolute())
+        out["model"] = os.path.normpath(Path(model).expanduser().absolute())
     return out
 
 

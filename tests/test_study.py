@@ -72,10 +72,10 @@ def test_relative_paths_are_pinned_for_ray_workers(tiny_model_dir: str, tmp_path
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     opts = StudyOptions(experiment={"model": "minilm-l6", "data": {"data_dir": "data", "train_file": "../t.tsv"}})
-    assert opts.experiment["data"] == {"data_dir": str(tmp_path / "data"), "train_file": str(tmp_path / "../t.tsv")}
+    assert opts.experiment["data"] == {"data_dir": str(tmp_path / "data"), "train_file": str(tmp_path.parent / "t.tsv")}
     assert opts.experiment["model"] == "minilm-l6"  # a packaged name, not a path
     rel = os.path.relpath(tiny_model_dir, tmp_path)
-    assert StudyOptions(experiment={"model": rel}).experiment["model"] == str(tmp_path / rel)
+    assert StudyOptions(experiment={"model": rel}).experiment["model"] == os.path.normpath(tmp_path / rel)
 
 
 def test_gpu_requests_are_checked_before_anything_runs() -> None:
