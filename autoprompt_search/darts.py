@@ -30,7 +30,18 @@ from .config import ExperimentConfig
 from .engine import Batch, PromptedModel
 from .errors import ConfigError
 from .prompts import SelectivePrompt, SptConfig, method_to_dict
-from .trainer import TrainResult, Workspace, autocast, build_model, evaluate, lr_lambda, resolve_device, seed_everything
+from .trainer import (
+    TrainingError,
+    TrainResult,
+    Workspace,
+    autocast,
+    build_model,
+    evaluate,
+    lr_lambda,
+    resolve_device,
+    seed_everything,
+    train_batches,
+)
 
 
 @dataclass
@@ -52,14 +63,6 @@ def split_rows(n: int, arch_fraction: float, seed: int) -> tuple[Tensor, Tensor]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
     n_arch = min(n - 1, max(1, round(n * arch_fraction)))
     return order[n_arch:], order[:n_arch]
-
-
-def endless(rows: Tensor, batch_size: int, seed: int) -> Any:
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        order = rows[torch.randperm(len(rows), generator=generator)]
-        for start in range(0, max(1, len(order) - batch_size + 1), batch_size):
-            yield order[start : start + batch_size]
 
 
 class BilevelSearch:
@@ -86,8 +89,8 @@ class BilevelSearch:
         # DARTS' architecture optimiser: Adam, beta1 0.5, small weight decay on the logits.
         self.gate_opt = torch.optim.Adam(self.gates, lr=sc.arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
         weight_rows, arch_rows = split_rows(len(ws.splits["train"]), sc.arch_fraction, tc.seed)
-        self.weight_batches = endless(weight_rows, tc.batch_size, tc.seed)
-        self.arch_batches = endless(arch_rows, tc.batch_size, tc.seed + 1)
+        self.weight_batches = train_batches(weight_rows, tc.batch_size, tc.seed)
+        self.arch_batches = train_batches(arch_rows, tc.batch_size, tc.seed + 1)
 
     def batch(self, rows: Tensor) -> Batch:
         return self.ws.splits["train"].batch(rows).to(self.device)
@@ -180,8 +183,6 @@ class BilevelSearch:
             arch_loss = self.arch_step(arch, train)
             train_loss = self.weight_step(train)
             if not (math.isfinite(arch_loss) and math.isfinite(train_loss)):
-                from .trainer import TrainingError
-
                 raise TrainingError(f"gate search loss became nan at step {step}; lower --lr or method.arch_lr")
             sums["arch"] += arch_loss
             sums["train"] += train_loss

@@ -159,11 +159,11 @@ def evaluate(
     return classification_metrics(preds, split.labels, num_classes, task_metric)
 
 
-def train_batches(split: TokenizedSplit, batch_size: int, seed: int) -> Iterator[Tensor]:
-    """Endless seeded shuffles of the training rows."""
+def train_batches(rows: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Endless seeded shuffles of the training row indices `rows` (N,), in batches."""
     generator = torch.Generator().manual_seed(seed)
     while True:
-        order = torch.randperm(len(split), generator=generator)
+        order = rows[torch.randperm(len(rows), generator=generator)]
         for start in range(0, len(order) - batch_size + 1, batch_size):
             yield order[start : start + batch_size]
         if len(order) < batch_size:
@@ -222,7 +222,7 @@ def train(
     scheduler = (
         torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.steps, tc.warmup_ratio)) if optimizer else None
     )
-    batches = train_batches(ws.splits["train"], tc.batch_size, tc.seed)
+    batches = train_batches(torch.arange(len(ws.splits["train"])), tc.batch_size, tc.seed)
     rank, world = _world()
     best_score, best_state, best_metrics = -math.inf, _snapshot(model), {}
     train_time, examples, loss_sum, loss_n = 0.0, 0, 0.0, 0

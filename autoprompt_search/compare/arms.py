@@ -93,10 +93,10 @@ def baseline_arms(num_layers: int) -> dict[str, Arm]:
     }
 
 
-def check_overrides(kind: str, overrides: dict[str, Any]) -> None:
-    """Fail early on a bad --spt/--dp option (the method's own validation names the field)."""
+def check_overrides(kind: str, overrides: dict[str, Any]) -> Any:
+    """The validated method config of --spt/--dp options (the method's own validation names the field)."""
     from ..prompts import method_config
 
     if kind == "spt" and "search" in overrides:
         raise ConfigError("--spt search: compare always searches the gates; drop it")
-    method_config(kind, overrides)
+    return method_config(kind, overrides)

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..backbones import BackboneInfo
 from ..config import ExperimentConfig
 from ..errors import ConfigError
 from ..prompts import SptConfig, method_from_dict, method_to_dict
@@ -58,11 +59,8 @@ def prepare_compare_dir(results_dir: str | Path, name: str, overwrite: bool) -> 
 def load_workspace(options: CompareOptions) -> tuple[ExperimentConfig, Workspace]:
     """The base experiment and its workspace, with a held-out test split guaranteed."""
     base = ExperimentConfig.from_dict(options.experiment)
-    ws = prepare_workspace(base)
-    if "test" not in ws.splits:
-        base.data.dev_as_test = True
-        ws = prepare_workspace(base, backbone=ws.backbone, tokenizer=ws.tokenizer)
-    return base, ws
+    base.data.dev_as_test = True  # only acts when the data has no test split
+    return base, prepare_workspace(base)
 
 
 def search_space(options: CompareOptions, base: ExperimentConfig, num_layers: int) -> dict[str, Any]:
@@ -78,19 +76,12 @@ def search_space(options: CompareOptions, base: ExperimentConfig, num_layers: in
 
 def check_compare(options: CompareOptions) -> tuple[ExperimentConfig, Workspace, dict[str, Any]]:
     """Everything that can be wrong, before anything is written or started."""
-    check_overrides("spt", options.spt)
     check_overrides("dp", options.dp)
+    spt = check_overrides("spt", options.spt)
     base, ws = load_workspace(options)
-    n = ws.backbone.num_layers
-    method_from_dict({"name": "spt", **options.spt}).check(_info(ws))
-    space = search_space(options, base, n) if "discrete-search" in options.selected_arms else {}
+    spt.check(BackboneInfo.of(ws.backbone))
+    space = search_space(options, base, ws.backbone.num_layers) if "discrete-search" in options.selected_arms else {}
     return base, ws, space
-
-
-def _info(ws: Workspace) -> Any:
-    from ..backbones import BackboneInfo
-
-    return BackboneInfo.of(ws.backbone)
 
 
 def run_compare(

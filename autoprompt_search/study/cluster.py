@@ -40,9 +40,9 @@ def connect(settings: RaySettings | None = None) -> ClusterInfo:
     address = settings.address
     started = False
     if not ray.is_initialized():
-        prepare_environment(address)
         try:
             if address:
+                prepare_environment(address)
                 env = {"env_vars": trial_environment()}
                 context = ray.init(address=address, log_to_driver=False, runtime_env=env)
             else:
