@@ -36,6 +36,8 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
+    prefix_cache: bool = True  # reuse the frozen blocks' output below the first prompted layer
+    prefix_cache_gb: float = 20.0  # disk limit of the cache directory; least recently used goes first
 
     def __post_init__(self) -> None:
         require(self.steps > 0, f"train.steps: must be > 0, got {self.steps}")
@@ -46,6 +48,7 @@ class TrainConfig:
         require(self.eval_batch_size > 0, f"train.eval_batch_size: must be > 0, got {self.eval_batch_size}")
         require(self.eval_every >= 0, f"train.eval_every: must be >= 0 (0 = steps // 5), got {self.eval_every}")
         require(self.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 = off), got {self.grad_clip}")
+        require(self.prefix_cache_gb > 0, f"train.prefix_cache_gb: must be > 0, got {self.prefix_cache_gb}")
         require(
             self.precision in PRECISIONS, f"train.precision: {self.precision!r} unknown; use {', '.join(PRECISIONS)}"
         )

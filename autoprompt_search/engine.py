@@ -27,12 +27,64 @@ class Batch:
     text_mask: Tensor  # (B, T) bool
     token_types: Tensor | None = None  # (B, T) long, encoders with segment embeddings
     labels: Tensor | None = None  # (B,) long
+    # Hidden states (B, T, d) of the text alone entering block `prefix_layer`, from a frozen-prefix
+    # cache (`prefix_cache.py`); the engine then skips the blocks below that layer.
+    prefix: Tensor | None = None
+    prefix_layer: int = 0
+    # Fused trial groups: consecutive row spans, one per member, as (member index, rows).
+    groups: tuple[tuple[int, int], ...] | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 
-        return Batch(move(self.input_ids), move(self.text_mask), move(self.token_types), move(self.labels))  # type: ignore[arg-type]
+        return Batch(
+            move(self.input_ids),  # type: ignore[arg-type]
+            move(self.text_mask),  # type: ignore[arg-type]
+            move(self.token_types),
+            move(self.labels),
+            move(self.prefix),
+            self.prefix_layer,
+            self.groups,
+        )
+
+
+def spans(groups: tuple[tuple[int, int], ...]) -> list[tuple[int, int, int]]:
+    """(member, first row, end row) of each member's consecutive rows."""
+    out, start = [], 0
+    for member, rows in groups:
+        out.append((member, start, start + rows))
+        start += rows
+    return out
+
+
+def concat_batches(parts: list[tuple[int, Batch]]) -> Batch:
+    """One batch of every member's rows, in order, padded to the widest: `groups` says whose rows."""
+
+    def pad(t: Tensor, width: int) -> Tensor:
+        return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]))
+
+    batches = [b for _, b in parts]
+    width = max(b.input_ids.shape[1] for b in batches)
+    types = None
+    if any(b.token_types is not None for b in batches):
+        types = torch.cat(
+            [pad(b.token_types if b.token_types is not None else torch.zeros_like(b.input_ids), width) for b in batches]
+        )
+    layers = {b.prefix_layer if b.prefix is not None else -1 for b in batches}
+    prefix, prefix_layer = None, 0
+    if len(layers) == 1 and -1 not in layers:  # every member brought cached states of the same layer
+        prefix, prefix_layer = torch.cat([pad(b.prefix, width) for b in batches]), batches[0].prefix_layer  # type: ignore[arg-type]
+    labels = None if any(b.labels is None for b in batches) else torch.cat([b.labels for b in batches])  # type: ignore[misc]
+    return Batch(
+        torch.cat([pad(b.input_ids, width) for b in batches]),
+        torch.cat([pad(b.text_mask, width) for b in batches]),
+        types,
+        labels,
+        prefix,
+        prefix_layer,
+        tuple((member, b.input_ids.shape[0]) for member, b in parts),
+    )
 
 
 class Layout(NamedTuple):
@@ -115,7 +167,7 @@ class PromptedModel(nn.Module):
         bb, method = self.backbone, self.method
         ids, text_mask = batch.input_ids, batch.text_mask
         n_layers = bb.num_layers
-        ctx = BatchContext(ids, text_mask)
+        ctx = BatchContext(ids, text_mask, groups=batch.groups)
         if method is not None and method.needs_summary:
             ctx.summary = self._summary(batch)
 
@@ -131,21 +183,16 @@ class PromptedModel(nn.Module):
         layouts = _RowLayouts(bb, layout.start, pre, post)
         first = min(layouts.starts)
 
-        with torch.no_grad():
-            word = bb.word_embeddings(ids)  # (B, T, d)
         types = batch.token_types
         if first == 0:
+            with torch.no_grad():
+                word = bb.word_embeddings(ids)  # (B, T, d)
             slots = method.inject(0, None, word, ctx)  # type: ignore[union-attr]  # (B, L, d)
             positions = layouts.at(0).positions
             slot_types = None if types is None else torch.cat([types.new_zeros(ids.shape[0], length), types], 1)
             h = bb.embed(torch.cat([slots, word], 1), positions, slot_types)  # (B, L+T, d)
         else:
-            with torch.no_grad():
-                text = sequence_layout(empty[:, :0], empty[:, :0], text_mask, bb.causal)
-                h = bb.embed(word, text.positions, types)  # (B, T, d)
-                inputs = bb.block_inputs(h, text.positions, text.visible)
-                for i in range(min(first, n_layers)):
-                    h = bb.run_block(i, h, inputs)
+            h = self.text_states(batch, min(first, n_layers))  # (B, T, d)
             if first < n_layers:
                 slots = method.inject(first, None, h, ctx)  # type: ignore[union-attr]
                 h = torch.cat([slots, h], 1)  # (B, L+T, d)
@@ -160,9 +207,14 @@ class PromptedModel(nn.Module):
             return bb.final_norm(h), sequence_layout(empty[:, :0], empty[:, :0], text_mask, bb.causal)
         return bb.final_norm(h), layouts.at(n_layers)
 
+    @property
+    def mask_token_id(self) -> int | None:
+        """The appended mask token a label-word head reads on encoders, else None."""
+        return getattr(self.head, "mask_token_id", None)
+
     def head_index(self, batch: Batch, final: Layout, length: int) -> Tensor:
         """Physical index (B,) of each row's head token in `[slots | text]`."""
-        mask_id = getattr(self.head, "mask_token_id", None)
+        mask_id = self.mask_token_id
         if mask_id is not None:  # encoder label words: the appended mask token
             return length + (batch.input_ids == mask_id).int().argmax(1)
         if not self.backbone.causal:
@@ -171,15 +223,30 @@ class PromptedModel(nn.Module):
         return final.positions.masked_fill(~final.live, -1).argmax(1)
 
     @torch.no_grad()
-    def _summary(self, batch: Batch) -> Tensor:
-        """Mean-pooled last hidden state of a frozen text-only pass (B, d)."""
+    def text_states(self, batch: Batch, layer: int) -> Tensor:
+        """Hidden states (B, T, d) of the text alone entering block `layer` (num_layers: after the
+        last block, before the final norm), starting from `batch.prefix` when it is at or below it.
+
+        Blocks below a method's first prompted layer never see a prompt and run in eval mode, so
+        this depends on the input alone: what the frozen-prefix cache stores.
+        """
         bb = self.backbone
         empty = batch.text_mask[:, :0]
         text = sequence_layout(empty, empty, batch.text_mask, bb.causal)
-        h = bb.embed(bb.word_embeddings(batch.input_ids), text.positions, batch.token_types)
-        inputs = bb.block_inputs(h, text.positions, text.visible)
-        for i in range(bb.num_layers):
-            h = bb.run_block(i, h, inputs)
+        if batch.prefix is not None and batch.prefix_layer <= layer:
+            h, begin = batch.prefix, batch.prefix_layer
+        else:
+            h = bb.embed(bb.word_embeddings(batch.input_ids), text.positions, batch.token_types)
+            begin = 0
+        if begin < layer:
+            inputs = bb.block_inputs(h, text.positions, text.visible)
+            for i in range(begin, layer):
+                h = bb.run_block(i, h, inputs)
+        return h
+
+    def _summary(self, batch: Batch) -> Tensor:
+        """Mean-pooled last hidden state of a frozen text-only pass (B, d)."""
+        h = self.text_states(batch, self.backbone.num_layers)
         w = batch.text_mask[..., None].to(h.dtype)
         return (h * w).sum(1) / w.sum(1)
 

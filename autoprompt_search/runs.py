@@ -57,6 +57,7 @@ class TrainOptions:
     seed: int | None = None
     device: str | None = None
     precision: str | None = None
+    prefix_cache: bool | None = None
 
 
 def num_layers_of(model: str) -> int:
@@ -139,6 +140,7 @@ def experiment_from_options(o: TrainOptions) -> ExperimentConfig:
         "seed",
         "device",
         "precision",
+        "prefix_cache",
     ):
         value = getattr(o, key)
         if value is not None:

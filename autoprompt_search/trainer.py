@@ -20,10 +20,12 @@ from torch import Tensor
 from .backbones import Backbone, BackboneInfo, load_backbone, resolve_model
 from .config import ExperimentConfig
 from .data import TaskData, TokenizedSplit, load_task_data, tokenize
-from .engine import PromptedModel
+from .engine import Batch, PromptedModel, concat_batches
 from .errors import ConfigError
+from .fused import FusedModel
 from .heads import ClassifierHead, LabelWordHead, label_word_ids
 from .metrics import classification_metrics
+from .prefix_cache import PrefixFeeder, cache_dtype, cache_root
 from .prompts import build_method
 
 
@@ -111,6 +113,38 @@ def build_model(cfg: ExperimentConfig, ws: Workspace) -> PromptedModel:
     return PromptedModel(ws.backbone, method, head)
 
 
+def prefix_feeder(
+    cfg: ExperimentConfig, ws: Workspace, model: PromptedModel, device: torch.device
+) -> PrefixFeeder | None:
+    """A frozen-prefix cache for this model, or None where it is off or nothing is frozen."""
+    layer = min(model.first_layer, model.backbone.num_layers)
+    if layer == 0 and model.method is not None and model.method.needs_summary:
+        layer = model.backbone.num_layers  # dynamic prompting's frozen summary pass
+    if not cfg.train.prefix_cache or layer == 0:
+        return None
+    precision = cfg.train.precision
+    return PrefixFeeder(
+        model,
+        ws.splits,
+        layer,
+        device,
+        cache_dtype(device, precision),
+        int(cfg.train.prefix_cache_gb * 2**30),
+        cache_root(),
+        lambda: autocast(device, precision),
+    )
+
+
+def batch_fetcher(
+    feeder: PrefixFeeder | None, ws: Workspace, name: str, device: torch.device
+) -> Callable[[Tensor], Batch]:
+    """rows (B,) -> the device batch of split `name`, through the cache when there is one."""
+    if feeder is not None:
+        return lambda rows: feeder.batch(name, rows)
+    split = ws.splits[name]
+    return lambda rows: split.batch(rows).to(device)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -131,14 +165,20 @@ def eval_batches(split: TokenizedSplit, batch_size: int) -> Iterator[Tensor]:
 
 @torch.no_grad()
 def predict_split(
-    model: PromptedModel, split: TokenizedSplit, batch_size: int, device: torch.device, precision: str
+    model: PromptedModel,
+    split: TokenizedSplit,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    fetch: Callable[[Tensor], Batch] | None = None,
 ) -> Tensor:
-    """Predicted class ids (N,) in the split's original order."""
+    """Predicted class ids (N,) in the split's original order; `fetch(rows)` builds device batches
+    (a frozen-prefix cache), else the split's own."""
     was_training = model.training
     model.eval()
     preds = torch.empty(len(split), dtype=torch.long)
     for rows in eval_batches(split, batch_size):
-        batch = split.batch(rows).to(device)
+        batch = fetch(rows) if fetch is not None else split.batch(rows).to(device)
         with autocast(device, precision):
             logits = model(batch)
         preds[rows] = logits.argmax(-1).cpu()
@@ -154,8 +194,9 @@ def evaluate(
     batch_size: int,
     device: torch.device,
     precision: str,
+    fetch: Callable[[Tensor], Batch] | None = None,
 ) -> dict[str, Any]:
-    preds = predict_split(model, split, batch_size, device, precision)
+    preds = predict_split(model, split, batch_size, device, precision, fetch)
     return classification_metrics(preds, split.labels, num_classes, task_metric)
 
 
@@ -188,102 +229,241 @@ class TrainResult:
     history: list[dict[str, Any]]  # one entry per evaluation
     best_state: dict[str, Tensor]
     config: ExperimentConfig  # what was trained (SPT-DARTS: the derived configuration, not the search)
+    status: str = "finished"  # finished | stopped (early, by on_eval) | failed (error says why)
+    error: str | None = None
 
 
-def train(
-    cfg: ExperimentConfig,
-    ws: Workspace,
-    on_eval: Callable[[dict[str, Any], dict[str, Tensor], ExperimentConfig], None] | None = None,
-) -> TrainResult:
+#: on_eval(record, best_state, trained_cfg) -> True to stop this trial early (a scheduler's call)
+OnEval = Callable[[dict[str, Any], dict[str, Tensor], ExperimentConfig], "bool | None"]
+#: the same for a fused group, with the member's index first
+OnMemberEval = Callable[[int, dict[str, Any], dict[str, Tensor], ExperimentConfig], "bool | None"]
+
+
+def train(cfg: ExperimentConfig, ws: Workspace, on_eval: OnEval | None = None) -> TrainResult:
     """Train `cfg` on the workspace; returns the model holding its best (dev) state.
 
     `on_eval(record, best_state, trained_cfg)` runs after every evaluation (a study reports and
-    checkpoints there). An SPT config with `search: true` first learns its layer gates (SPT-DARTS,
-    `darts.py`) and then trains the derived configuration, which `trained_cfg` and the result's
-    `config` name. Under an initialised `torch.distributed` group (a multi-worker Ray Train trial) each
-    rank trains on its share of every batch and gradients are averaged across ranks (DDP's
-    arithmetic; the trainable state is tiny, so one all-reduce per parameter is cheap).
+    checkpoints there; returning True stops the run). An SPT config with `search: true` first
+    learns its layer gates (SPT-DARTS, `darts.py`) and then trains the derived configuration,
+    which `trained_cfg` and the result's `config` name. Raises `TrainingError` on a NaN loss.
     """
     if getattr(cfg.method, "search", False):
         from .darts import search_then_retrain
 
         return search_then_retrain(cfg, ws, on_eval)
+    member_eval = None if on_eval is None else (lambda _i, record, state, c: on_eval(record, state, c))
+    result = train_group([cfg], ws, member_eval)[0]
+    if result.status == "failed":
+        raise TrainingError(result.error)
+    return result
+
+
+def fusable(cfg: ExperimentConfig) -> bool:
+    """Whether `cfg` can train inside a fused group (SPT-DARTS runs its own bi-level loop)."""
+    return not getattr(cfg.method, "search", False)
+
+
+def fusion_key(cfg: ExperimentConfig) -> tuple[Any, ...]:
+    """Configurations with equal keys can share a fused batch (same head, batching and precision)."""
     tc = cfg.train
-    device = resolve_device(tc.device)
-    seed_everything(tc.seed)
-    model = build_model(cfg, ws).to(device)
+    return (cfg.head.kind, tuple(cfg.head.label_words), cfg.head.pooler, tc.batch_size, tc.eval_batch_size,
+            tc.device, tc.precision, tc.prefix_cache, tc.prefix_cache_gb)  # fmt: skip
+
+
+class _Member:
+    """One configuration of a fused group: its model, optimiser, data order and bookkeeping."""
+
+    def __init__(self, index: int, cfg: ExperimentConfig, model: PromptedModel, world: tuple[int, int]) -> None:
+        tc = cfg.train
+        self.index, self.cfg, self.model, self.world = index, cfg, model, world
+        self.params = list(model.trainable_parameters().values())
+        self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay) if self.params else None
+        self.scheduler = (
+            torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(tc.steps, tc.warmup_ratio))
+            if self.optimizer
+            else None
+        )
+        self.batches: Iterator[Tensor] | None = None
+        self.status, self.error = "running", None
+        self.history: list[dict[str, Any]] = []
+        self.best_score, self.best_state, self.best_metrics = -math.inf, _snapshot(model), {}
+        self.examples, self.loss_sum, self.loss_n, self.steps_done = 0, 0.0, 0, 0
+
+    def next_rows(self, n_train: int) -> Tensor:
+        if self.batches is None:
+            self.batches = train_batches(torch.arange(n_train), self.cfg.train.batch_size, self.cfg.train.seed)
+        rows = next(self.batches)
+        rank, world = self.world
+        return rows[rank::world] if world > 1 else rows
+
+    def runs_at(self, step: int) -> bool:
+        return self.status == "running" and step <= self.cfg.train.steps
+
+    def evaluates_at(self, step: int) -> bool:
+        tc = self.cfg.train
+        return step % tc.eval_interval == 0 or step == tc.steps
+
+
+def train_group(cfgs: list[ExperimentConfig], ws: Workspace, on_eval: OnMemberEval | None = None) -> list[TrainResult]:
+    """Train K configurations together, one fused forward/backward per step over one backbone.
+
+    Each member keeps its own parameters, AdamW state, learning-rate schedule, gradient clipping,
+    data order (its seed), number of steps, evaluations and best checkpoint; the loss is the sum
+    of the members' mean losses, so its gradients are the ones it would get alone. A member whose
+    loss is not finite fails alone (status "failed" with the reason), one whose `on_eval` returns
+    True stops early ("stopped"); either leaves the batch and the group goes on. With K = 1 this is
+    ordinary single-trial training. Under an initialised `torch.distributed` group (a multi-worker
+    Ray Train trial) each rank trains on its share of every batch and gradients are averaged.
+    """
+    keys = {fusion_key(c) for c in cfgs}
+    if len(keys) > 1 or not all(fusable(c) for c in cfgs):
+        raise ConfigError("fused group: members differ in head, batch size, device or precision; partition them first")
+    tc0 = cfgs[0].train
+    device = resolve_device(tc0.device)
+    seed_everything(tc0.seed)
+    world = _world()
+    members = []
+    for i, cfg in enumerate(cfgs):
+        members.append(_Member(i, cfg, build_model(cfg, ws).to(device).train(), world))
+    model: PromptedModel = members[0].model if len(members) == 1 else FusedModel([m.model for m in members])
     model.train()
-    params = list(model.trainable_parameters().values())
     task = ws.data.task
     num_classes = len(task.labels)
-    history: list[dict[str, Any]] = []
-
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay) if params else None
-    scheduler = (
-        torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.steps, tc.warmup_ratio)) if optimizer else None
-    )
-    batches = train_batches(torch.arange(len(ws.splits["train"])), tc.batch_size, tc.seed)
-    rank, world = _world()
-    best_score, best_state, best_metrics = -math.inf, _snapshot(model), {}
-    train_time, examples, loss_sum, loss_n = 0.0, 0, 0.0, 0
+    feeder = prefix_feeder(cfgs[0], ws, model, device)
+    fetch = {name: batch_fetcher(feeder, ws, name, device) for name in ws.splits}
+    n_train = len(ws.splits["train"])
+    train_time = 0.0
     started = time.perf_counter()
+    max_steps = max(c.train.steps for c in cfgs)
 
-    for step in range(1, tc.steps + 1):
+    for step in range(1, max_steps + 1):
+        active = [m for m in members if m.runs_at(step)]
+        if not active:
+            break
         t0 = time.perf_counter()
-        rows = next(batches)
-        batch = ws.splits["train"].batch(rows[rank::world] if world > 1 else rows).to(device)
-        if model.method is not None:
-            model.method.on_step(step)
-        with autocast(device, tc.precision):
+        parts = [(m.index, fetch["train"](m.next_rows(n_train))) for m in active]
+        batch = parts[0][1] if len(members) == 1 else concat_batches(parts)
+        for m in active:
+            if m.model.method is not None:
+                m.model.method.on_step(step)
+        with autocast(device, tc0.precision):
             logits = model(batch)
-        loss = torch.nn.functional.cross_entropy(logits.float(), batch.labels)
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1:
-                _average_gradients(params, world)
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            optimizer.step()
-            scheduler.step()  # type: ignore[union-attr]
-        loss_value = loss.item()
+        losses = []
+        lo = 0
+        for _, part in parts:
+            hi = lo + part.labels.shape[0]  # type: ignore[union-attr]
+            losses.append(torch.nn.functional.cross_entropy(logits[lo:hi].float(), part.labels))
+            lo = hi
+        values = torch.stack([loss.detach() for loss in losses]).cpu().tolist()  # the step's one host sync
+        finite = [(m, loss) for m, loss, v in zip(active, losses, values, strict=True) if math.isfinite(v)]
+        trainable = [m for m, _ in finite if m.optimizer is not None]
+        for m in trainable:
+            m.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+        if trainable:
+            torch.stack([loss for m, loss in finite if m.optimizer is not None]).sum().backward()
+        for m in trainable:
+            if world[1] > 1:
+                _average_gradients(m.params, world[1])
+            if m.cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(m.params, m.cfg.train.grad_clip)
+            m.optimizer.step()  # type: ignore[union-attr]
+            m.scheduler.step()  # type: ignore[union-attr]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - t0
-        if not math.isfinite(loss_value):
-            raise TrainingError(f"loss became {loss_value} at step {step}; lower --lr or check the data")
-        examples += int(batch.labels.shape[0])
-        loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
+        for m, (_, part), value in zip(active, parts, values, strict=True):
+            if not math.isfinite(value):
+                m.status = "failed"
+                m.error = f"loss became {value} at step {step}; lower --lr or check the data"
+                continue
+            m.steps_done = step
+            m.examples += int(part.labels.shape[0])  # type: ignore[union-attr]
+            m.loss_sum, m.loss_n = m.loss_sum + value, m.loss_n + 1
 
-        if step % tc.eval_interval == 0 or step == tc.steps:
-            dev = evaluate(model, ws.splits["dev"], task.metric, num_classes, tc.eval_batch_size, device, tc.precision)
-            record = {"step": step, "train_loss": loss_sum / loss_n, **{f"dev_{k}": v for k, v in dev.items()}}
-            loss_sum, loss_n = 0.0, 0
-            improved = dev["score"] > best_score
-            if improved:
-                best_score, best_state, best_metrics = float(dev["score"]), _snapshot(model), dict(dev, step=step)
-            record["best_dev_score"] = best_score
-            history.append(record)
-            if on_eval is not None:
-                on_eval(dict(record, improved=improved), best_state, cfg)
+        due = [m for m in active if m.status == "running" and m.evaluates_at(step)]
+        if due:
+            dev = _evaluate_members(model, due, ws.splits["dev"], fetch["dev"], task.metric, num_classes, device)
+            for m, metrics in zip(due, dev, strict=True):
+                record = {
+                    "step": step,
+                    "train_loss": m.loss_sum / m.loss_n,
+                    **{f"dev_{k}": v for k, v in metrics.items()},
+                }
+                m.loss_sum, m.loss_n = 0.0, 0
+                improved = metrics["score"] > m.best_score
+                if improved:
+                    m.best_score, m.best_state = float(metrics["score"]), _snapshot(m.model)
+                    m.best_metrics = dict(metrics, step=step)
+                record["best_dev_score"] = m.best_score
+                m.history.append(record)
+                if on_eval is not None and on_eval(m.index, dict(record, improved=improved), m.best_state, m.cfg):
+                    m.status = "stopped"
 
-    model.load_state_dict(best_state, strict=False)
-    metrics: dict[str, Any] = {
-        "dev": best_metrics,
-        "best_step": best_metrics.get("step"),
-        "collapsed": bool(best_metrics.get("collapsed")),
-        "trainable_params": model.num_trainable(),
-        "steps_per_s": tc.steps / train_time,
-        "train_examples_per_s": examples / train_time,
-        "train_seconds": train_time,
-        "wall_seconds": time.perf_counter() - started,
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-    }
+    wall = time.perf_counter() - started
+    results = []
+    for m in members:
+        m.model.load_state_dict(m.best_state, strict=False)
+        if m.status == "running":
+            m.status = "finished"
+        results.append(_member_result(m, device, train_time, wall, len(members), feeder))
     if "test" in ws.splits:
-        metrics["test"] = evaluate(
-            model, ws.splits["test"], task.metric, num_classes, tc.eval_batch_size, device, tc.precision
-        )
-    return TrainResult(model, metrics, history, best_state, cfg)
+        scored = [m for m in members if m.status != "failed" and m.best_metrics]
+        tests = _evaluate_members(model, scored, ws.splits["test"], fetch["test"], task.metric, num_classes, device)
+        for m, metrics in zip(scored, tests, strict=True):
+            results[m.index].metrics["test"] = metrics
+    return results
+
+
+def _member_result(
+    m: _Member, device: torch.device, train_time: float, wall: float, group: int, feeder: PrefixFeeder | None
+) -> TrainResult:
+    steps = max(m.steps_done, 1)
+    metrics: dict[str, Any] = {
+        "dev": m.best_metrics,
+        "best_step": m.best_metrics.get("step"),
+        "collapsed": bool(m.best_metrics.get("collapsed")),
+        "trainable_params": m.model.num_trainable(),
+        "steps_per_s": steps / train_time if train_time else 0.0,
+        "train_examples_per_s": m.examples / train_time if train_time else 0.0,
+        "train_seconds": train_time,
+        "wall_seconds": wall,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "prefix_cache": None
+        if feeder is None
+        else {"layer": feeder.layer, "hits": feeder.hits, "misses": feeder.misses},
+        "group_size": group,
+    }
+    return TrainResult(m.model, metrics, m.history, m.best_state, m.cfg, m.status, m.error)
+
+
+def _evaluate_members(
+    model: PromptedModel,
+    members: list[_Member],
+    split: TokenizedSplit,
+    fetch: Callable[[Tensor], Batch],
+    task_metric: str,
+    num_classes: int,
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """Metrics of each member on `split`, all members in one pass (each batch repeated per member)."""
+    if not members:
+        return []
+    if len(members) == 1 and model is members[0].model:
+        tc = members[0].cfg.train
+        return [evaluate(model, split, task_metric, num_classes, tc.eval_batch_size, device, tc.precision, fetch)]
+    tc = members[0].cfg.train
+    was_training = model.training
+    model.eval()
+    preds = torch.empty(len(members), len(split), dtype=torch.long)
+    with torch.no_grad():
+        for rows in eval_batches(split, tc.eval_batch_size):
+            part = fetch(rows)
+            batch = concat_batches([(m.index, part) for m in members])
+            with autocast(device, tc.precision):
+                logits = model(batch)
+            preds[:, rows] = logits.argmax(-1).view(len(members), -1).cpu()
+    model.train(was_training)
+    return [classification_metrics(p, split.labels, num_classes, task_metric) for p in preds]
 
 
 def _world() -> tuple[int, int]:

@@ -63,6 +63,9 @@ def train(
     seed: Annotated[Optional[int], Opt()] = None,
     device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N")] = None,
     precision: Annotated[Optional[str], Opt(help="auto | fp32 | bf16")] = None,
+    prefix_cache: Annotated[
+        Optional[bool], Opt("--prefix-cache/--no-prefix-cache", help="reuse frozen-block outputs (default on)")
+    ] = None,
     output: Annotated[str, Opt(help="run directory to write")] = "runs/train",
     overwrite: Annotated[bool, Opt(help="replace an existing run directory")] = False,
 ) -> None:
@@ -168,6 +171,9 @@ def search(
     eval_every: Annotated[Optional[int], Opt()] = None,
     seed: Annotated[Optional[int], Opt(help="training seed of every trial")] = None,
     precision: Annotated[Optional[str], Opt(help="auto | fp32 | bf16")] = None,
+    prefix_cache: Annotated[
+        Optional[bool], Opt("--prefix-cache/--no-prefix-cache", help="reuse frozen-block outputs (default on)")
+    ] = None,
 ) -> None:
     """Run a search study on Ray: Optuna proposes configurations, each trial is a Ray Train run."""
     from autoprompt_search.runs import TrainOptions
@@ -203,6 +209,7 @@ def search(
                 eval_every=eval_every,
                 seed=seed,
                 precision=precision,
+                prefix_cache=prefix_cache,
             )
             options = make_options(
                 space,
@@ -296,6 +303,9 @@ def compare(
     eval_every: Annotated[Optional[int], Opt()] = None,
     device: Annotated[Optional[str], Opt(help="auto | cpu | cuda (final runs and the gate search)")] = None,
     precision: Annotated[Optional[str], Opt(help="auto | fp32 | bf16")] = None,
+    prefix_cache: Annotated[
+        Optional[bool], Opt("--prefix-cache/--no-prefix-cache", help="reuse frozen-block outputs (default on)")
+    ] = None,
 ) -> None:
     """Compare discrete search, SPT-DARTS, dynamic prompting and fixed baselines on one task and model."""
     from autoprompt_search.compare.runner import make_compare_options, run_compare
@@ -309,7 +319,7 @@ def compare(
     base = TrainOptions(
         config_file=config, model=model, task=task, source=source, data_dir=data_dir, max_length=max_length,
         max_train=max_train, steps=steps, batch_size=batch_size, eval_every=eval_every, device=device,
-        precision=precision,
+        precision=precision, prefix_cache=prefix_cache,
     )  # fmt: skip
     try:
         options = make_compare_options(

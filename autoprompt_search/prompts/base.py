@@ -45,6 +45,12 @@ class BatchContext:
     input_ids: Tensor  # (B, T)
     text_mask: Tensor  # (B, T) bool, True on real tokens
     summary: Tensor | None = None  # (B, d) mean-pooled frozen last layer, for methods that ask
+    groups: tuple[tuple[int, int], ...] | None = None  # fused groups: (member, rows) spans, see engine.Batch
+
+    def rows(self, start: int, end: int) -> BatchContext:
+        """The context of rows [start, end) (one member of a fused group)."""
+        summary = None if self.summary is None else self.summary[start:end]
+        return BatchContext(self.input_ids[start:end], self.text_mask[start:end], summary)
 
 
 @dataclass

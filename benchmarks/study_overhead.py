@@ -12,7 +12,7 @@ and teardown (last report -> trial end). Variants:
   reuse-actors      fast-poll + Tune reuse_actors (a finished trial's process runs the next trial)
   preload           reuse-actors + Ray workers import torch and transformers when they start
 Usage (embedded default: MiniLM-L6, TREC, search_spaces/all.yaml):
-  python scripts/bench_study_overhead.py --num-samples 6 --steps 200 --out results/study/overhead_cpu
+  python benchmarks/study_overhead.py --num-samples 6 --steps 200 --out results/study/overhead_cpu
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> None:
 
     header = (
         f"# Study overhead on {machine()}\n\n"
-        f"Command: `python scripts/bench_study_overhead.py --space {args.space} --num-samples {args.num_samples} "
+        f"Command: `python benchmarks/study_overhead.py --space {args.space} --num-samples {args.num_samples} "
         f"--variants {args.variants} "
         f"--steps {args.steps} --max-concurrent {args.max_concurrent}` (model {args.model or 'minilm-l6'}, "
         f"task {args.task or 'trec'}; random sampler seed 0, FIFO: the same trials in every variant).\n\n"

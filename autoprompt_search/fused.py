@@ -1,0 +1,119 @@
+"""Fused trial groups: K configurations trained in one forward/backward over one frozen backbone.
+
+Every row of a fused batch belongs to one member (`Batch.groups`: consecutive row spans). The
+members' prompt methods and heads are ordinary modules; `FusedMethod` runs each on its own rows
+and pads its slots to the group's longest prompt (the padding slots are dead: hidden from
+attention), so members may differ in prompt length, position, layer set, first prompted layer
+(rows start at their own block, as the engine's per-row layouts allow), LPT generator and
+initialisation. A member without a prompt (linear probe) keeps its rows unprompted.
+
+Rows never mix inside a transformer (attention stays within a row, norms are per token), so each
+member's loss depends on its own parameters alone: the group's loss is the sum of the members'
+means and every member gets the gradients it would get alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import BackboneInfo
+from .engine import Batch, PromptedModel, spans
+from .prompts import BatchContext, PromptMethod, SlotLayout
+
+
+class FusedMethod(PromptMethod):
+    """The members' prompt methods side by side; each sees only its rows (`ctx.groups`)."""
+
+    name = "fused"
+    config_class = type(None)
+
+    def __init__(self, methods: list[PromptMethod | None], info: BackboneInfo) -> None:
+        nn.Module.__init__(self)
+        self.info = info
+        self.members = nn.ModuleList([m if m is not None else nn.Identity() for m in methods])
+        self.present = [m is not None for m in methods]
+
+    def member(self, index: int) -> PromptMethod | None:
+        return self.members[index] if self.present[index] else None  # type: ignore[return-value]
+
+    @property
+    def length(self) -> int:
+        return max((m.length for m in self._methods()), default=0)
+
+    @property
+    def start_layer(self) -> int:
+        return min((m.start_layer for m in self._methods()), default=self.info.num_layers)
+
+    @property
+    def needs_summary(self) -> bool:  # type: ignore[override]
+        return any(m.needs_summary for m in self._methods())
+
+    def _methods(self) -> list[PromptMethod]:
+        return [m for m in (self.member(i) for i in range(len(self.members))) if m is not None]
+
+    def _spans(self, ctx: BatchContext) -> list[tuple[PromptMethod | None, int, int]]:
+        assert ctx.groups is not None, "a fused batch names its members' rows (Batch.groups)"
+        return [(self.member(m), lo, hi) for m, lo, hi in spans(ctx.groups)]
+
+    def layout(self, ctx: BatchContext) -> SlotLayout:
+        length, n = self.length, self.info.num_layers
+        parts = []
+        for method, lo, hi in self._spans(ctx):
+            if method is None:
+                dead = ctx.text_mask.new_zeros(hi - lo, length)
+                parts.append(SlotLayout(dead, dead, torch.full_like(ctx.input_ids[lo:hi, 0], n)))
+                continue
+            own = method.layout(ctx.rows(lo, hi))
+            pad = length - own.live.shape[1]
+            live = nn.functional.pad(own.live, (0, pad))  # (b, L): the member's slots, then dead ones
+            after = nn.functional.pad(own.after, (0, pad))
+            parts.append(SlotLayout(live, after, own.start))
+        return SlotLayout(
+            torch.cat([p.live for p in parts]), torch.cat([p.after for p in parts]), torch.cat([p.start for p in parts])
+        )
+
+    def inject(self, layer: int, slots: Tensor | None, text: Tensor, ctx: BatchContext) -> Tensor | None:
+        length = self.length
+        outs, fresh = [], False
+        for method, lo, hi in self._spans(ctx):
+            own = slots[lo:hi] if slots is not None else None  # (b, L, d)
+            new = None
+            if method is not None:
+                mine = None if own is None else own[:, : method.length]
+                new = method.inject(layer, mine, text[lo:hi], ctx.rows(lo, hi))
+            if new is None:
+                outs.append(own if own is not None else text.new_zeros(hi - lo, length, text.shape[-1]))
+                continue
+            fresh = True
+            outs.append(nn.functional.pad(new, (0, 0, 0, length - new.shape[1])))
+        return torch.cat(outs) if fresh else None
+
+    def on_step(self, step: int) -> None:
+        for m in self._methods():
+            m.on_step(step)
+
+
+class FusedModel(PromptedModel):
+    """A `PromptedModel` over the members' methods and heads; forward returns each row's logits."""
+
+    def __init__(self, members: list[PromptedModel]) -> None:
+        backbone = members[0].backbone
+        method = FusedMethod([m.method for m in members], BackboneInfo.of(backbone))
+        super().__init__(backbone, method, nn.ModuleList([m.head for m in members]))
+        masks = {m.mask_token_id for m in members}
+        assert len(masks) == 1, "members of a fused group share their head kind"
+        self._mask_token_id = masks.pop()
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return self._mask_token_id
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Class logits (B, C), each member's rows through its own head."""
+        assert batch.groups is not None
+        states = self.head_states(batch)  # (B, d)
+        heads: Any = self.head
+        return torch.cat([heads[m](states[lo:hi]) for m, lo, hi in spans(batch.groups)])

@@ -1,0 +1,101 @@
+"""Fused trial groups: K configurations in one batch train exactly as they would alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_configs
+from test_training import experiment
+
+from autoprompt_search.backbones import backbone_from_config
+from autoprompt_search.config import ExperimentConfig
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig
+from autoprompt_search.trainer import TrainResult, prepare_workspace, train, train_group
+
+
+def members(model_dir: str, data_dir: str, **kw: object) -> list[ExperimentConfig]:
+    """Three members differing in learning rate, prompt length, layer set, position, method and seed."""
+    return [
+        experiment(model_dir, data_dir, DeepConfig(layers=(0,), length=2), lr=1e-2, seed=1, **kw),
+        experiment(model_dir, data_dir, DeepConfig(layers=(1, 3), length=4, position="split", split=2), lr=3e-2,
+                   seed=2, **kw),
+        experiment(model_dir, data_dir, LateConfig(layer=2, length=3, bottleneck=8, dropout=0.0), lr=5e-3, seed=3,
+                   weight_decay=0.1, **kw),
+    ]  # fmt: skip
+
+
+def assert_same(fused: TrainResult, alone: TrainResult) -> None:
+    assert fused.best_state.keys() == alone.best_state.keys()
+    for name, value in alone.best_state.items():
+        torch.testing.assert_close(fused.best_state[name], value, rtol=1e-4, atol=1e-5)
+    assert [h["dev_score"] for h in fused.history] == [h["dev_score"] for h in alone.history]
+    assert fused.metrics["test"]["score"] == alone.metrics["test"]["score"]
+
+
+def test_group_of_three_equals_each_trained_alone(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfgs = members(tiny_model_dir, tiny_sst_dir, steps=8, eval_every=4, prefix_cache=False)
+    ws = prepare_workspace(cfgs[0])
+    fused = train_group(cfgs, ws)
+    for f, cfg in zip(fused, cfgs, strict=True):
+        assert f.status == "finished" and f.metrics["group_size"] == 3
+        assert_same(f, train(cfg, ws))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "roberta"])
+def test_group_equals_alone_on_other_families(tiny_model_dir: str, tiny_sst_dir: str, family: str) -> None:
+    cfgs = members(tiny_model_dir, tiny_sst_dir, steps=4, eval_every=2, prefix_cache=False)
+    ws = prepare_workspace(cfgs[0], backbone=backbone_from_config(tiny_configs()[family], seed=1))
+    for f, cfg in zip(train_group(cfgs, ws), cfgs, strict=True):
+        assert_same(f, train(cfg, ws))
+
+
+def test_member_with_nan_loss_fails_alone(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfgs = members(tiny_model_dir, tiny_sst_dir, steps=6, eval_every=3, prefix_cache=False)
+    cfgs[1].train.lr = 1e30
+    ws = prepare_workspace(cfgs[0])
+    fused = train_group(cfgs, ws)
+    assert fused[1].status == "failed" and "loss became nan" in (fused[1].error or "")
+    for i in (0, 2):
+        assert fused[i].status == "finished"
+        assert_same(fused[i], train(cfgs[i], ws))
+
+
+def test_members_leave_at_their_own_steps_or_when_stopped(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfgs = members(tiny_model_dir, tiny_sst_dir, steps=8, eval_every=2)
+    cfgs[0].train.steps = 4  # leaves the batch half way
+    ws = prepare_workspace(cfgs[0])
+    seen: list[tuple[int, int]] = []
+
+    def on_eval(member: int, record: dict, state: dict, cfg: ExperimentConfig) -> bool:
+        seen.append((member, record["step"]))
+        return member == 1 and record["step"] == 4  # a scheduler stops member 1 at step 4
+
+    fused = train_group(cfgs, ws, on_eval)
+    assert [f.status for f in fused] == ["finished", "stopped", "finished"]
+    assert [s for m, s in seen if m == 0] == [2, 4]
+    assert [s for m, s in seen if m == 1] == [2, 4]
+    assert [s for m, s in seen if m == 2] == [2, 4, 6, 8]
+    assert_same(fused[0], train(cfgs[0], ws))
+    assert_same(fused[2], train(cfgs[2], ws))  # unaffected by its neighbours leaving
+
+
+def test_probe_member_and_cache_in_a_group(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfgs = [
+        experiment(tiny_model_dir, tiny_sst_dir, ProbeConfig(), lr=1e-2, seed=4),
+        experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=2, length=2, bottleneck=8, dropout=0.0), seed=5),
+        experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(3,), length=3), lr=2e-2, seed=6),
+    ]
+    ws = prepare_workspace(cfgs[0])
+    fused = train_group(cfgs, ws)  # the cache holds the states entering block 2, the group's lowest prompt
+    assert fused[0].metrics["prefix_cache"]["layer"] == 2
+    for f, cfg in zip(fused, cfgs, strict=True):
+        cfg.train.prefix_cache = False
+        assert_same(f, train(cfg, ws))
+
+
+def test_members_that_cannot_share_a_batch_are_refused(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfgs = members(tiny_model_dir, tiny_sst_dir)
+    cfgs[2].train.batch_size = 4
+    with pytest.raises(ConfigError, match="partition them first"):
+        train_group(cfgs, prepare_workspace(cfgs[0]))
