@@ -11,6 +11,8 @@ by `sequence_layout`, so one batch may carry rows laid out differently.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -116,6 +118,18 @@ def sequence_layout(slot_live: Tensor, slot_after: Tensor, text_mask: Tensor, ca
         visible = visible & (positions[:, None, :] <= positions[:, :, None])
     eye = torch.eye(live.shape[1], dtype=torch.bool, device=live.device)
     return Layout(positions, visible | eye, live)
+
+
+@contextmanager
+def frozen_eval(module: nn.Module) -> Iterator[None]:
+    """Run `module` in eval mode (no dropout) inside the block, then restore every submodule's mode."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 class PromptedModel(nn.Module):
@@ -245,8 +259,9 @@ class PromptedModel(nn.Module):
         return h
 
     def _summary(self, batch: Batch) -> Tensor:
-        """Mean-pooled last hidden state of a frozen text-only pass (B, d)."""
-        h = self.text_states(batch, self.backbone.num_layers)
+        """Mean-pooled last hidden state of a frozen text-only pass (B, d), without dropout."""
+        with frozen_eval(self.backbone):
+            h = self.text_states(batch, self.backbone.num_layers)
         w = batch.text_mask[..., None].to(h.dtype)
         return (h * w).sum(1) / w.sum(1)
 

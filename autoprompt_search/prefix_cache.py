@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .engine import Batch, PromptedModel
+from .engine import Batch, PromptedModel, frozen_eval
 
 #: torch dtype -> (safetensors name, numpy storage dtype used for the memory map)
 _DTYPES: dict[torch.dtype, tuple[str, Any]] = {
@@ -164,7 +164,8 @@ def _create(path: Path, header: dict[str, Any]) -> None:
 
 
 def _disk_bytes(path: Path) -> int:
-    return path.stat().st_blocks * 512
+    # The full size, not the blocks used so far: files fill up lazily after the check.
+    return path.stat().st_size
 
 
 def make_room(root: Path, needed: int, limit: int, keep: Path) -> bool:
@@ -230,7 +231,7 @@ class PrefixFeeder:
         todo = store.missing(rows)
         if len(todo):
             fresh = split.batch(todo).to(self.device)
-            with self.autocast():
+            with self.autocast(), frozen_eval(self.model.backbone):  # never store a dropout sample
                 states = self.model.text_states(fresh, self.layer)  # (b, t, d)
             store.write(todo, states)
         self.misses += len(todo)

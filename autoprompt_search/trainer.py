@@ -74,14 +74,8 @@ def prepare_workspace(cfg: ExperimentConfig, backbone: Backbone | None = None, t
     """Load model, tokenizer and data, validate the config against them, and tokenise (cached)."""
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     backbone = backbone if backbone is not None else load_backbone(cfg.model, lm_head=cfg.head.kind == "label_words")
+    check_fits(cfg, BackboneInfo.of(backbone))
     info = BackboneInfo.of(backbone)
-    cfg.method.check(info)
-    length = getattr(cfg.method, "length", 0)
-    if info.max_positions is not None and cfg.data.max_length + length > info.max_positions:
-        raise ConfigError(
-            f"data.max_length: {cfg.data.max_length} + prompt length {length} exceeds the model's "
-            f"{info.max_positions} positions; lower --max-length"
-        )
     data = load_task_data(cfg.data)
     ws = Workspace(backbone, tokenizer, data)
     append_mask = cfg.head.kind == "label_words" and not info.causal
@@ -90,6 +84,17 @@ def prepare_workspace(cfg: ExperimentConfig, backbone: Backbone | None = None, t
     for name, examples in data.splits.items():
         ws.splits[name] = tokenize(tokenizer, examples, cfg.data.max_length, append_mask)
     return ws
+
+
+def check_fits(cfg: ExperimentConfig, info: BackboneInfo) -> None:
+    """The method fits the model: layer indices exist, text + prompt fit its positions."""
+    cfg.method.check(info)
+    length = getattr(cfg.method, "length", 0)
+    if info.max_positions is not None and cfg.data.max_length + length > info.max_positions:
+        raise ConfigError(
+            f"data.max_length: {cfg.data.max_length} + prompt length {length} exceeds the model's "
+            f"{info.max_positions} positions; lower --max-length"
+        )
 
 
 def build_model(cfg: ExperimentConfig, ws: Workspace) -> PromptedModel:
@@ -270,6 +275,33 @@ def fusion_key(cfg: ExperimentConfig) -> tuple[Any, ...]:
             tc.device, tc.precision, tc.prefix_cache, tc.prefix_cache_gb)  # fmt: skip
 
 
+def partition(cfgs: list[ExperimentConfig], info: BackboneInfo, size: int) -> list[list[int]]:
+    """Indices of `cfgs` in fused groups of at most `size`.
+
+    Only configurations with equal `fusion_key`s and the same first prompted layer share a group:
+    blocks below a member's first layer then run frozen (eval mode, no dropout, cached) exactly as
+    they would alone, and the group shares one frozen-prefix cache. Within that, configurations are
+    ordered by prompt length before being cut into groups, since a group pads every prompt to its
+    longest. SPT-DARTS searches run alone.
+    """
+
+    def shape(i: int) -> tuple[int, int]:
+        method = build_method(cfgs[i].method, info)
+        return (info.num_layers, 0) if method is None else (method.start_layer, method.length)
+
+    groups: list[list[int]] = []
+    by_key: dict[tuple[Any, ...], list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        if fusable(cfg):
+            by_key.setdefault((*fusion_key(cfg), shape(i)[0]), []).append(i)
+        else:
+            groups.append([i])
+    for indices in by_key.values():
+        ordered = sorted(indices, key=lambda i: (shape(i)[1], i))
+        groups += [ordered[j : j + size] for j in range(0, len(ordered), size)]
+    return sorted(groups)
+
+
 class _Member:
     """One configuration of a fused group: its model, optimiser, data order and bookkeeping."""
 
@@ -322,9 +354,18 @@ def train_group(cfgs: list[ExperimentConfig], ws: Workspace, on_eval: OnMemberEv
     device = resolve_device(tc0.device)
     seed_everything(tc0.seed)
     world = _world()
-    members = []
+    members, unfit = [], []
+    info = BackboneInfo.of(ws.backbone)
     for i, cfg in enumerate(cfgs):
+        if len(cfgs) > 1:  # one member that does not fit the model fails alone
+            try:
+                check_fits(cfg, info)
+            except ConfigError as exc:
+                unfit.append((i, str(exc)))
+                continue
         members.append(_Member(i, cfg, build_model(cfg, ws).to(device).train(), world))
+    if not members:
+        raise ConfigError(unfit[0][1])
     model: PromptedModel = members[0].model if len(members) == 1 else FusedModel([m.model for m in members])
     model.train()
     task = ws.data.task
@@ -355,6 +396,8 @@ def train_group(cfgs: list[ExperimentConfig], ws: Workspace, on_eval: OnMemberEv
             losses.append(torch.nn.functional.cross_entropy(logits[lo:hi].float(), part.labels))
             lo = hi
         values = torch.stack([loss.detach() for loss in losses]).cpu().tolist()  # the step's one host sync
+        if world[1] > 1:  # a member fails on every rank if its loss is not finite on one
+            values = _agree_on_failures(values)
         finite = [(m, loss) for m, loss, v in zip(active, losses, values, strict=True) if math.isfinite(v)]
         trainable = [m for m, _ in finite if m.optimizer is not None]
         for m in trainable:
@@ -396,22 +439,25 @@ def train_group(cfgs: list[ExperimentConfig], ws: Workspace, on_eval: OnMemberEv
                     m.best_metrics = dict(metrics, step=step)
                 record["best_dev_score"] = m.best_score
                 m.history.append(record)
-                if on_eval is not None and on_eval(m.index, dict(record, improved=improved), m.best_state, m.cfg):
+                stop = on_eval is not None and on_eval(m.index, dict(record, improved=improved), m.best_state, m.cfg)
+                if stop and step < m.cfg.train.steps:  # a stop at the last evaluation changes nothing
                     m.status = "stopped"
 
     wall = time.perf_counter() - started
-    results = []
+    results: dict[int, TrainResult] = {}
     for m in members:
         m.model.load_state_dict(m.best_state, strict=False)
         if m.status == "running":
             m.status = "finished"
-        results.append(_member_result(m, device, train_time, wall, len(members), feeder))
+        results[m.index] = _member_result(m, device, train_time, wall, len(members), feeder)
     if "test" in ws.splits:
         scored = [m for m in members if m.status != "failed" and m.best_metrics]
         tests = _evaluate_members(model, scored, ws.splits["test"], fetch["test"], task.metric, num_classes, device)
         for m, metrics in zip(scored, tests, strict=True):
             results[m.index].metrics["test"] = metrics
-    return results
+    for i, error in unfit:
+        results[i] = TrainResult(members[0].model, {"dev": {}, "trainable_params": 0}, [], {}, cfgs[i], "failed", error)
+    return [results[i] for i in range(len(cfgs))]
 
 
 def _member_result(
@@ -472,6 +518,15 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _agree_on_failures(values: list[float]) -> list[float]:
+    """Per-member losses where a loss that is not finite on any rank becomes NaN on every rank."""
+    import torch.distributed as dist
+
+    ok = torch.tensor([1.0 if math.isfinite(v) else 0.0 for v in values])
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return [v if flag else math.nan for v, flag in zip(values, ok.tolist(), strict=True)]
 
 
 def _average_gradients(params: list[Tensor], world: int) -> None:

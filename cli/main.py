@@ -141,7 +141,10 @@ def search(
         str, Opt(help="continue the interrupted study of this name (other study options are ignored)")
     ] = "",
     num_samples: Annotated[int, Opt(help="trials in the study")] = 6,
-    max_concurrent: Annotated[int, Opt(help="trials running at once")] = 2,
+    max_concurrent: Annotated[int, Opt(help="Train jobs running at once (each a trial, or a fused group)")] = 2,
+    fuse: Annotated[
+        int, Opt(help="trials trained together in one Train job over one backbone (1 = one trial per job)")
+    ] = 1,
     objective: Annotated[
         Optional[list[str]], Opt(help="METRIC:max|min, repeatable; several = multi-objective (NSGA-II)")
     ] = None,
@@ -217,6 +220,7 @@ def search(
                 name=name,
                 num_samples=num_samples,
                 max_concurrent=max_concurrent,
+                fuse=fuse,
                 objectives=objective or ["dev_score:max"],
                 sampler=sampler,
                 scheduler=scheduler,

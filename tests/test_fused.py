@@ -99,3 +99,23 @@ def test_members_that_cannot_share_a_batch_are_refused(tiny_model_dir: str, tiny
     cfgs[2].train.batch_size = 4
     with pytest.raises(ConfigError, match="partition them first"):
         train_group(cfgs, prepare_workspace(cfgs[0]))
+
+
+def test_partition_groups_by_key_then_first_layer_and_length(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    from autoprompt_search.backbones import BackboneInfo
+    from autoprompt_search.prompts import SptConfig
+    from autoprompt_search.trainer import partition
+
+    cfgs = [
+        experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=3, length=2)),  # 0
+        experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0, 2), length=8)),  # 1
+        experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0,), length=2)),  # 2
+        experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=3, length=5), batch_size=4),  # 3: other key
+        experiment(tiny_model_dir, tiny_sst_dir, ProbeConfig()),  # 4
+        experiment(tiny_model_dir, tiny_sst_dir, SptConfig(search=True)),  # 5: its own loop
+        experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=1, length=2)),  # 6
+    ]
+    info = BackboneInfo.of(prepare_workspace(cfgs[0]).backbone)
+    # Groups share a first prompted layer (0: 2 then 1 by length; 1: 6; 3: 0; 4: the probe).
+    assert partition(cfgs, info, 2) == [[0], [2, 1], [3], [4], [5], [6]]
+    assert partition(cfgs, info, 1) == [[i] for i in range(7)]

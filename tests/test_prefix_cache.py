@@ -133,3 +133,21 @@ def test_switch_off_and_unprompted_input_write_nothing(tiny_model_dir: str, tiny
     assert train(at_input, prepare_workspace(at_input)).metrics["prefix_cache"] is None
     after = set(Path(cache_root()).glob("*")) if cache_root().is_dir() else set()
     assert after == before
+
+
+def test_frozen_passes_and_cache_fills_never_carry_dropout(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    from conftest import TINY
+    from transformers import BertConfig
+
+    config = BertConfig(vocab_size=120, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5, **TINY)
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, DpConfig(length=3, pool=2))
+    ws = prepare_workspace(cfg, backbone=backbone_from_config(config, seed=2))
+    model = build_model(cfg, ws).train()
+    batch = ws.splits["train"].batch(torch.arange(6))
+    torch.testing.assert_close(model._summary(batch), model._summary(batch))  # no dropout sample in it
+    assert model.backbone.blocks[0].training  # ...and the training mode is back afterwards
+    feeder = prefix_feeder(cfg, ws, model, torch.device("cpu"))
+    assert feeder.layer == model.backbone.num_layers
+    cached = feeder.batch("train", torch.arange(6)).prefix
+    model.eval()
+    torch.testing.assert_close(cached, model.text_states(batch, model.backbone.num_layers) * batch.text_mask[..., None])

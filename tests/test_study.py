@@ -66,6 +66,8 @@ def test_objectives_and_options_are_validated() -> None:
         StudyOptions(name="../escape")
     with pytest.raises(ConfigError, match="workers-per-trial"):
         StudyOptions(gpus_per_trial=1.5)
+    with pytest.raises(ConfigError, match=r"^study.fuse: must be >= 1 \(1 = one trial per Train job\), got 0$"):
+        StudyOptions(fuse=0)
 
 
 def test_relative_paths_are_pinned_for_ray_workers(tiny_model_dir: str, tmp_path: Path, monkeypatch: Any) -> None:
@@ -325,6 +327,61 @@ def test_fractional_gpus_pack_trials(local_ray: None, tiny_model_dir: str, tiny_
             options(tiny_model_dir, tiny_sst_dir, gpus_per_trial=1, workers_per_trial=2, cpus_per_trial=0.5, name="g"),
             tmp_path,
         )
+
+
+@pytest.mark.slow
+def test_fused_study_writes_a_row_per_member_resumes_and_exports(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    # Four trials in fused groups of two, one Train job at a time, ASHA per member through Optuna;
+    # interrupted after the first group, then resumed.
+    opts = options(tiny_model_dir, tiny_sst_dir, fuse=2, max_concurrent=1, scheduler="asha", sampler="random", seed=2)
+    marker = str(tmp_path / "interrupted")
+    from autoprompt_search.study import runner
+
+    original = runner.build_tuner
+
+    def with_interrupt(*args: Any, **kw: Any) -> Any:
+        tuner = original(*args, **kw)
+        tuner._local_tuner.get_run_config().callbacks.append(InterruptAfter(1, marker))
+        return tuner
+
+    runner.build_tuner = with_interrupt
+    try:
+        run_study(opts, tmp_path)
+    finally:
+        runner.build_tuner = original
+    first = {r["trial_id"]: r for r in read_trials(tmp_path / "s")}
+    assert os.path.exists(marker) and len(first) == 2 and len({r["group_id"] for r in first.values()}) == 1
+    assert all(r["status"] in ("TERMINATED", "STOPPED") for r in first.values())
+
+    resume_study("s", tmp_path)
+    rows = read_trials(tmp_path / "s")
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4  # one row per member, none twice
+    assert sorted(len([r for r in rows if r["group_id"] == g]) for g in {r["group_id"] for r in rows}) == [2, 2]
+    for row in rows:
+        assert row["status"] in ("TERMINATED", "STOPPED"), row
+        assert row["trial_id"].startswith(row["group_id"] + "-") and row["error"] is None
+        history = json.loads(row["history"])
+        assert row["evaluations"] == len(history) >= 1 and row["dev_score"] == max(h["eval_score"] for h in history)
+        assert Path(row["checkpoint"], "prompt.safetensors").is_file()
+        assert (row["status"] == "TERMINATED") == (row["last_step"] == 6)
+    for trial_id, before in first.items():  # the finished group was not trained again
+        assert next(r for r in rows if r["trial_id"] == trial_id)["finished_at"] == before["finished_at"]
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "s" / "optuna.journal")))
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)  # each member told once
+    assert sorted(t.value for t in trials) == sorted(r["dev_score"] for r in rows)
+
+    (exported,) = export_study(tmp_path / "s", top=1)
+    best = max(rows, key=lambda r: (r["dev_score"], -r["number"]))
+    assert exported.name == f"01-{best['trial_id']}"
+    metrics, _ = predict_run(exported, "dev", device="cpu")
+    assert metrics["score"] == pytest.approx(best["dev_score"], abs=1e-6)
 
 
 def test_space_yaml_files_load() -> None:

@@ -70,6 +70,7 @@ class StudyOptions:
     seed: int = 0
     max_failures: int = 0  # Train-run retries per trial (worker crashes), not bad configs
     reuse_actors: bool = False  # Tune runs the next trial in a finished trial's process
+    fuse: int = 1  # trials trained together in one Train job over one backbone (fused groups)
 
     def __post_init__(self) -> None:
         self.experiment = absolute_paths(self.experiment)  # Ray workers run in other directories
@@ -83,6 +84,7 @@ class StudyOptions:
             f"study.gpus_per_trial: {self.gpus_per_trial} GPUs per worker must be a fraction <= 1 or whole; "
             "use --workers-per-trial for several GPUs",
         )
+        require(self.fuse >= 1, f"study.fuse: must be >= 1 (1 = one trial per Train job), got {self.fuse}")
         require(self.workers_per_trial >= 1, f"study.workers_per_trial: must be >= 1, got {self.workers_per_trial}")
         require(self.sampler in SAMPLERS, f"study.sampler: {self.sampler!r} unknown; use {', '.join(SAMPLERS)}")
         require(self.scheduler in SCHEDULERS, f"study.scheduler: {self.scheduler!r}; use {', '.join(SCHEDULERS)}")

@@ -21,7 +21,8 @@ from ray.tune import Callback
 TRIALS_FILE = "trials.parquet"
 SCHEMA = pa.schema(
     [
-        ("trial_id", pa.string()),
+        ("trial_id", pa.string()),  # Tune trial id; fused members: <group trial id>-<member index>
+        ("group_id", pa.string()),  # fused studies: the Tune trial (one Train job) that trained this member
         ("number", pa.int64()),  # order in which trials started
         ("status", pa.string()),  # RUNNING, TERMINATED (all steps), STOPPED (early), ERROR
         ("method", pa.string()),
@@ -103,14 +104,41 @@ class TrialRecorder(Callback):
             }
         return self.rows[trial.trial_id]
 
+    def _member_rows(self, trial: Any) -> list[dict[str, Any]]:
+        """Fused studies: one row per member of the group `trial`."""
+        out = []
+        for index, member in enumerate(trial.config["members"]):
+            key = f"{trial.trial_id}-{index}"
+            if key not in self.rows:
+                sampled = {"method": member.get("method", {}), "train": member.get("train", {})}
+                self.rows[key] = {
+                    **{name: None for name in SCHEMA.names},
+                    "trial_id": key,
+                    "group_id": trial.trial_id,
+                    "number": len(self.rows),
+                    "method": sampled["method"].get("name"),
+                    "config": json.dumps(sampled, sort_keys=True),
+                }
+            out.append(self.rows[key])
+        return out
+
+    def _rows(self, trial: Any) -> list[dict[str, Any]]:
+        return self._member_rows(trial) if "members" in trial.config else [self._row(trial)]
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        row = self._row(trial)
-        row.update(status="RUNNING", started_at=time.time(), finished_at=None, error=None, history="[]")
-        row.update(evaluations=0, dev_score=None, eval_score=None, checkpoint=None)
-        row.update(startup_seconds=None, trial_actor_seconds=None)
+        fused = "members" in trial.config
+        for row in self._rows(trial):
+            if fused and row["status"] in ("TERMINATED", "STOPPED", "ERROR"):  # a resumed group keeps ended members
+                continue
+            row.update(status="RUNNING", started_at=time.time(), finished_at=None, error=None, history="[]")
+            row.update(evaluations=0, dev_score=None, eval_score=None, checkpoint=None)
+            row.update(startup_seconds=None, trial_actor_seconds=None)
         self._write()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if "member" in result:
+            self._member_result(trial, result)
+            return
         row = self._row(trial)
         history = json.loads(row["history"] or "[]")
         history.append({k: result[k] for k in HISTORY_KEYS if k in result})
@@ -133,17 +161,60 @@ class TrialRecorder(Callback):
         self._finish_times(row)
         self._write()
 
+    def _member_result(self, trial: Any, result: dict[str, Any]) -> None:
+        row = self._member_rows(trial)[int(result["member"])]
+        if result.get("member_final"):
+            status = {"finished": "TERMINATED", "stopped": "STOPPED", "failed": "ERROR"}[result["member_status"]]
+            row.update(status=status, error=result.get("member_error") or None)
+            self._finish_times(row, final=True)
+            self._write()
+            return
+        history = json.loads(row["history"] or "[]")
+        history.append({k: result[k] for k in HISTORY_KEYS if k in result})
+        row.update(
+            history=json.dumps(history),
+            evaluations=len(history),
+            last_step=result.get("step"),
+            dev_score=result.get("dev_score"),
+            eval_score=result.get("eval_score"),
+            trainable_params=result.get("trainable_params"),
+            load_seconds=result.get("load_seconds"),
+            worker_seconds=result.get("worker_seconds"),
+            gpu_ids=result.get("gpu_ids"),
+        )
+        if result.get("worker_started_at") and row["started_at"]:
+            row["startup_seconds"] = result["worker_started_at"] - row["started_at"]
+            row["trial_actor_seconds"] = result["trial_entered_at"] - row["started_at"]
+        if result.get("member_checkpoint"):
+            row["checkpoint"] = result["member_checkpoint"]
+        self._finish_times(row)
+        self._write()
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if "members" in trial.config:
+            self._close_members(trial, "the fused group ended before this member reported its end")
+            return
         row = self._row(trial)
         row["status"] = "TERMINATED" if trial.last_result.get("trained_to_end") else "STOPPED"
         self._finish_times(row, final=True)
         self._write()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = error_line(trial_error_text(trial))
+        if "members" in trial.config:
+            self._close_members(trial, error)
+            return
         row = self._row(trial)
         row["status"] = "ERROR"
-        row["error"] = error_line(trial_error_text(trial))
+        row["error"] = error
         self._finish_times(row, final=True)
+        self._write()
+
+    def _close_members(self, trial: Any, error: str) -> None:
+        for row in self._member_rows(trial):
+            if row["status"] == "RUNNING":
+                row.update(status="ERROR", error=error)
+                self._finish_times(row, final=True)
         self._write()
 
     def _finish_times(self, row: dict[str, Any], final: bool = False) -> None:

@@ -14,6 +14,7 @@ from ..dataclass_io import to_dict
 from ..errors import ConfigError
 from ..search_space import SearchSpace
 from .cluster import ClusterInfo, RaySettings, check_resources, connect, shutdown
+from .fused_trial import run_group
 from .options import STUDY_FILE, StudyOptions
 from .progress import ProgressBar
 from .records import TRIALS_FILE, TrialRecorder, read_trials
@@ -75,6 +76,22 @@ def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, s
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=options.seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=options.seed),
     }[kind]()
+    if options.fuse > 1:
+        from .group_search import GroupSearcher
+
+        group = GroupSearcher(
+            space.sampler(num_layers),
+            sampler,
+            str(study_dir / OPTUNA_FILE),
+            options.name,
+            ["maximize" if o.mode == "max" else "minimize" for o in objectives],
+            [o.metric for o in objectives],
+            options.num_samples,
+            options.fuse,
+            objectives[0].metric,
+            objectives[0].mode,
+        )
+        return ConcurrencyLimiter(group, max_concurrent=options.max_concurrent)
     storage = JournalStorage(JournalFileBackend(str(study_dir / OPTUNA_FILE)))
     searcher = OptunaSearch(
         space=space.sampler(num_layers),
@@ -97,15 +114,24 @@ def trial_payload(options: StudyOptions, study_dir: Path) -> dict[str, Any]:
         "max_failures": options.max_failures,
         "train_storage": str(study_dir / TRAIN_DIR),
         "study": options.name,
+        "optuna_storage": str(study_dir / OPTUNA_FILE),
+        "objectives": options.objectives,
+        "prune": options.scheduler == "asha" and not options.multi_objective,  # fused: per-member ASHA in Optuna
+        "grace_period": options.grace_period,
+        "reduction_factor": options.reduction_factor,
     }
 
 
 def trainable(options: StudyOptions, study_dir: Path) -> Any:
     from ray import tune
 
-    return tune.with_resources(
-        tune.with_parameters(run_trial, study=trial_payload(options, study_dir)), TRIAL_RESOURCES
-    )
+    function = run_group if options.fuse > 1 else run_trial
+    return tune.with_resources(tune.with_parameters(function, study=trial_payload(options, study_dir)), TRIAL_RESOURCES)
+
+
+def tune_trials(options: StudyOptions) -> int:
+    """Tune trials in the study: one per trial, or one per fused group of `fuse` trials."""
+    return math.ceil(options.num_samples / options.fuse)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -125,7 +151,7 @@ def build_tuner(
 
     objectives = options.parsed_objectives
     single = not options.multi_objective
-    if single and options.scheduler == "asha":
+    if single and options.scheduler == "asha" and options.fuse == 1:
         scheduler: Any = ASHAScheduler(
             time_attr="training_iteration",
             max_t=evaluations_per_trial(options, base),
@@ -136,14 +162,14 @@ def build_tuner(
         scheduler = FIFOScheduler()
     callbacks = [
         TrialRecorder(str(study_dir), devices_per_trial(options)),
-        ProgressBar(options.num_samples, objectives[0].metric, objectives[0].mode),
+        ProgressBar(tune_trials(options), objectives[0].metric, objectives[0].mode),
     ]
     return tune.Tuner(
         trainable(options, study_dir),
         tune_config=tune.TuneConfig(
             search_alg=build_searcher(options, space, num_layers, study_dir),
             scheduler=scheduler,
-            num_samples=options.num_samples,
+            num_samples=tune_trials(options),
             metric=objectives[0].metric if single else None,
             mode=objectives[0].mode if single else None,
             trial_dirname_creator=trial_dirname,

@@ -51,6 +51,11 @@ def experiment_for(base: dict[str, Any], sampled: dict[str, Any]) -> ExperimentC
 
 def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     """Tune function trainable: build and fit the trial's TorchTrainer, named by trial id."""
+    make_trainer(train_worker, config, study).fit()
+
+
+def make_trainer(loop: Any, config: dict[str, Any], study: dict[str, Any]) -> Any:
+    """The trial's TorchTrainer: `loop` on the Train workers, reports forwarded to Tune."""
     import ray.train
     from ray import tune
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -61,13 +66,15 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     resources = worker_resources(study)
     use_gpu = "GPU" in resources
     nccl = use_gpu and os.environ.get(LOGICAL_GPUS_ENV) != "1"
-    trainer = TorchTrainer(
-        train_worker,
+    return TorchTrainer(
+        loop,
         train_loop_config={
             "base": study["experiment"],
             "sampled": config,
             "use_gpu": use_gpu,
             "trial_entered_at": entered_at,
+            "trial_id": trial_id,
+            "study": study,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(study["workers_per_trial"]), use_gpu=use_gpu, resources_per_worker=resources
@@ -81,33 +88,41 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
     )
-    trainer.fit()
 
 
-def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker loop: train one configuration and report every evaluation."""
+def place(cfg: ExperimentConfig, use_gpu: bool) -> list[str]:
+    """Point `cfg` at the device Ray gave this worker; returns Ray's GPU ids for it."""
     import ray
-    import ray.train
     import torch
 
-    from ..checkpoint import save_state
     from ..errors import ConfigError
-    from ..trainer import prepare_workspace, train
 
-    started, started_at = time.perf_counter(), time.time()
-    cfg = experiment_for(loop_config["base"], loop_config["sampled"])
     gpu_ids = [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
-    if loop_config["use_gpu"] and torch.cuda.is_available():
+    if use_gpu and torch.cuda.is_available():
         import ray.train.torch
 
         cfg.train.device = str(ray.train.torch.get_device())
-    elif loop_config["use_gpu"] and os.environ.get(LOGICAL_GPUS_ENV) != "1":
+    elif use_gpu and os.environ.get(LOGICAL_GPUS_ENV) != "1":
         raise ConfigError(
             f"Ray gave this trial GPU {gpu_ids} but torch sees no CUDA device on this worker; "
             "install a CUDA build of torch there or use --gpus-per-trial 0"
         )
     else:
         cfg.train.device = "cpu"
+    return gpu_ids
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker loop: train one configuration and report every evaluation."""
+    import ray.train
+    import torch
+
+    from ..checkpoint import save_state
+    from ..trainer import prepare_workspace, train
+
+    started, started_at = time.perf_counter(), time.time()
+    cfg = experiment_for(loop_config["base"], loop_config["sampled"])
+    gpu_ids = place(cfg, loop_config["use_gpu"])
     ws = prepare_workspace(cfg)
     ws.splits.pop("test", None)  # a search selects on dev only; test is for exported configs
     load_seconds = time.perf_counter() - started

@@ -1,0 +1,177 @@
+"""A fused study trial: one Ray Train job training a group of K Optuna trials together.
+
+The Tune trial's config holds `members` (from `GroupSearcher`). The Train worker partitions them
+into fused groups (`trainer.partition`: same batching, nearby first layers and lengths), trains
+each with `train_group` over one loaded backbone, and for every member evaluation:
+- reports the value to the member's Optuna trial and asks its pruner (Optuna's successive halving
+  = ASHA, when the study has one objective and uses ASHA): a pruned member leaves the batch, the
+  group goes on;
+- writes the member's best state to `<train>/<trial>/members/<k>/` when it improved;
+- reports to Tune with the member's index, so `trials.parquet` keeps one row per member.
+When a member ends, a final report carries its status and objective values; the driver's
+`GroupSearcher` tells Optuna from that report (the same event that closes its row), so Optuna and
+`trials.parquet` agree after any interruption. On resume, members Optuna already knows as finished
+are not retrained. A configuration that cannot be fused (an SPT-DARTS search) trains alone.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .trial import experiment_for, make_trainer, place
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import ExperimentConfig
+
+
+def member_id(trial_id: str, index: int) -> str:
+    """The row id of member `index` of Tune trial `trial_id` in trials.parquet."""
+    return f"{trial_id}-{index}"
+
+
+def run_group(config: dict[str, Any], study: dict[str, Any]) -> None:
+    """Tune function trainable for a fused group."""
+    make_trainer(group_worker, config, study).fit()
+
+
+def _broadcast(value: bool) -> bool:
+    """Rank 0's decision on every rank (members must leave the batch together)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+def group_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker loop: train the group's members fused and report each one."""
+    import ray.train
+    from optuna.trial import TrialState
+
+    from ..backbones import BackboneInfo
+    from ..checkpoint import save_state
+    from ..trainer import fusable, partition, prepare_workspace, train_group
+    from .group_search import open_study
+
+    started, started_at = time.perf_counter(), time.time()
+    study = loop_config["study"]
+    members: list[dict[str, Any]] = loop_config["sampled"]["members"]
+    cfgs = [experiment_for(loop_config["base"], m) for m in members]
+    gpu_ids = [place(cfg, loop_config["use_gpu"]) for cfg in cfgs][-1]  # every member on this worker's device
+    ws = prepare_workspace(cfgs[0])
+    ws.splits.pop("test", None)  # a search selects on dev only
+    load_seconds = time.perf_counter() - started
+    rank = ray.train.get_context().get_world_rank()
+    optuna_study = open_study(study["optuna_storage"], study["study"], pruner=_pruner(study)) if rank == 0 else None
+    out = Path(study["train_storage"]) / loop_config["trial_id"] / "members"
+    evaluations = [0] * len(members)
+    last: dict[int, dict[str, Any]] = {}  # member -> its latest report (objective values for the end)
+    prune_enabled = study["prune"] and len(study["objectives"]) == 1
+
+    def finished(index: int) -> bool:  # resume: Optuna already holds this member's result
+        if optuna_study is None:
+            return False
+        return optuna_study.trials[members[index]["number"]].state != TrialState.RUNNING
+
+    todo = [i for i in range(len(members)) if not _broadcast(finished(i))]
+
+    def common(index: int) -> dict[str, Any]:
+        return {
+            "member": index,
+            "member_id": member_id(loop_config["trial_id"], index),
+            "optuna_number": members[index]["number"],
+            "load_seconds": load_seconds,
+            "worker_seconds": time.perf_counter() - started,
+            "worker_started_at": started_at,
+            "trial_entered_at": loop_config["trial_entered_at"],
+            "gpu_ids": ",".join(gpu_ids),
+        }
+
+    for group in partition([cfgs[i] for i in todo], BackboneInfo.of(ws.backbone), len(todo)):
+        indices = [todo[j] for j in group]
+
+        def on_eval(
+            j: int,
+            record: dict[str, Any],
+            state: dict[str, torch.Tensor],
+            trained: ExperimentConfig,
+            indices: list[int] = indices,
+        ) -> bool:
+            index = indices[j]
+            evaluations[index] += 1
+            metrics = {
+                **common(index),
+                "step": record["step"],
+                "train_loss": record["train_loss"],
+                "eval_score": record["dev_score"],
+                "eval_accuracy": record["dev_accuracy"],
+                "dev_score": record["best_dev_score"],
+                "trainable_params": sum(t.numel() for t in state.values()),
+                "trained_to_end": record["step"] == trained.train.steps,
+            }
+            prune = False
+            if optuna_study is not None:
+                if prune_enabled:  # Optuna's pruners (and report) are single-objective
+                    trial = _optuna_trial(optuna_study, members[index]["number"])
+                    trial.report(record["dev_score"], evaluations[index])
+                    prune = trial.should_prune()
+                if record["improved"]:
+                    path = out / str(index)
+                    save_state(
+                        state, trained, path, {"dev_score": record["best_dev_score"], "step": record["step"]}, []
+                    )
+                    metrics["member_checkpoint"] = str(path)
+            last[index] = metrics
+            ray.train.report(metrics)
+            return _broadcast(prune)
+
+        group_cfgs = [cfgs[i] for i in indices]
+        if len(group_cfgs) == 1 and not fusable(group_cfgs[0]):
+            results = [_alone(group_cfgs[0], ws, on_eval)]
+        else:
+            results = train_group(group_cfgs, ws, on_eval)
+        for index, result in zip(indices, results, strict=True):
+            final = {
+                **last.get(index, {}),
+                **common(index),
+                "member_final": True,
+                "member_status": result.status,
+                "member_error": result.error or "",
+                "dev_score": result.metrics["dev"].get("score", float("nan")),  # Tune wants the metric in every result
+                "trainable_params": result.metrics["trainable_params"],
+            }
+            ray.train.report(final)
+
+
+def _alone(cfg: ExperimentConfig, ws: Any, on_eval: Any) -> Any:
+    """A member that cannot be fused (SPT-DARTS) trained by itself, as a one-member result."""
+    from ..trainer import TrainingError, train
+
+    try:
+        return train(cfg, ws, lambda record, state, trained: on_eval(0, record, state, trained))
+    except TrainingError as exc:
+        from ..trainer import TrainResult
+
+        return TrainResult(None, {"dev": {}, "trainable_params": 0}, [], {}, cfg, "failed", str(exc))  # type: ignore[arg-type]
+
+
+def _pruner(study: dict[str, Any]) -> Any:
+    import optuna
+
+    if not study["prune"]:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=int(study["grace_period"]), reduction_factor=int(study["reduction_factor"])
+    )
+
+
+def _optuna_trial(study: Any, number: int) -> Any:
+    import optuna
+
+    return optuna.trial.Trial(study, study.trials[number]._trial_id)
