@@ -4,6 +4,7 @@ Samples `--trials` configurations from a search space (Optuna's random sampler, 
 trains them (a) one after another in one process (`train`, the --fuse 1 path) and (c) in fused
 groups of `--fuse` (`partition` + `train_group`), over one loaded backbone, and prints trials/hour
 side by side with the best member's dev score and the same configuration's score trained alone.
+The frozen-prefix cache is off in both (the first mode would otherwise warm it for the second).
 (b), Ray fractional GPUs, needs the GPU machine: see benchmarks/README.md.
 
 Usage (CPU):
@@ -55,7 +56,7 @@ def main() -> None:
 
     base = experiment_from_options(
         TrainOptions(model=args.model, task=args.task, data_dir=args.data_dir, max_length=args.max_length,
-                     steps=args.steps, eval_every=args.steps, device=args.device, prefix_cache=True)
+                     steps=args.steps, eval_every=args.steps, device=args.device, prefix_cache=False)
     )  # fmt: skip
     ws = prepare_workspace(base)
     ws.splits.pop("test", None)
@@ -104,7 +105,8 @@ def main() -> None:
         f"# Fused trial groups vs serial trials on {row['machine']}",
         "",
         f"{len(cfgs)} configurations sampled from `{args.space}` (random sampler, seed 0), {args.model}, {args.task} "
-        f"(max length {args.max_length}), {args.steps} steps each, batch 32, one evaluation at the end; fused groups "
+        f"(max length {args.max_length}), {args.steps} steps each, batch 32, one evaluation at the end, prefix cache off "
+        f"in both; fused groups "
         f"of up to {args.fuse} (sizes {row['groups']}). Command: `python benchmarks/fused_throughput.py --space "
         f"{args.space} --task {args.task} --data-dir {args.data_dir} --trials {args.trials} --fuse {args.fuse} "
         f"--steps {args.steps}`",
