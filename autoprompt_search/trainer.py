@@ -275,14 +275,17 @@ def fusion_key(cfg: ExperimentConfig) -> tuple[Any, ...]:
             tc.device, tc.precision, tc.prefix_cache, tc.prefix_cache_gb)  # fmt: skip
 
 
-def partition(cfgs: list[ExperimentConfig], info: BackboneInfo, size: int) -> list[list[int]]:
+def partition(
+    cfgs: list[ExperimentConfig], info: BackboneInfo, size: int, text_tokens: float = 0.0, pad_tolerance: float = 0.25
+) -> list[list[int]]:
     """Indices of `cfgs` in fused groups of at most `size`.
 
     Only configurations with equal `fusion_key`s and the same first prompted layer share a group:
     blocks below a member's first layer then run frozen (eval mode, no dropout, cached) exactly as
-    they would alone, and the group shares one frozen-prefix cache. Within that, configurations are
-    ordered by prompt length before being cut into groups, since a group pads every prompt to its
-    longest. SPT-DARTS searches run alone.
+    they would alone, and the group shares one frozen-prefix cache. A group pads every prompt to its
+    longest, so members are taken in order of prompt length and a group closes before its longest
+    row (prompt + `text_tokens`, the mean text length) would exceed its shortest by more than
+    `pad_tolerance`. SPT-DARTS searches run alone.
     """
 
     def shape(i: int) -> tuple[int, int]:
@@ -297,8 +300,14 @@ def partition(cfgs: list[ExperimentConfig], info: BackboneInfo, size: int) -> li
         else:
             groups.append([i])
     for indices in by_key.values():
-        ordered = sorted(indices, key=lambda i: (shape(i)[1], i))
-        groups += [ordered[j : j + size] for j in range(0, len(ordered), size)]
+        current: list[int] = []
+        for i in sorted(indices, key=lambda i: (shape(i)[1], i)):
+            shortest = shape(current[0])[1] + text_tokens if current else 0.0
+            if current and (len(current) == size or shape(i)[1] + text_tokens > (1 + pad_tolerance) * shortest):
+                groups.append(current)
+                current = []
+            current.append(i)
+        groups.append(current)
     return sorted(groups)
 
 

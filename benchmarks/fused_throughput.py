@@ -74,7 +74,7 @@ def main() -> None:
     t0 = time.perf_counter()
     alone = [train(cfg, ws) for cfg in cfgs]
     serial_s = time.perf_counter() - t0
-    groups = partition(cfgs, info, args.fuse)
+    groups = partition(cfgs, info, args.fuse, float(ws.splits["train"].lengths.float().mean()))
     t0 = time.perf_counter()
     fused: list[Any] = [None] * len(cfgs)
     for group in groups:

@@ -4,7 +4,8 @@ Runs the same seeded study (random sampler, FIFO, so every variant trains the sa
 configurations to the end) once per variant, each on a fresh local Ray, and prints side by side:
   compute   = sum over trials of training + evaluation seconds inside the Train worker
   ideal     = compute / max_concurrent (the study if Ray cost nothing)
-  overhead  = 1 - ideal / study wall time
+  overhead  = 1 - ideal / study wall time (Ray's costs plus slots left idle, e.g. unequal jobs)
+  fixed cost share = Train jobs x (startup + load + teardown) / (wall x max_concurrent)
 plus the mean per-trial startup (trial start -> worker loop), load (model + data in the worker)
 and teardown (last report -> trial end). Variants:
   ray-default-poll  Ray Train's default 2 s controller poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=2)
@@ -70,6 +71,9 @@ def measure(rows: list[dict[str, Any]], wall: float, concurrent: int) -> dict[st
         "compute_s": compute,
         "ideal_wall_s": compute / concurrent,
         "overhead": 1 - (compute / concurrent) / wall,
+        # Ray's fixed cost per Train job (start-up, loading, teardown) as a share of the study's slot time.
+        "fixed_share": sum(r["startup_seconds"] + r["load_seconds"] for r in rows) / (wall * concurrent)
+        + sum(teardown) / (wall * concurrent),
         "mean_startup_s": mean(r["startup_seconds"] for r in rows),
         "mean_trial_actor_s": mean(r["trial_actor_seconds"] for r in rows),
         "mean_load_s": mean(r["load_seconds"] for r in rows),
@@ -123,14 +127,14 @@ def main() -> None:
         f"task {args.task or 'trec'}; random sampler seed 0, FIFO: the same trials in every variant).\n\n"
     )
     table = [
-        "| variant | trials | Train jobs | study wall s | trials/hour | compute s | ideal wall s | overhead | startup s/job | (Tune trial actor) | load s/job | teardown s/job |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | trials | Train jobs | study wall s | trials/hour | compute s | ideal wall s | overhead | fixed cost share | startup s/job | (Tune trial actor) | load s/job | teardown s/job |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         table.append(
             f"| {r['variant']} | {r['trials']} | {r['train_jobs']} | {r['study_wall_s']:.1f} | {r['trials_per_hour']:.0f} | "
             f"{r['compute_s']:.1f} | {r['ideal_wall_s']:.1f} | "
-            f"{r['overhead']:.1%} | {r['mean_startup_s']:.1f} | {r['mean_trial_actor_s']:.1f} | {r['mean_load_s']:.1f} | {r['mean_teardown_s']:.1f} |"
+            f"{r['overhead']:.1%} | {r['fixed_share']:.1%} | {r['mean_startup_s']:.1f} | {r['mean_trial_actor_s']:.1f} | {r['mean_load_s']:.1f} | {r['mean_teardown_s']:.1f} |"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

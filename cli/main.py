@@ -160,6 +160,9 @@ def search(
     ] = None,
     num_cpus: Annotated[Optional[int], Opt(help="local mode: CPUs Ray may use (default: all)")] = None,
     dashboard_port: Annotated[int, Opt(help="local mode: dashboard port on 127.0.0.1")] = 8265,
+    dashboard_host: Annotated[
+        str, Opt(help="local mode: expose the dashboard on this address (risky: it runs code for anyone)")
+    ] = "127.0.0.1",
     results_dir: Annotated[str, Opt(help="where study directories live")] = "results",
     overwrite: Annotated[bool, Opt(help="replace an existing study of the same name")] = False,
     config: Annotated[str, Opt("--config", help="base experiment YAML/JSON (model, data, head, recipe)")] = "",
@@ -191,9 +194,14 @@ def search(
         typer.echo(f"results: {study_dir}/trials.parquet (autoprompt status {study_dir})", err=True)
         typer.echo(f"tensorboard: tensorboard --logdir {study_dir}/tune", err=True)
 
-    from autoprompt_search.study.cluster import RaySettings
+    from autoprompt_search.study.cluster import RaySettings, exposure_warning
 
-    ray_settings = RaySettings(address=address, num_cpus=num_cpus, dashboard_port=dashboard_port)
+    warning = exposure_warning(dashboard_host)
+    if warning:
+        typer.echo(warning, err=True)
+    ray_settings = RaySettings(
+        address=address, num_cpus=num_cpus, dashboard_port=dashboard_port, dashboard_host=dashboard_host
+    )
     connect = {"ray_settings": ray_settings, "on_connect": announce}
     try:
         if resume:

@@ -116,6 +116,9 @@ def test_partition_groups_by_key_then_first_layer_and_length(tiny_model_dir: str
         experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=1, length=2)),  # 6
     ]
     info = BackboneInfo.of(prepare_workspace(cfgs[0]).backbone)
-    # Groups share a first prompted layer (0: 2 then 1 by length; 1: 6; 3: 0; 4: the probe).
-    assert partition(cfgs, info, 2) == [[0], [2, 1], [3], [4], [5], [6]]
     assert partition(cfgs, info, 1) == [[i] for i in range(7)]
+    # With 4 text tokens per row, an 8-slot prompt (12 tokens) is 3x a 2-slot one (6): not fused.
+    assert partition(cfgs, info, 2, text_tokens=4.0) == [[0], [1], [2], [3], [4], [5], [6]]
+    # With 40, padding 2 slots to 8 costs 14%: groups share a first prompted layer (0: 2 then 1 by
+    # length; 1: 6; 3: 0; 4: the probe), other batch sizes (3) and SPT searches (5) stay alone.
+    assert partition(cfgs, info, 2, text_tokens=40.0) == [[0], [2, 1], [3], [4], [5], [6]]

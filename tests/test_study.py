@@ -384,6 +384,36 @@ def test_fused_study_writes_a_row_per_member_resumes_and_exports(
     assert metrics["score"] == pytest.approx(best["dev_score"], abs=1e-6)
 
 
+@pytest.mark.slow
+def test_local_ray_listens_on_loopback_only(local_ray: None) -> None:
+    """Every TCP port the local Ray's processes listen on is bound to 127.0.0.1 (checked with `ss -ltnp`)."""
+    import re
+    import shutil
+    import subprocess
+
+    import psutil
+
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is not installed")
+    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    listeners = []
+    for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
+        pids = {int(x) for x in re.findall(r"pid=(\d+)", line)}
+        if pids & ours:
+            listeners.append(line.split()[3])  # local address:port
+    assert len(listeners) >= 3, listeners  # GCS, raylet, dashboard at least
+    exposed = [a for a in listeners if not a.startswith(("127.0.0.1:", "[::1]:", "[::ffff:127.0.0.1]:"))]
+    assert exposed == []
+
+
+def test_exposing_the_dashboard_says_the_risk() -> None:
+    from autoprompt_search.study.cluster import exposure_warning
+
+    assert exposure_warning("127.0.0.1") is None and exposure_warning("localhost") is None
+    warning = exposure_warning("0.0.0.0")
+    assert warning is not None and "run code" in warning and "SSH tunnel" in warning
+
+
 def test_space_yaml_files_load() -> None:
     from autoprompt_search.study.launch import resolve_space
 

@@ -29,6 +29,7 @@ class RaySettings:
     num_cpus: int | None = None
     num_gpus: int | None = None
     dashboard_port: int = 8265  # local mode; the next free port when taken
+    dashboard_host: str = "127.0.0.1"  # local mode; anything else exposes the dashboard (see exposure_warning)
     preload_modules: tuple[str, ...] = ()  # local mode: imported by every Ray worker process at start
 
 
@@ -47,7 +48,11 @@ def connect(settings: RaySettings | None = None) -> ClusterInfo:
                 context = ray.init(address=address, log_to_driver=False, runtime_env=env)
             else:
                 context = start_local(
-                    settings.num_cpus, settings.num_gpus, settings.dashboard_port, settings.preload_modules
+                    settings.num_cpus,
+                    settings.num_gpus,
+                    settings.dashboard_port,
+                    settings.preload_modules,
+                    settings.dashboard_host,
                 )
         except ConnectionError as exc:
             raise ConfigError(
@@ -69,8 +74,10 @@ def start_local(
     num_gpus: int | None = None,
     dashboard_port: int = 8265,
     preload_modules: tuple[str, ...] = (),
+    dashboard_host: str = "127.0.0.1",
 ) -> Any:
-    """`ray.init` a new local Ray with every port and the dashboard on 127.0.0.1.
+    """`ray.init` a new local Ray with every port and the dashboard on 127.0.0.1 (the dashboard on
+    `dashboard_host` only when the user asks for it: see `exposure_warning`).
 
     The dashboard is required, not optional: when ASHA (or Ctrl-C) stops a trial, its Train
     controller dies and Ray Train's detached PlacementGroupCleaner frees the workers' placement
@@ -89,20 +96,34 @@ def start_local(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         include_dashboard=True,
-        dashboard_host="127.0.0.1",
+        dashboard_host=dashboard_host,
         dashboard_port=port,
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
         runtime_env={"env_vars": env},
         _system_config={"preload_python_modules": list(preload_modules)} if preload_modules else None,
     )
-    if context.dashboard_url != f"127.0.0.1:{port}":
+    if not str(context.dashboard_url).endswith(f":{port}"):
         ray.shutdown()
         raise ConfigError(
-            f"the Ray dashboard did not start on 127.0.0.1:{port} (got {context.dashboard_url!r}); "
+            f"the Ray dashboard did not start on {dashboard_host}:{port} (got {context.dashboard_url!r}); "
             "pass a free --dashboard-port"
         )
     return context
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_warning(dashboard_host: str) -> str | None:
+    """The risk of a dashboard reachable beyond this machine, or None when it stays on loopback."""
+    if dashboard_host in LOOPBACK_HOSTS:
+        return None
+    return (
+        f"warning: the Ray dashboard listens on {dashboard_host}: anyone who can reach that port can "
+        "submit jobs and run code on this machine (the dashboard has no login). Keep it behind a "
+        "firewall or an SSH tunnel (ssh -L 8265:127.0.0.1:8265), or drop --dashboard-host."
+    )
 
 
 def free_port(preferred: int) -> int:

@@ -93,7 +93,8 @@ def group_worker(loop_config: dict[str, Any]) -> None:
             "gpu_ids": ",".join(gpu_ids),
         }
 
-    for group in partition([cfgs[i] for i in todo], BackboneInfo.of(ws.backbone), len(todo)):
+    text_tokens = float(ws.splits["train"].lengths.float().mean())
+    for group in partition([cfgs[i] for i in todo], BackboneInfo.of(ws.backbone), len(todo), text_tokens):
         indices = [todo[j] for j in group]
 
         def on_eval(
