@@ -13,6 +13,8 @@ and teardown (last report -> trial end). Variants:
   reuse-actors      fast-poll + Tune reuse_actors (a finished trial's process runs the next trial)
   preload           reuse-actors + Ray workers import torch and transformers when they start
   fuse-3            fast-poll + fused groups of 3 trials per Train job (one start-up per group)
+  fuse-all-ddp      fast-poll + every trial in one fused Train job of 2 workers (DDP ranks, one per CPU):
+                    one start-up for the study and no slot idle while another job finishes
 Usage (embedded default: MiniLM-L6, TREC, search_spaces/all.yaml):
   python benchmarks/study_overhead.py --num-samples 6 --steps 200 --out results/study/overhead_cpu
 """
@@ -40,6 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reuse-actors": {"poll_s": "0.25", "reuse_actors": True},
     "preload": {"poll_s": "0.25", "reuse_actors": True, "preload": ("torch", "transformers")},
     "fuse-3": {"poll_s": "0.25", "fuse": 3},
+    "fuse-all-ddp": {"poll_s": "0.25", "fuse": 0, "workers_per_trial": 2, "max_concurrent": 1},  # fuse 0: all
 }
 
 
@@ -100,12 +103,14 @@ def main() -> None:
         settings = VARIANTS[variant]
         os.environ[HEALTH_CHECK_ENV] = settings["poll_s"]
         base = TrainOptions(model=args.model, task=args.task, data_dir=args.data_dir, steps=args.steps)
+        concurrent = settings.get("max_concurrent", args.max_concurrent)
         options = make_options(
             args.space, base, name=f"bench-{variant}", num_samples=args.num_samples,
-            max_concurrent=args.max_concurrent, sampler="random", scheduler="fifo", seed=0,
+            max_concurrent=concurrent, sampler="random", scheduler="fifo", seed=0,
+            workers_per_trial=settings.get("workers_per_trial", 1),
         )  # fmt: skip
         options.reuse_actors = settings.get("reuse_actors", False)
-        options.fuse = settings.get("fuse", 1)
+        options.fuse = settings.get("fuse", 1) or args.num_samples
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
             run = run_study(options, tmp, ray_settings=RaySettings(preload_modules=settings.get("preload", ())))
@@ -113,7 +118,7 @@ def main() -> None:
         row = {
             "variant": variant,
             "poll_s": float(settings["poll_s"]),
-            **measure(run.rows, run.wall_seconds, args.max_concurrent),
+            **measure(run.rows, run.wall_seconds, concurrent),
         }
         row["with_ray_start_s"] = total
         results.append(row)
