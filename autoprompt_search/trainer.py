@@ -405,8 +405,8 @@ def train_group(cfgs: list[ExperimentConfig], ws: Workspace, on_eval: OnMemberEv
             losses.append(torch.nn.functional.cross_entropy(logits[lo:hi].float(), part.labels))
             lo = hi
         values = torch.stack([loss.detach() for loss in losses]).cpu().tolist()  # the step's one host sync
-        if world[1] > 1:  # a member fails on every rank if its loss is not finite on one
-            values = _agree_on_failures(values)
+        if world[1] > 1:  # the loss over the whole batch; not finite on one rank = not finite on every rank
+            values = _mean_across_ranks(values)
         finite = [(m, loss) for m, loss, v in zip(active, losses, values, strict=True) if math.isfinite(v)]
         trainable = [m for m, _ in finite if m.optimizer is not None]
         for m in trainable:
@@ -529,13 +529,13 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _agree_on_failures(values: list[float]) -> list[float]:
-    """Per-member losses where a loss that is not finite on any rank becomes NaN on every rank."""
+def _mean_across_ranks(values: list[float]) -> list[float]:
+    """Per-member losses averaged over the ranks (NaN or inf on one rank stays not finite)."""
     import torch.distributed as dist
 
-    ok = torch.tensor([1.0 if math.isfinite(v) else 0.0 for v in values])
-    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return [v if flag else math.nan for v, flag in zip(values, ok.tolist(), strict=True)]
+    total = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(total)
+    return (total / dist.get_world_size()).tolist()
 
 
 def _average_gradients(params: list[Tensor], world: int) -> None:

@@ -122,3 +122,38 @@ def test_partition_groups_by_key_then_first_layer_and_length(tiny_model_dir: str
     # With 40, padding 2 slots to 8 costs 14%: groups share a first prompted layer (0: 2 then 1 by
     # length; 1: 6; 3: 0; 4: the probe), other batch sizes (3) and SPT searches (5) stay alone.
     assert partition(cfgs, info, 2, text_tokens=40.0) == [[0], [2, 1], [3], [4], [5], [6]]
+
+
+def _rank_trains(rank: int, model_dir: str, data_dir: str, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        cfgs = members(model_dir, data_dir, steps=6, eval_every=3, prefix_cache=False)
+        results = train_group(cfgs, prepare_workspace(cfgs[0]))
+        if rank == 0:
+            torch.save([(r.status, r.best_state, r.history) for r in results], out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ddp_ranks_train_a_group_as_one_process_does(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_rank_trains, args=(tiny_model_dir, tiny_sst_dir, port, out), nprocs=2)
+    cfgs = members(tiny_model_dir, tiny_sst_dir, steps=6, eval_every=3, prefix_cache=False)
+    alone = train_group(cfgs, prepare_workspace(cfgs[0]))
+    for (status, state, history), one in zip(torch.load(out), alone, strict=True):
+        assert status == one.status == "finished"
+        for name, value in one.best_state.items():
+            torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5)
+        assert [h["dev_score"] for h in history] == [h["dev_score"] for h in one.history]
+        # The reported training loss is the whole batch's, not rank 0's share.
+        assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in one.history], rel=1e-5)

@@ -422,3 +422,30 @@ def test_space_yaml_files_load() -> None:
         assert Path(path).name == f"{name}.yaml" and data == yaml.safe_load(Path(path).read_text())
     with pytest.raises(ConfigError, match="neither a file nor a shipped space"):
         resolve_space("nonexistent")
+
+
+@pytest.mark.slow
+def test_a_fused_group_trains_over_two_ddp_workers_as_over_one(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    # The same two sampled configurations as one fused group, once on one Train worker and once
+    # sharded across two DDP ranks (one per CPU): each member's result is the same (dropout off:
+    # ranks draw their own dropout masks).
+    space = {"methods": {"late": {**SPACE["methods"]["late"], "dropout": 0.0}}, "train": SPACE["train"]}
+    results = {}
+    for workers in (1, 2):
+        opts = options(
+            tiny_model_dir, tiny_sst_dir, name=f"w{workers}", fuse=2, num_samples=2, max_concurrent=1,
+            workers_per_trial=workers, sampler="random", seed=5, space=space,
+        )  # fmt: skip
+        run_study(opts, tmp_path)
+        rows = read_trials(tmp_path / f"w{workers}")
+        assert len(rows) == 2 and {r["status"] for r in rows} == {"TERMINATED"}, rows
+        results[workers] = {r["config"]: (r["dev_score"], json.loads(r["history"])) for r in rows}
+    assert results[1].keys() == results[2].keys()
+    for config, (score, history) in results[1].items():
+        ddp_score, ddp_history = results[2][config]
+        assert ddp_score == pytest.approx(score, abs=1e-6)
+        assert [h["eval_score"] for h in ddp_history] == [h["eval_score"] for h in history]
+        assert [h["train_loss"] for h in ddp_history] == pytest.approx([h["train_loss"] for h in history], rel=1e-4)
+    assert_no_placement_group_left()
