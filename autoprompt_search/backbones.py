@@ -287,6 +287,11 @@ def resolve_model(name: str) -> ModelSource:
         return ModelSource(os.path.join(root, inner))
     if name.endswith(".gguf") and os.path.isfile(name):
         return ModelSource(os.path.dirname(name) or ".", os.path.basename(name))
+    if name.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(name)):
+        raise ConfigError(
+            f"model: {name!r} does not exist; give a model directory, a packaged name "
+            f"({', '.join(PACKAGED_MODELS)}) or a hub id"
+        )
     return ModelSource(name)
 
 

@@ -19,10 +19,39 @@ from . import __version__
 from .config import ExperimentConfig
 from .errors import ConfigError
 from .metrics import classification_metrics
-from .trainer import TrainResult, Workspace, build_model, predict_split, prepare_workspace, resolve_device
+from .trainer import (
+    TrainingState,
+    TrainResult,
+    Workspace,
+    build_model,
+    predict_split,
+    prepare_workspace,
+    resolve_device,
+)
 
 WEIGHTS = "prompt.safetensors"
 CONFIG = "config.json"
+TRAINING_TENSORS = "training_state.safetensors"  # resumable checkpoints only
+TRAINING_META = "training_state.json"
+
+
+def save_training_state(state: TrainingState, directory: str | Path) -> None:
+    """Add a resumable training state (safetensors + JSON) to a checkpoint directory."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.tensors.items()}, str(out / (TRAINING_TENSORS + ".tmp")))
+    os.replace(out / (TRAINING_TENSORS + ".tmp"), out / TRAINING_TENSORS)
+    (out / (TRAINING_META + ".tmp")).write_text(json.dumps(state.meta) + "\n", encoding="utf-8")
+    os.replace(out / (TRAINING_META + ".tmp"), out / TRAINING_META)
+
+
+def load_training_state(directory: str | Path) -> TrainingState | None:
+    """The training state in a checkpoint directory, or None when it holds weights only."""
+    path = Path(directory)
+    if not (path / TRAINING_TENSORS).is_file() or not (path / TRAINING_META).is_file():
+        return None
+    meta = json.loads((path / TRAINING_META).read_text(encoding="utf-8"))
+    return TrainingState(load_file(str(path / TRAINING_TENSORS)), meta)
 
 
 def save_run(result: TrainResult, directory: str | Path) -> Path:
@@ -62,15 +91,29 @@ def read_run(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"run: {str(path)!r} not found; give a directory written by `autoprompt train`")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"run: {path} is not valid JSON ({exc.msg}); the run directory is corrupt") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ConfigError(
+            f"run: {path} has no 'config' section; give a directory written by `autoprompt train` or `export` "
+            "(a Hugging Face model directory is not a run)"
+        )
+    return record
 
 
 def load_weights(model: torch.nn.Module, directory: str | Path) -> None:
     """Load the trainable weights; missing or extra names are an error, never silently ignored."""
     path = Path(directory) / WEIGHTS
     if not path.is_file():
+        pickles = sorted(
+            p.name for p in Path(directory).glob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+        )
+        if pickles:
+            raise ConfigError(
+                f"run: {str(path)!r} not found and {pickles[0]} is not loaded: weights load only from safetensors "
+                "(a pickle file can run code); save them with safetensors.torch.save_file"
+            )
         raise ConfigError(f"run: {str(path)!r} not found; the run directory has no weights")
     state = load_file(str(path))
     expected = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}

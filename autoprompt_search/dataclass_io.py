@@ -24,6 +24,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+SCALARS = (int, float, str, bool)
+
+
+def _is_a(value: Any, hint: type) -> bool:
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
 def from_dict(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass `cls` from `data`; `where` prefixes field names in errors (e.g. 'method')."""
     if not isinstance(data, dict):
@@ -36,6 +47,8 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
+        if hint in SCALARS and not _is_a(value, hint):
+            raise ConfigError(f"{where}.{name}: expected {hint.__name__}, got {value!r}")
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = from_dict(hint, value, f"{where}.{name}")
         elif isinstance(value, list):

@@ -238,26 +238,45 @@ class TrainResult:
     error: str | None = None
 
 
-#: on_eval(record, best_state, trained_cfg) -> True to stop this trial early (a scheduler's call)
+@dataclass
+class TrainingState:
+    """A member's training right after an evaluation: enough to continue it after a crash.
+
+    `tensors`: current trainable parameters (`param.*`), the best state (`best.*`) and AdamW's
+    state (`optim.<index>.<key>`); `meta`: JSON-able step, history, best score and metrics,
+    optimizer hyper-parameters and the schedule's position. The data order is re-derived from
+    the seed; dropout's random stream is not restored, so a resumed run matches an uninterrupted
+    one exactly only without dropout.
+    """
+
+    tensors: dict[str, Tensor]
+    meta: dict[str, Any]
+
+
+#: on_eval(record, best_state, trained_cfg) -> True to stop this trial early (a scheduler's call).
+#: `record["training_state"]()` returns the run's TrainingState (for a resumable checkpoint).
 OnEval = Callable[[dict[str, Any], dict[str, Tensor], ExperimentConfig], "bool | None"]
 #: the same for a fused group, with the member's index first
 OnMemberEval = Callable[[int, dict[str, Any], dict[str, Tensor], ExperimentConfig], "bool | None"]
 
 
-def train(cfg: ExperimentConfig, ws: Workspace, on_eval: OnEval | None = None) -> TrainResult:
+def train(
+    cfg: ExperimentConfig, ws: Workspace, on_eval: OnEval | None = None, resume: TrainingState | None = None
+) -> TrainResult:
     """Train `cfg` on the workspace; returns the model holding its best (dev) state.
 
     `on_eval(record, best_state, trained_cfg)` runs after every evaluation (a study reports and
     checkpoints there; returning True stops the run). An SPT config with `search: true` first
     learns its layer gates (SPT-DARTS, `darts.py`) and then trains the derived configuration,
     which `trained_cfg` and the result's `config` name. Raises `TrainingError` on a NaN loss.
+    `resume` continues a run from the TrainingState of one of its evaluations.
     """
     if getattr(cfg.method, "search", False):
         from .darts import search_then_retrain
 
         return search_then_retrain(cfg, ws, on_eval)
     member_eval = None if on_eval is None else (lambda _i, record, state, c: on_eval(record, state, c))
-    result = train_group([cfg], ws, member_eval)[0]
+    result = train_group([cfg], ws, member_eval, None if resume is None else {0: resume})[0]
     if result.status == "failed":
         raise TrainingError(result.error)
     return result
@@ -330,6 +349,47 @@ class _Member:
         self.best_score, self.best_state, self.best_metrics = -math.inf, _snapshot(model), {}
         self.examples, self.loss_sum, self.loss_n, self.steps_done = 0, 0.0, 0, 0
 
+    def training_state(self) -> TrainingState:
+        tensors = {f"param.{k}": v.detach().to("cpu", copy=True) for k, v in self.model.trainable_parameters().items()}
+        tensors |= {f"best.{k}": v for k, v in self.best_state.items()}
+        meta: dict[str, Any] = {
+            "step": self.steps_done,
+            "history": self.history,
+            "best_score": self.best_score,
+            "best_metrics": self.best_metrics,
+            "examples": self.examples,
+        }
+        if self.optimizer is not None and self.scheduler is not None:
+            optim = self.optimizer.state_dict()
+            for index, state in optim["state"].items():
+                tensors |= {f"optim.{index}.{key}": value.detach().cpu() for key, value in state.items()}
+            meta["param_groups"] = optim["param_groups"]
+            meta["scheduler"] = self.scheduler.state_dict()  # our schedule is a plain function: lr_lambdas [None]
+        return TrainingState(tensors, meta)
+
+    def restore(self, state: TrainingState, n_train: int) -> None:
+        params = self.model.trainable_parameters()
+        if {k for k in state.tensors if k.startswith("param.")} != {f"param.{k}" for k in params}:
+            raise ConfigError("resume: the checkpoint's parameters do not match this configuration")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state.tensors[f"param.{name}"])
+        self.best_state = {name: state.tensors[f"best.{name}"] for name in params}
+        meta = state.meta
+        if self.optimizer is not None and self.scheduler is not None:
+            optim: dict[int, dict[str, Tensor]] = {}
+            for key, value in state.tensors.items():
+                if key.startswith("optim."):
+                    _, index, field_name = key.split(".", 2)
+                    optim.setdefault(int(index), {})[field_name] = value
+            self.optimizer.load_state_dict({"state": optim, "param_groups": meta["param_groups"]})
+            self.scheduler.load_state_dict(dict(meta["scheduler"]))
+        self.history, self.best_metrics = list(meta["history"]), dict(meta["best_metrics"])
+        self.best_score, self.examples = float(meta["best_score"]), int(meta["examples"])
+        self.steps_done = int(meta["step"])
+        for _ in range(self.steps_done):  # the data order continues where it stopped
+            self.next_rows(n_train)
+
     def next_rows(self, n_train: int) -> Tensor:
         if self.batches is None:
             self.batches = train_batches(torch.arange(n_train), self.cfg.train.batch_size, self.cfg.train.seed)
@@ -338,14 +398,19 @@ class _Member:
         return rows[rank::world] if world > 1 else rows
 
     def runs_at(self, step: int) -> bool:
-        return self.status == "running" and step <= self.cfg.train.steps
+        return self.status == "running" and self.steps_done < step <= self.cfg.train.steps
 
     def evaluates_at(self, step: int) -> bool:
         tc = self.cfg.train
         return step % tc.eval_interval == 0 or step == tc.steps
 
 
-def train_group(cfgs: list[ExperimentConfig], ws: Workspace, on_eval: OnMemberEval | None = None) -> list[TrainResult]:
+def train_group(
+    cfgs: list[ExperimentConfig],
+    ws: Workspace,
+    on_eval: OnMemberEval | None = None,
+    resume: dict[int, TrainingState] | None = None,
+) -> list[TrainResult]:
     """Train K configurations together, one fused forward/backward per step over one backbone.
 
     Each member keeps its own parameters, AdamW state, learning-rate schedule, gradient clipping,
@@ -355,6 +420,7 @@ def train_group(cfgs: list[ExperimentConfig], ws: Workspace, on_eval: OnMemberEv
     True stops early ("stopped"); either leaves the batch and the group goes on. With K = 1 this is
     ordinary single-trial training. Under an initialised `torch.distributed` group (a multi-worker
     Ray Train trial) each rank trains on its share of every batch and gradients are averaged.
+    `resume` maps member indices to the TrainingState they continue from.
     """
     keys = {fusion_key(c) for c in cfgs}
     if len(keys) > 1 or not all(fusable(c) for c in cfgs):
@@ -382,11 +448,14 @@ def train_group(cfgs: list[ExperimentConfig], ws: Workspace, on_eval: OnMemberEv
     feeder = prefix_feeder(cfgs[0], ws, model, device)
     fetch = {name: batch_fetcher(feeder, ws, name, device) for name in ws.splits}
     n_train = len(ws.splits["train"])
+    for m in members:
+        if resume and m.index in resume:
+            m.restore(resume[m.index], n_train)
     train_time = 0.0
     started = time.perf_counter()
     max_steps = max(c.train.steps for c in cfgs)
 
-    for step in range(1, max_steps + 1):
+    for step in range(min(m.steps_done for m in members) + 1, max_steps + 1):
         active = [m for m in members if m.runs_at(step)]
         if not active:
             break
@@ -448,7 +517,8 @@ def train_group(cfgs: list[ExperimentConfig], ws: Workspace, on_eval: OnMemberEv
                     m.best_metrics = dict(metrics, step=step)
                 record["best_dev_score"] = m.best_score
                 m.history.append(record)
-                stop = on_eval is not None and on_eval(m.index, dict(record, improved=improved), m.best_state, m.cfg)
+                given = dict(record, improved=improved, training_state=m.training_state)
+                stop = on_eval is not None and on_eval(m.index, given, m.best_state, m.cfg)
                 if stop and step < m.cfg.train.steps:  # a stop at the last evaluation changes nothing
                     m.status = "stopped"
 

@@ -154,6 +154,9 @@ def search(
     cpus_per_trial: Annotated[float, Opt(help="CPUs per Train worker")] = 1.0,
     gpus_per_trial: Annotated[float, Opt(help="GPUs per Train worker; 0.25 packs 4 trials on a GPU")] = 0.0,
     workers_per_trial: Annotated[int, Opt(help="Ray Train workers (DDP ranks) per trial")] = 1,
+    max_failures: Annotated[
+        int, Opt(help="restarts of a trial's Train run after a worker crash (from its last checkpoint)")
+    ] = 2,
     search_seed: Annotated[int, Opt(help="sampler seed")] = 0,
     address: Annotated[
         Optional[str], Opt(help="join this Ray cluster (e.g. 127.0.0.1:6379) instead of starting one")
@@ -170,6 +173,7 @@ def search(
     task: Annotated[Optional[str], Opt(help="registered task (trec, sst2, rte, ...)")] = None,
     source: Annotated[Optional[str], Opt(help="auto | files | hub | package")] = None,
     data_dir: Annotated[Optional[str], Opt(help="folder with train/dev/test files")] = None,
+    columns: Annotated[Optional[list[str]], Opt("--column", help="FIELD=COLUMN, repeatable")] = None,
     max_length: Annotated[Optional[int], Opt()] = None,
     max_train: Annotated[Optional[int], Opt(help="seeded subset of the training set (0 = all)")] = None,
     steps: Annotated[Optional[int], Opt(help="training steps per trial, unless the space searches them")] = None,
@@ -213,6 +217,7 @@ def search(
                 task=task,
                 source=source,
                 data_dir=data_dir,
+                columns=columns or [],
                 max_length=max_length,
                 max_train=max_train,
                 steps=steps,
@@ -236,6 +241,7 @@ def search(
                 cpus_per_trial=cpus_per_trial,
                 gpus_per_trial=gpus_per_trial,
                 workers_per_trial=workers_per_trial,
+                max_failures=max_failures,
                 seed=search_seed,
             )
             run = run_study(options, results_dir, overwrite=overwrite, **connect)

@@ -83,7 +83,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
 
 def test_unknown_model_and_existing_output(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:
     res = runner.invoke(app, train_args(str(tmp_path / "no-model"), tiny_sst_dir, str(tmp_path / "r")))
-    assert res.exit_code == 2 and "model: cannot load" in res.stderr
+    assert res.exit_code == 2 and "no-model' does not exist" in res.stderr
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "keep.txt").write_text("x")
     res = runner.invoke(app, train_args(tiny_model_dir, tiny_sst_dir, str(tmp_path / "r")))

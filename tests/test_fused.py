@@ -157,3 +157,38 @@ def test_two_ddp_ranks_train_a_group_as_one_process_does(tiny_model_dir: str, ti
         assert [h["dev_score"] for h in history] == [h["dev_score"] for h in one.history]
         # The reported training loss is the whole batch's, not rank 0's share.
         assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in one.history], rel=1e-5)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_run_resumed_from_its_training_state_ends_as_if_never_stopped(
+    tiny_model_dir: str, tiny_sst_dir: str, tmp_path
+) -> None:
+    from autoprompt_search.checkpoint import load_training_state, save_training_state
+
+    cfgs = members(tiny_model_dir, tiny_sst_dir, steps=8, eval_every=2, prefix_cache=False, warmup_ratio=0.25)
+    ws = prepare_workspace(cfgs[0])
+    whole = train_group(cfgs, ws)
+    saved: dict[int, object] = {}
+
+    def crash_at_step_4(member: int, record: dict, state: dict, cfg: ExperimentConfig) -> bool:
+        if record["step"] == 4:
+            save_training_state(record["training_state"](), tmp_path / str(member))  # a checkpoint on disk
+            saved[member] = True
+            if len(saved) == len(cfgs):
+                raise Crash  # the worker dies after its step-4 checkpoints
+        return False
+
+    with pytest.raises(Crash):
+        train_group(cfgs, ws, crash_at_step_4)
+    resume = {i: load_training_state(tmp_path / str(i)) for i in range(len(cfgs))}
+    resumed = train_group(cfgs, ws, resume=resume)  # type: ignore[arg-type]
+    for again, first in zip(resumed, whole, strict=True):
+        assert again.status == "finished"
+        assert_same(again, first)
+        assert [h["step"] for h in again.history] == [2, 4, 6, 8]
+    # One configuration alone through train(), resumed the same way.
+    alone = train(cfgs[2], ws, resume=load_training_state(tmp_path / "2"))
+    assert_same(alone, whole[2])

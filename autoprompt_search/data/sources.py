@@ -133,7 +133,7 @@ def rows_to_examples(rows: list[dict[str, Any]], task: Task, columns: dict[str, 
     missing = [f"{f} (column {c!r})" for f, c in wanted.items() if c not in present]
     if missing:
         raise ConfigError(
-            f"data: {where} lacks {missing[0]}; its columns are {sorted(present)}: map it with --columns FIELD=COLUMN"
+            f"data: {where} lacks {missing[0]}; its columns are {sorted(present)}: map it with --column FIELD=COLUMN"
         )
     texts = [[str(r[wanted[f]]) for r in rows] for f in task.text_fields]
     if len(texts) == 3:  # WiC: "word: sentence1" paired with sentence2

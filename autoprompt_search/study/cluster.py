@@ -175,12 +175,41 @@ def prepare_environment(address: str | None) -> None:
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
+def check_before_connecting(options: StudyOptions, settings: RaySettings | None) -> None:
+    """What can fail fast before Ray: an --address nobody answers at (ray.init would wait on it
+    for minutes), and, when a local Ray is to be started, resources this machine does not have."""
+    import ray
+
+    settings = settings or RaySettings()
+    if ray.is_initialized():
+        return
+    address = settings.address
+    if address and address != "auto" and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"--address {address}: expected HOST:PORT, e.g. 127.0.0.1:6379")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except OSError as exc:
+            raise ConfigError(
+                f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
+                f"`ray start --head --port={port}` or drop --address to start a local Ray"
+            ) from exc
+    if not address:
+        import torch
+
+        gpus = settings.num_gpus if settings.num_gpus is not None else torch.cuda.device_count()
+        cpus = settings.num_cpus or os.cpu_count() or 1
+        check_resources(options, ClusterInfo("local", None, float(cpus), float(gpus), False))
+
+
 def check_resources(options: StudyOptions, cluster: ClusterInfo) -> None:
     """Fail before any trial starts if one trial cannot ever be placed (it would pend forever)."""
     workers = options.workers_per_trial
     if options.gpus_per_trial and cluster.gpus == 0:
         raise ConfigError(
-            f"--gpus-per-trial {options.gpus_per_trial}: the Ray cluster ({cluster.address}) has no GPU; "
+            f"--gpus-per-trial {options.gpus_per_trial}: the Ray cluster ({cluster.address}) has no GPU"
+            f"{' (torch sees no CUDA device on this machine)' if cluster.address == 'local' else ''}; "
             "use --gpus-per-trial 0 to train on CPUs"
         )
     if options.gpus_per_trial * workers > cluster.gpus:

@@ -58,12 +58,12 @@ def export_study(
 ) -> list[Path]:
     """Export chosen trials into `output` (default: <study>/export); returns the run directories."""
     study_dir = Path(study_dir)
+    if top < 1:
+        raise ConfigError(f"export: --top must be >= 1, got {top}")
     options = StudyOptions.load(study_dir)
     rows = [r for r in study_rows(study_dir) if r["status"] in EXPORTABLE and r["checkpoint"]]
     if not rows:
         raise ConfigError(f"export: no finished trial with a checkpoint in {str(study_dir)!r}; run or resume the study")
-    if top < 1:
-        raise ConfigError(f"export: --top must be >= 1, got {top}")
     objectives = options.parsed_objectives
     chosen = pareto_front(rows, objectives) if pareto else rank_top(rows, objectives[0], top)
     out = Path(output) if output else study_dir / "export"

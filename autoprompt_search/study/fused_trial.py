@@ -55,7 +55,7 @@ def group_worker(loop_config: dict[str, Any]) -> None:
     from optuna.trial import TrialState
 
     from ..backbones import BackboneInfo
-    from ..checkpoint import save_state
+    from ..checkpoint import load_training_state, save_state, save_training_state
     from ..trainer import fusable, partition, prepare_workspace, train_group
     from .group_search import open_study
 
@@ -128,15 +128,21 @@ def group_worker(loop_config: dict[str, Any]) -> None:
                         state, trained, path, {"dev_score": record["best_dev_score"], "step": record["step"]}, []
                     )
                     metrics["member_checkpoint"] = str(path)
+                save_training_state(record["training_state"](), out / str(index))  # resumable after a crash
             last[index] = metrics
             ray.train.report(metrics)
             return _broadcast(prune)
 
         group_cfgs = [cfgs[i] for i in indices]
         if len(group_cfgs) == 1 and not fusable(group_cfgs[0]):
-            results = [_alone(group_cfgs[0], ws, on_eval)]
+            results = [_alone(group_cfgs[0], ws, on_eval)]  # SPT-DARTS: a restart searches again
         else:
-            results = train_group(group_cfgs, ws, on_eval)
+            # After a worker crash Ray Train restarts the job: members continue from their last evaluation.
+            resume = {j: load_training_state(out / str(i)) for j, i in enumerate(indices)}
+            resume = {j: state for j, state in resume.items() if state is not None}
+            for j, state in resume.items():
+                evaluations[indices[j]] = len(state.meta["history"])
+            results = train_group(group_cfgs, ws, on_eval, resume)
         for index, result in zip(indices, results, strict=True):
             final = {
                 **last.get(index, {}),

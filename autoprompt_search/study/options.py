@@ -68,7 +68,7 @@ class StudyOptions:
     grace_period: int = 1  # evaluations before ASHA may stop a trial
     reduction_factor: int = 3
     seed: int = 0
-    max_failures: int = 0  # Train-run retries per trial (worker crashes), not bad configs
+    max_failures: int = 2  # Train-run restarts per trial after a worker crash, from its last checkpoint
     reuse_actors: bool = False  # Tune runs the next trial in a finished trial's process
     fuse: int = 1  # trials trained together in one Train job over one backbone (fused groups)
 
@@ -85,6 +85,7 @@ class StudyOptions:
             "use --workers-per-trial for several GPUs",
         )
         require(self.fuse >= 1, f"study.fuse: must be >= 1 (1 = one trial per Train job), got {self.fuse}")
+        require(self.max_failures >= 0, f"study.max_failures: must be >= 0, got {self.max_failures}")
         require(self.workers_per_trial >= 1, f"study.workers_per_trial: must be >= 1, got {self.workers_per_trial}")
         require(self.sampler in SAMPLERS, f"study.sampler: {self.sampler!r} unknown; use {', '.join(SAMPLERS)}")
         require(self.scheduler in SCHEDULERS, f"study.scheduler: {self.scheduler!r}; use {', '.join(SCHEDULERS)}")
@@ -124,4 +125,13 @@ class StudyOptions:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"study: {path} is not valid JSON ({exc.msg}); the study directory is corrupt") from exc
-        return from_dict(StudyOptions, data, "study")
+        if not isinstance(data, dict):
+            raise ConfigError(f"study: {path} is not a study description; the study directory is corrupt")
+        try:
+            return from_dict(StudyOptions, data, "study")
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type
+            raise ConfigError(
+                f"study: {path} does not describe a study ({exc}); the study directory is corrupt"
+            ) from exc

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from ray.tune import Callback
 
 TRIALS_FILE = "trials.parquet"
+ENDED = ("TERMINATED", "STOPPED", "ERROR")
 SCHEMA = pa.schema(
     [
         ("trial_id", pa.string()),  # Tune trial id; fused members: <group trial id>-<member index>
@@ -46,7 +47,9 @@ SCHEMA = pa.schema(
         ("finished_at", pa.float64()),
     ]
 )
-HISTORY_KEYS = ("step", "eval_score", "eval_accuracy", "dev_score", "train_loss", "worker_seconds")
+HISTORY_KEYS = (
+    "step", "eval_score", "eval_accuracy", "dev_score", "train_loss", "worker_seconds", "resumed_from_step"
+)  # fmt: skip
 
 
 def error_line(text: str) -> str:
@@ -71,6 +74,16 @@ def read_trials(study_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return pq.read_table(path).to_pylist()
+
+
+def recorded_status(study_dir: str | Path, trial_id: str) -> str | None:
+    """The status the table holds for `trial_id` (None when absent or the file is not readable here)."""
+    path = Path(study_dir) / TRIALS_FILE
+    try:
+        rows = pq.read_table(path, columns=["trial_id", "status"]).to_pylist()
+    except (OSError, pa.ArrowException):
+        return None
+    return next((r["status"] for r in rows if r["trial_id"] == trial_id), None)
 
 
 def write_trials(study_dir: str | Path, rows: list[dict[str, Any]]) -> None:
@@ -125,10 +138,17 @@ class TrialRecorder(Callback):
     def _rows(self, trial: Any) -> list[dict[str, Any]]:
         return self._member_rows(trial) if "members" in trial.config else [self._row(trial)]
 
+    def _ended(self, trial: Any) -> bool:
+        """A trial the table already holds as ended: after a driver crash, Tune's saved state
+        (written every few seconds) may call it unfinished and run it again; its row stays."""
+        row = self.rows.get(trial.trial_id)
+        return row is not None and row["status"] in ENDED
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        fused = "members" in trial.config
+        if self._ended(trial):
+            return
         for row in self._rows(trial):
-            if fused and row["status"] in ("TERMINATED", "STOPPED", "ERROR"):  # a resumed group keeps ended members
+            if row["status"] in ENDED:  # a resumed group keeps its ended members
                 continue
             row.update(status="RUNNING", started_at=time.time(), finished_at=None, error=None, history="[]")
             row.update(evaluations=0, dev_score=None, eval_score=None, checkpoint=None)
@@ -138,6 +158,8 @@ class TrialRecorder(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "member" in result:
             self._member_result(trial, result)
+            return
+        if self._ended(trial):
             return
         row = self._row(trial)
         history = json.loads(row["history"] or "[]")
@@ -194,6 +216,8 @@ class TrialRecorder(Callback):
         if "members" in trial.config:
             self._close_members(trial, "the fused group ended before this member reported its end")
             return
+        if self._ended(trial):
+            return
         row = self._row(trial)
         row["status"] = "TERMINATED" if trial.last_result.get("trained_to_end") else "STOPPED"
         self._finish_times(row, final=True)
@@ -203,6 +227,8 @@ class TrialRecorder(Callback):
         error = error_line(trial_error_text(trial))
         if "members" in trial.config:
             self._close_members(trial, error)
+            return
+        if self._ended(trial):
             return
         row = self._row(trial)
         row["status"] = "ERROR"

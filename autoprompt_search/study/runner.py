@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,7 @@ from ..config import ExperimentConfig
 from ..dataclass_io import to_dict
 from ..errors import ConfigError
 from ..search_space import SearchSpace
-from .cluster import ClusterInfo, RaySettings, check_resources, connect, shutdown
+from .cluster import ClusterInfo, RaySettings, check_before_connecting, check_resources, connect, shutdown
 from .fused_trial import run_group
 from .options import STUDY_FILE, StudyOptions
 from .progress import ProgressBar
@@ -113,6 +115,7 @@ def trial_payload(options: StudyOptions, study_dir: Path) -> dict[str, Any]:
         "workers_per_trial": options.workers_per_trial,
         "max_failures": options.max_failures,
         "train_storage": str(study_dir / TRAIN_DIR),
+        "study_dir": str(study_dir),
         "study": options.name,
         "optuna_storage": str(study_dir / OPTUNA_FILE),
         "objectives": options.objectives,
@@ -185,6 +188,37 @@ def build_tuner(
     )
 
 
+MIN_FREE_ENV = "AUTOPROMPT_MIN_FREE_GB"  # free disk a study needs to start (default 0.5 GB)
+
+
+def check_writable(study_dir: Path) -> None:
+    """Fail before any trial starts when the study directory cannot be created and written, or the
+    disk is (nearly) full: checkpoints and the results table are written all along the study."""
+    existing = study_dir
+    while not existing.exists():
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{str(existing)!r} is a file, not a directory"
+    else:
+        try:
+            with tempfile.TemporaryFile(dir=existing) as probe:
+                probe.write(b"x" * 4096)
+                probe.flush()
+                os.fsync(probe.fileno())
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+    if problem:
+        raise ConfigError(f"results: cannot write {str(study_dir)!r} ({problem}); choose a writable --results-dir")
+    free_gb = shutil.disk_usage(existing).free / 1e9
+    need_gb = float(os.environ.get(MIN_FREE_ENV, "0.5"))
+    if free_gb < need_gb:
+        raise ConfigError(
+            f"results: only {free_gb:.2f} GB free under {str(existing)!r} (a study needs {need_gb:g} GB); "
+            "free some space or choose another --results-dir"
+        )
+
+
 def prepare_study_dir(results_dir: str | Path, name: str, overwrite: bool) -> Path:
     study_dir = (Path(results_dir) / name).resolve()
     if (study_dir / STUDY_FILE).exists() and not overwrite:
@@ -206,6 +240,7 @@ def run_study(
     """Validate everything, start or join Ray, and run the study to the end."""
     study_dir = prepare_study_dir(results_dir, options.name, overwrite)
     space, base, num_layers = check_study(options)
+    check_writable(study_dir)
 
     def fit() -> None:
         study_dir.mkdir(parents=True, exist_ok=True)
@@ -229,6 +264,7 @@ def resume_study(
     if not tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
         raise ConfigError(f"study: {str(study_dir)!r} has no Tune state to resume; start it again with --overwrite")
     check_study(options)
+    check_writable(study_dir)
 
     def fit() -> None:
         tune.Tuner.restore(
@@ -246,6 +282,7 @@ def _on_ray(
     on_connect: Any,
 ) -> StudyRun:
     """Start or join Ray, refuse resources a trial can never get, run `fit`, and stop what we started."""
+    check_before_connecting(options, ray_settings)
     cluster = connect(ray_settings)
     try:
         check_resources(options, cluster)

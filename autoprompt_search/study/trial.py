@@ -13,9 +13,11 @@ Train controller, the workers), and only the workers need torch and transformers
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ TRIAL_CPU = 0.01
 TRIAL_RESOURCES = {"CPU": TRIAL_CPU}
 # Testing GPU scheduling on a CPU machine: trials hold logical Ray GPUs but train on the CPU.
 LOGICAL_GPUS_ENV = "AUTOPROMPT_LOGICAL_GPUS"
+# A worker's record of its configuration's own failure (see raise_trial_error).
+TRIAL_ERROR_FILE = "trial_error.json"
 
 
 def worker_resources(study: dict[str, Any]) -> dict[str, float]:
@@ -51,7 +55,32 @@ def experiment_for(base: dict[str, Any], sampled: dict[str, Any]) -> ExperimentC
 
 def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     """Tune function trainable: build and fit the trial's TorchTrainer, named by trial id."""
+    from ray import tune
+
+    from .records import ENDED, recorded_status
+
+    trial_id = tune.get_context().get_trial_id()
+    if recorded_status(study["study_dir"], trial_id) in ENDED:
+        return  # a resumed study's stale Tune state restarted a trial that had already ended: not again
     make_trainer(train_worker, config, study).fit()
+    raise_trial_error(Path(study["train_storage"]) / trial_id)
+
+
+def raise_trial_error(run_dir: Path) -> None:
+    """Fail the Tune trial with the error its workers recorded instead of raising.
+
+    Ray Train restarts a run whose workers raise (FailureConfig, meant for crashes); an error of
+    the configuration itself (NaN loss, a bad option) would only fail again, so a worker writes
+    it beside the run's checkpoints and the Tune trial raises it here, once.
+    """
+    from ..errors import ConfigError
+    from ..trainer import TrainingError
+
+    path = run_dir / TRIAL_ERROR_FILE
+    if path.is_file():
+        error = json.loads(path.read_text(encoding="utf-8"))
+        kind = TrainingError if error["type"] == "TrainingError" else ConfigError
+        raise kind(error["message"])
 
 
 def make_trainer(loop: Any, config: dict[str, Any], study: dict[str, Any]) -> Any:
@@ -112,22 +141,63 @@ def place(cfg: ExperimentConfig, use_gpu: bool) -> list[str]:
     return gpu_ids
 
 
+def resume_point(cfg: ExperimentConfig) -> tuple[ExperimentConfig, Any]:
+    """After a worker crash (or a resumed study): the configuration and TrainingState of the
+    run's latest checkpoint, else (cfg, None). The checkpoint's config is the one trained (for
+    SPT-DARTS the derived layers), so a restart continues that training."""
+    import ray.train
+
+    from ..checkpoint import CONFIG, load_training_state
+    from ..config import ExperimentConfig
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return cfg, None
+    with checkpoint.as_directory() as directory:
+        state = load_training_state(directory)
+        trained = ExperimentConfig.from_dict(json.loads((Path(directory) / CONFIG).read_text())["config"])
+    if state is None:
+        return cfg, None
+    trained.train.device = cfg.train.device
+    return trained, state
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker loop: train one configuration and report every evaluation."""
+    """Ray Train worker loop: train one configuration and report every evaluation with a
+    resumable checkpoint (the best prompt + the training state), continuing from the latest
+    checkpoint when Ray Train restarts the run after a worker failure."""
+    import ray.train
+
+    from ..errors import ConfigError
+    from ..trainer import TrainingError
+
+    try:
+        _train_and_report(loop_config)
+    except (TrainingError, ConfigError) as exc:  # the configuration's own failure: no Train retry
+        if ray.train.get_context().get_world_rank() == 0:
+            run_dir = Path(loop_config["study"]["train_storage"]) / loop_config["trial_id"]
+            run_dir.mkdir(parents=True, exist_ok=True)
+            error = {"type": type(exc).__name__, "message": str(exc)}
+            (run_dir / TRIAL_ERROR_FILE).write_text(json.dumps(error), encoding="utf-8")
+
+
+def _train_and_report(loop_config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from ..checkpoint import save_state
+    from ..checkpoint import save_state, save_training_state
     from ..trainer import prepare_workspace, train
 
     started, started_at = time.perf_counter(), time.time()
     cfg = experiment_for(loop_config["base"], loop_config["sampled"])
     gpu_ids = place(cfg, loop_config["use_gpu"])
+    cfg, resume = resume_point(cfg)
     ws = prepare_workspace(cfg)
     ws.splits.pop("test", None)  # a search selects on dev only; test is for exported configs
     load_seconds = time.perf_counter() - started
     rank = ray.train.get_context().get_world_rank()
     trainable: dict[str, int] = {}
+    resumed_from = int(resume.meta["step"]) if resume is not None else 0
 
     def report(record: dict[str, Any], best_state: dict[str, torch.Tensor], trained: ExperimentConfig) -> None:
         metrics = {
@@ -143,12 +213,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "trial_entered_at": loop_config["trial_entered_at"],
             "gpu_ids": ",".join(gpu_ids),
             "trained_to_end": record["step"] == cfg.train.steps,
+            "resumed_from_step": resumed_from,
         }
-        if not (record["improved"] and rank == 0):
+        if rank != 0:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
             save_state(best_state, trained, tmp, {"dev_score": record["best_dev_score"], "step": record["step"]}, [])
+            save_training_state(record["training_state"](), tmp)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    train(cfg, ws, on_eval=report)
+    train(cfg, ws, on_eval=report, resume=resume)

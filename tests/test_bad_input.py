@@ -1,0 +1,193 @@
+"""Bad input at the command line: one line naming the problem and the fix, exit code 2, nothing written.
+
+Each case runs the real CLI (in-process) against a sandbox holding a tiny model, a dataset, a
+valid search space, broken variants of each, and studies in several broken states; the whole
+sandbox must be byte-for-byte unchanged afterwards (no half-made study, run or export directory).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from autoprompt_search.config import DataConfig, ExperimentConfig
+from autoprompt_search.prompts import DeepConfig
+from autoprompt_search.study.options import StudyOptions
+from autoprompt_search.study.records import SCHEMA, write_trials
+from cli.main import app
+
+runner = CliRunner()
+
+
+@dataclass
+class Sandbox:
+    root: Path
+    model: str
+    data: str
+
+    @property
+    def results(self) -> str:
+        return str(self.root / "results")
+
+    def path(self, name: str) -> str:
+        return str(self.root / name)
+
+    def search(self, *extra: str, space: str = "space.yaml", model: str = "", data: str = "") -> list[str]:
+        return [
+            "search", "--space", self.path(space), "--model", model or self.model, "--task", "sst2",
+            "--data-dir", data or self.data, "--max-length", "32", "--steps", "4", "--eval-every", "2",
+            "--batch-size", "8", "--results-dir", self.results, "--scheduler", "fifo", *extra,
+        ]  # fmt: skip
+
+    def train(self, *extra: str) -> list[str]:
+        return [
+            "train", "--model", self.model, "--task", "sst2", "--data-dir", self.data, "--max-length", "32",
+            "--steps", "2", "--device", "cpu", "--output", self.path("run"), *extra,
+        ]  # fmt: skip
+
+
+SPACES = {
+    "space.yaml": "methods:\n  deep: {layers: {type: layer_set, max_layers: 2}, length: 2}\n",
+    "syntax.yaml": "methods:\n  deep: {length: [2, 3\n",
+    "unknown_key.yaml": "methods:\n  deep: {length: 2, lenght: 3}\n",
+    "empty_range.yaml": "methods:\n  deep: {length: {type: int, low: 9, high: 2}}\n",
+    "deep_layer.yaml": "methods:\n  late: {layer: 9}\n",
+    "orphan.yaml": "methods:\n  deep: {length: 2, generator: npg}\n",
+    "unknown_method.yaml": "methods:\n  prefix_tuning: {length: 2}\n",
+    "no_methods.yaml": "train: {lr: 0.01}\n",
+    "unknown_train.yaml": "methods:\n  deep: {length: 2}\ntrain: {learning_rate: 0.01}\n",
+    "bad_type.yaml": "methods:\n  deep: {length: {type: integer, low: 1, high: 4}}\n",
+    "empty_choices.yaml": "methods:\n  late: {generator: {type: categorical, choices: []}}\n",
+}
+
+
+def make_sandbox(root: Path, model_dir: str, sst_dir: str) -> Sandbox:
+    box = Sandbox(root, model_dir, sst_dir)
+    for name, text in SPACES.items():
+        (root / name).write_text(text)
+    # A model directory of an architecture transformers does not know.
+    (root / "alien").mkdir()
+    (root / "alien" / "config.json").write_text(json.dumps({"model_type": "alien-net", "hidden_size": 8}))
+    # SST-2 files whose labels are not the task's (0/1) and files without the text column.
+    for name, header, label in (("wrong_labels", "sentence\tlabel", "7"), ("no_text", "text\tlabel", "1")):
+        (root / name).mkdir()
+        for split in ("train", "dev"):
+            (root / name / f"{split}.tsv").write_text(f"{header}\na fine film\t{label}\nbad\t{label}\n")
+    # Studies: corrupt study.json, study.json of the wrong shape, one with no trial, one whose trials all failed.
+    results = root / "results"
+    for name in ("corrupt", "wrong_shape", "no_trials", "all_failed"):
+        (results / name).mkdir(parents=True)
+    (results / "corrupt" / "study.json").write_text('{"name": "corrupt", "fuse": ')
+    (results / "wrong_shape" / "study.json").write_text(json.dumps({"name": "wrong_shape", "num_samples": "many"}))
+    for name in ("no_trials", "all_failed"):
+        StudyOptions(name=name, space={"methods": {"deep": {}}}).save(results / name)
+    failed = {c: None for c in SCHEMA.names} | {"trial_id": "t1", "number": 0, "status": "ERROR", "error": "boom"}
+    write_trials(results / "all_failed", [failed])
+    # A run directory whose weights are a pickle, not safetensors.
+    (root / "pickled_run").mkdir()
+    cfg = ExperimentConfig(model=model_dir, data=DataConfig(task="sst2", data_dir=sst_dir), method=DeepConfig())
+    (root / "pickled_run" / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    torch.save({"w": torch.zeros(1)}, root / "pickled_run" / "prompt.bin")
+    # A config file that tries to build a Python object on load.
+    (root / "evil.yaml").write_text("!!python/object/apply:os.system ['echo pwned']\n")
+    return box
+
+
+CASES: list[tuple[str, Callable[[Sandbox], list[str]], str]] = [
+    # search-space files
+    ("space: YAML syntax", lambda b: b.search(space="syntax.yaml"), "not valid YAML"),
+    ("space: unknown key", lambda b: b.search(space="unknown_key.yaml"), "methods.deep.lenght: not a deep option"),
+    ("space: empty range", lambda b: b.search(space="empty_range.yaml"), "empty range low=9 > high=2"),
+    ("space: layer beyond the model", lambda b: b.search(space="deep_layer.yaml"), "beyond a 4-layer model"),
+    ("space: option without its method", lambda b: b.search(space="orphan.yaml"),
+     "methods.deep.generator: not a deep option"),
+    ("space: unknown method", lambda b: b.search(space="unknown_method.yaml"), "methods.prefix_tuning: unknown method"),
+    ("space: no methods", lambda b: b.search(space="no_methods.yaml"), "methods: needs at least one method"),
+    ("space: unknown train option", lambda b: b.search(space="unknown_train.yaml"), "train.learning_rate: unknown"),
+    ("space: unknown parameter type", lambda b: b.search(space="bad_type.yaml"), "'integer' unknown"),
+    ("space: empty choices", lambda b: b.search(space="empty_choices.yaml"), "choices: needs a non-empty list"),
+    ("space: no such file", lambda b: b.search(space="absent.yaml"), "is neither a file nor a shipped space"),
+    # model and data
+    ("model: path that does not exist", lambda b: b.search(model=b.path("no-model")), "no-model' does not exist"),
+    ("model: unknown architecture", lambda b: b.search(model=b.path("alien")), "alien-net"),
+    ("data: directory that does not exist", lambda b: b.search(data=b.path("no-data")), "no-data"),
+    ("data: missing column", lambda b: b.search(data=b.path("no_text")), "lacks sentence"),
+    ("data: labels not the task's", lambda b: b.search(data=b.path("wrong_labels")), "label"),
+    ("data: renamed column absent", lambda b: b.search("--column", "sentence=review"), "lacks sentence"),
+    ("data: unknown task", lambda b: [*b.search(), "--task", "sst3"], "data.task: 'sst3' unknown"),
+    ("data: max length 0", lambda b: [*b.search(), "--max-length", "0"], "data.max_length: must be > 0"),
+    # resources and cluster
+    ("resources: a GPU where none exists", lambda b: b.search("--gpus-per-trial", "1"), "GPU"),
+    ("resources: more CPUs than the machine", lambda b: b.search("--cpus-per-trial", "4096"), "CPU"),
+    ("cluster: unreachable --address", lambda b: b.search("--address", "127.0.0.1:1"), "--address 127.0.0.1:1"),
+    # study options
+    ("study: name with a path separator", lambda b: b.search("--name", "a/b"), "study: name 'a/b'"),
+    ("study: name '..'", lambda b: b.search("--name", ".."), "study: name '..'"),
+    ("study: name taken", lambda b: b.search("--name", "no_trials"), "already exists; continue it with --resume"),
+    ("study: zero trials", lambda b: b.search("--num-samples", "0"), "study.num_samples: must be >= 1"),
+    ("study: fuse 0", lambda b: b.search("--fuse", "0"), "study.fuse: must be >= 1"),
+    ("study: unknown objective", lambda b: b.search("--objective", "accuracy:max"), "'accuracy' is not a reported"),
+    ("study: NSGA-II with one objective", lambda b: b.search("--sampler", "nsga2"), "nsga2 is for several objectives"),
+    ("study: unknown scheduler", lambda b: b.search("--scheduler", "hyperband"), "study.scheduler: 'hyperband'"),
+    # resume, status, export
+    ("resume: no such study", lambda b: ["search", "--resume", "ghost", "--results-dir", b.results], "not found"),
+    ("resume: corrupt study.json", lambda b: ["search", "--resume", "corrupt", "--results-dir", b.results],
+     "not valid JSON"),
+    ("resume: study.json of the wrong shape", lambda b: ["search", "--resume", "wrong_shape", "--results-dir",
+                                                          b.results], "study.num_samples: expected int"),
+    ("resume: study that never started", lambda b: ["search", "--resume", "no_trials", "--results-dir", b.results],
+     "no Tune state to resume"),
+    ("status: not a study", lambda b: ["status", b.path("alien")], "study.json' not found"),
+    ("export: no trial yet", lambda b: ["export", f"{b.results}/no_trials"], "no trials.parquet yet"),
+    ("export: no finished trial", lambda b: ["export", f"{b.results}/all_failed"], "no finished trial"),
+    ("export: --top 0", lambda b: ["export", f"{b.results}/all_failed", "--top", "0"], "--top must be >= 1, got 0"),
+    # train, predict
+    ("train: config that builds Python objects", lambda b: ["train", "--config", b.path("evil.yaml"),
+                                                           "--output", b.path("run")], "evil.yaml"),
+    ("train: GPU where none exists", lambda b: [*b.train(), "--device", "cuda"], "no GPU is visible here"),
+    ("predict: weights that are not safetensors", lambda b: ["predict", b.path("pickled_run")],
+     "weights load only from safetensors"),
+    ("predict: a model directory, not a run", lambda b: ["predict", b.model], "has no 'config' section"),
+]  # fmt: skip
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: str, tiny_sst_dir: str) -> Sandbox:
+    return make_sandbox(tmp_path_factory.mktemp("bad-input"), tiny_model_dir, tiny_sst_dir)
+
+
+def test_there_are_at_least_25_cases() -> None:
+    assert len(CASES) >= 25 and len({name for name, _, _ in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize(("name", "args", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    sandbox: Sandbox, name: str, args: Callable[[Sandbox], list[str]], message: str
+) -> None:
+    if "GPU" in name and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    before = snapshot(sandbox.root)
+    res = runner.invoke(app, args(sandbox))
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+    assert snapshot(sandbox.root) == before
+    assert not (Path(sandbox.results) / "default").exists()
+
+
+def test_sandbox_is_valid_when_nothing_is_wrong(sandbox: Sandbox) -> None:
+    """The cases fail for their one fault: the same sandbox's good space and data pass `autoprompt space`."""
+    res = runner.invoke(app, ["space", sandbox.path("space.yaml"), "--model", sandbox.model, "--samples", "2"])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load(Path(sandbox.path("space.yaml")).read_text())["methods"]["deep"]["length"] == 2

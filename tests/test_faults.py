@@ -1,0 +1,196 @@
+"""Faults injected into real studies on a local Ray: a Train worker SIGKILLed mid-trial, the
+`autoprompt search` driver SIGKILLed mid-study, a node leaving a multi-node cluster, a trial that
+raises, and a results directory that cannot take the study."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from test_study import SPACE, base_experiment, options
+
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.study.records import read_trials
+from autoprompt_search.study.runner import run_study
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def train_workers() -> list[psutil.Process]:
+    """Ray Train worker processes (Ray names them `ray::RayTrainWorker...`)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def checkpoints(study: Path) -> list[Path]:
+    return sorted(study.glob("train/*/checkpoint_*"))
+
+
+@pytest.fixture
+def local_ray():
+    import ray
+
+    from autoprompt_search.study.cluster import start_local
+
+    start_local(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def test_a_killed_train_worker_restarts_from_its_last_checkpoint(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    experiment = base_experiment(tiny_model_dir, tiny_sst_dir, steps=120)
+    experiment["train"]["eval_every"] = 10
+    space = {"methods": {"deep": {"layers": [1, 2], "length": 2}}, "train": {"lr": 0.05}}
+    opts = options(
+        tiny_model_dir, tiny_sst_dir, name="k", space=space, experiment=experiment, num_samples=1, max_concurrent=1
+    )
+    killed: list[int] = []
+
+    def kill_once_checkpointed() -> None:
+        wait_for(lambda: checkpoints(tmp_path / "k"), 120, "a first checkpoint")
+        victim = wait_for(train_workers, 30, "a Ray Train worker")[0]
+        killed.append(victim.pid)
+        victim.send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_once_checkpointed, daemon=True)
+    killer.start()
+    run_study(opts, tmp_path)
+    killer.join(5)
+    assert killed, "the worker was never killed"
+    (row,) = read_trials(tmp_path / "k")
+    assert row["status"] == "TERMINATED" and row["last_step"] == 120, row
+    history = json.loads(row["history"])
+    steps = [h["step"] for h in history]
+    assert steps == list(range(10, 121, 10))  # no evaluation lost or repeated
+    restarted = [h["resumed_from_step"] for h in history if h["resumed_from_step"]]
+    assert restarted and restarted[0] >= 10  # the second attempt continued from a checkpoint, not step 0
+
+
+def test_a_trial_that_raises_fails_alone_and_the_study_goes_on(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    # One trial's configuration cannot be built (an LPT generator bottleneck of 0 raises in the
+    # worker): its row is ERROR with the reason, Optuna hears FAIL, the other trial finishes.
+    space = {
+        "methods": {"late": {"layer": 1, "length": 2, "bottleneck": {"type": "categorical", "choices": [0, 8]}}},
+        "train": {"lr": 0.05},
+    }
+    opts = options(tiny_model_dir, tiny_sst_dir, name="r", space=space, num_samples=4, sampler="random", seed=1)
+    run = run_study(opts, tmp_path)
+    by_bottleneck: dict[int, set[str]] = {}
+    for row in run.rows:
+        by_bottleneck.setdefault(json.loads(row["config"])["method"]["bottleneck"], set()).add(row["status"])
+    assert by_bottleneck.get(0) == {"ERROR"} and by_bottleneck.get(8) == {"TERMINATED"}, run.rows
+    errors = [r["error"] for r in run.rows if r["status"] == "ERROR"]
+    assert all("bottleneck" in e for e in errors), errors
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "r" / "optuna.journal")))
+    states = sorted(t.state.name for t in optuna.load_study(study_name="r", storage=storage).trials)
+    assert states.count("FAIL") == len(errors) and states.count("COMPLETE") == 4 - len(errors)
+
+
+def test_a_results_directory_that_cannot_hold_the_study_fails_before_ray(
+    tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    import ray
+
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ConfigError, match="cannot write"):
+        run_study(options(tiny_model_dir, tiny_sst_dir), tmp_path / "file" / "results")
+    with pytest.raises(ConfigError, match="free"):
+        os.environ["AUTOPROMPT_MIN_FREE_GB"] = "1e9"  # more than any disk: the disk-full check
+        try:
+            run_study(options(tiny_model_dir, tiny_sst_dir), tmp_path / "results")
+        finally:
+            del os.environ["AUTOPROMPT_MIN_FREE_GB"]
+    assert not ray.is_initialized() and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli.main", *args]
+
+
+def test_a_killed_driver_resumes_with_every_finished_trial_once(
+    tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    import yaml
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    args = [
+        "--model", tiny_model_dir, "--task", "sst2", "--data-dir", tiny_sst_dir, "--max-length", "32",
+        "--steps", "60", "--eval-every", "10", "--batch-size", "8", "--results-dir", str(tmp_path / "results"),
+        "--scheduler", "fifo", "--sampler", "random", "--num-samples", "4", "--max-concurrent", "2",
+        "--num-cpus", "2", "--space", str(space), "--name", "crash",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    driver = subprocess.Popen(
+        cli("search", *args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    study = tmp_path / "results" / "crash"
+
+    def finished() -> list[dict[str, Any]]:
+        try:
+            return [r for r in read_trials(study) if r["status"] == "TERMINATED"]
+        except Exception:  # the driver is replacing the file
+            return []
+
+    try:
+        before = wait_for(finished, 300, "a finished trial")
+        driver.send_signal(signal.SIGKILL)  # the driver only: no chance to save anything
+        driver.wait(30)
+    finally:
+        time.sleep(3)
+        with contextlib.suppress(ProcessLookupError):  # the local Ray the driver started, if it outlived it
+            os.killpg(driver.pid, signal.SIGKILL)
+    before = finished()
+    assert 1 <= len(before) < 4
+    resumed = subprocess.run(
+        cli("search", "--resume", "crash", "--results-dir", str(tmp_path / "results"), "--num-cpus", "2"),
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = read_trials(study)
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4, rows
+    assert {r["status"] for r in rows} == {"TERMINATED"}
+    for row in before:  # finished before the kill: there once, untouched (not trained again)
+        (same,) = [r for r in rows if r["trial_id"] == row["trial_id"]]
+        assert same["finished_at"] == row["finished_at"] and same["history"] == row["history"]
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(study / "optuna.journal")))
+    trials = optuna.load_study(study_name="crash", storage=storage).trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4, [t.state.name for t in trials]
