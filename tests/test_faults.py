@@ -88,7 +88,7 @@ def test_a_killed_train_worker_restarts_from_its_last_checkpoint(
     history = json.loads(row["history"])
     steps = [h["step"] for h in history]
     assert steps == list(range(10, 121, 10))  # no evaluation lost or repeated
-    restarted = [h["resumed_from_step"] for h in history if h["resumed_from_step"]]
+    restarted = [h.get("resumed_from_step") for h in history if h.get("resumed_from_step")]
     assert restarted and restarted[0] >= 10  # the second attempt continued from a checkpoint, not step 0
 
 
@@ -194,3 +194,58 @@ def test_a_killed_driver_resumes_with_every_finished_trial_once(
     trials = optuna.load_study(study_name="crash", storage=storage).trials
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == 4, [t.state.name for t in trials]
+
+
+def test_a_node_leaving_mid_study_has_its_trial_rescheduled(
+    tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    """A 3-node Ray on 127.0.0.1 (`ray.cluster_utils.Cluster`): the node running a trial's Train
+    worker is removed once that worker has checkpointed; the trial resumes on another node."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
+
+    from autoprompt_search.study.cluster import API_SERVER_ENV, free_port, prepare_environment
+
+    prepare_environment(None)  # every node on 127.0.0.1
+    port = free_port(8265)
+    os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"  # Train's placement-group cleaner finds the dashboard
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_port": port})
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        experiment = base_experiment(tiny_model_dir, tiny_sst_dir, steps=120)
+        experiment["train"]["eval_every"] = 10
+        space = {"methods": {"deep": {"layers": [1, 2], "length": 2}}, "train": {"lr": 0.05}}
+        opts = options(
+            tiny_model_dir, tiny_sst_dir, name="n", space=space, experiment=experiment, num_samples=2, max_concurrent=2
+        )
+        removed: list[str] = []
+
+        def remove_a_worker_node() -> None:
+            # Both trials have checkpointed: whichever worker goes, it has a checkpoint to resume from.
+            wait_for(lambda: len({c.parent for c in checkpoints(tmp_path / "n")}) == 2, 180, "both trials' checkpoints")
+
+            def worker_on_a_removable_node() -> Any:
+                alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                on = {a.node_id for a in alive}
+                return next((n for n in nodes if n.node_id in on), None)
+
+            node = wait_for(worker_on_a_removable_node, 60, "a Train worker on a non-head node")
+            removed.append(node.node_id)
+            cluster.remove_node(node, allow_graceful=False)
+
+        remover = threading.Thread(target=remove_a_worker_node, daemon=True)
+        remover.start()
+        run = run_study(opts, tmp_path)
+        remover.join(5)
+        assert removed, "no node was removed"
+        assert len(run.rows) == 2 and {r["status"] for r in run.rows} == {"TERMINATED"}, run.rows
+        for row in run.rows:
+            assert [h["step"] for h in json.loads(row["history"])] == list(range(10, 121, 10))
+        assert any(h.get("resumed_from_step") for r in run.rows for h in json.loads(r["history"]))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        del os.environ[API_SERVER_ENV]

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .trial import experiment_for, make_trainer, place
+from .trial import RESTORED_HISTORY, experiment_for, make_trainer, place, restored_history
 
 if TYPE_CHECKING:
     import torch
@@ -72,6 +72,7 @@ def group_worker(loop_config: dict[str, Any]) -> None:
     out = Path(study["train_storage"]) / loop_config["trial_id"] / "members"
     evaluations = [0] * len(members)
     last: dict[int, dict[str, Any]] = {}  # member -> its latest report (objective values for the end)
+    resumed: dict[int, Any] = {}  # member -> the TrainingState it continued from, until its first report
     prune_enabled = study["prune"] and len(study["objectives"]) == 1
 
     def finished(index: int) -> bool:  # resume: Optuna already holds this member's result
@@ -116,6 +117,8 @@ def group_worker(loop_config: dict[str, Any]) -> None:
                 "trainable_params": sum(t.numel() for t in state.values()),
                 "trained_to_end": record["step"] == trained.train.steps,
             }
+            if index in resumed:  # its first report after a restart: the evaluations before it
+                metrics[RESTORED_HISTORY] = restored_history(resumed.pop(index))
             prune = False
             if optuna_study is not None:
                 if prune_enabled:  # Optuna's pruners (and report) are single-objective
@@ -142,6 +145,7 @@ def group_worker(loop_config: dict[str, Any]) -> None:
             resume = {j: state for j, state in resume.items() if state is not None}
             for j, state in resume.items():
                 evaluations[indices[j]] = len(state.meta["history"])
+                resumed[indices[j]] = state
             results = train_group(group_cfgs, ws, on_eval, resume)
         for index, result in zip(indices, results, strict=True):
             final = {

@@ -76,14 +76,23 @@ def read_trials(study_dir: str | Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
-def recorded_status(study_dir: str | Path, trial_id: str) -> str | None:
-    """The status the table holds for `trial_id` (None when absent or the file is not readable here)."""
-    path = Path(study_dir) / TRIALS_FILE
+def extend_history(history_json: str | None, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history with `entry` appended, dropping entries at or after its step (a run restarted
+    from a checkpoint, or from scratch, reports those steps again)."""
+    history = json.loads(history_json or "[]")
+    step = entry.get("step")
+    if step is not None:
+        history = [h for h in history if h.get("step") is None or h["step"] < step]
+    return [*history, entry]
+
+
+def recorded_row(study_dir: str | Path, trial_id: str) -> dict[str, Any] | None:
+    """The table's row for `trial_id` (None when absent or the file is not readable from here)."""
     try:
-        rows = pq.read_table(path, columns=["trial_id", "status"]).to_pylist()
+        rows = pq.read_table(Path(study_dir) / TRIALS_FILE).to_pylist()
     except (OSError, pa.ArrowException):
         return None
-    return next((r["status"] for r in rows if r["trial_id"] == trial_id), None)
+    return next((r for r in rows if r["trial_id"] == trial_id), None)
 
 
 def write_trials(study_dir: str | Path, rows: list[dict[str, Any]]) -> None:
@@ -150,8 +159,9 @@ class TrialRecorder(Callback):
         for row in self._rows(trial):
             if row["status"] in ENDED:  # a resumed group keeps its ended members
                 continue
-            row.update(status="RUNNING", started_at=time.time(), finished_at=None, error=None, history="[]")
-            row.update(evaluations=0, dev_score=None, eval_score=None, checkpoint=None)
+            # A restarted trial (Tune retry, resumed study) keeps its history: its run continues
+            # from its last checkpoint, and later reports replace what came after it.
+            row.update(status="RUNNING", started_at=time.time(), finished_at=None, error=None)
             row.update(startup_seconds=None, trial_actor_seconds=None)
         self._write()
 
@@ -162,8 +172,9 @@ class TrialRecorder(Callback):
         if self._ended(trial):
             return
         row = self._row(trial)
-        history = json.loads(row["history"] or "[]")
-        history.append({k: result[k] for k in HISTORY_KEYS if k in result})
+        history = extend_history(
+            result.get("restored_history") or row["history"], {k: result[k] for k in HISTORY_KEYS if k in result}
+        )
         row.update(
             history=json.dumps(history),
             evaluations=len(history),
@@ -191,8 +202,9 @@ class TrialRecorder(Callback):
             self._finish_times(row, final=True)
             self._write()
             return
-        history = json.loads(row["history"] or "[]")
-        history.append({k: result[k] for k in HISTORY_KEYS if k in result})
+        history = extend_history(
+            result.get("restored_history") or row["history"], {k: result[k] for k in HISTORY_KEYS if k in result}
+        )
         row.update(
             history=json.dumps(history),
             evaluations=len(history),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -10,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
 
 from ..config import ExperimentConfig
 from ..dataclass_io import to_dict
@@ -66,7 +69,6 @@ def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, s
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objectives = options.parsed_objectives
@@ -95,7 +97,7 @@ def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, s
         )
         return ConcurrencyLimiter(group, max_concurrent=options.max_concurrent)
     storage = JournalStorage(JournalFileBackend(str(study_dir / OPTUNA_FILE)))
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space=space.sampler(num_layers),
         metric=[o.metric for o in objectives] if options.multi_objective else objectives[0].metric,
         mode=[o.mode for o in objectives] if options.multi_objective else objectives[0].mode,
@@ -104,6 +106,22 @@ def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, s
         storage=storage,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
+
+
+class ResumableOptunaSearch(OptunaSearch):
+    """OptunaSearch that tolerates a result for a trial Optuna already holds as finished.
+
+    After a driver crash, Tune's saved state (every few seconds) may be older than the Optuna
+    journal: a trial that finished in between is replayed (its recorded result, no training),
+    and OptunaSearch would report an intermediate value to a finished Optuna trial and abort
+    the study.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        with contextlib.suppress(UpdateFinishedTrialError):
+            super().on_trial_result(trial_id, result)
 
 
 def trial_payload(options: StudyOptions, study_dir: Path) -> dict[str, Any]:
@@ -183,7 +201,7 @@ def build_tuner(
             storage_path=str(study_dir),
             callbacks=callbacks,
             verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),  # e.g. its node died
         ),
     )
 

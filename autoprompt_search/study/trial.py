@@ -13,6 +13,7 @@ Train controller, the workers), and only the workers need torch and transformers
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -33,6 +34,8 @@ TRIAL_RESOURCES = {"CPU": TRIAL_CPU}
 LOGICAL_GPUS_ENV = "AUTOPROMPT_LOGICAL_GPUS"
 # A worker's record of its configuration's own failure (see raise_trial_error).
 TRIAL_ERROR_FILE = "trial_error.json"
+RESTORED_HISTORY = "restored_history"  # first report after a resume: the evaluations before it
+REPLAYED = ("dev_score", "eval_score", "trainable_params", "worker_seconds")  # objectives a table row holds
 
 
 def worker_resources(study: dict[str, Any]) -> dict[str, float]:
@@ -57,11 +60,17 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
     """Tune function trainable: build and fit the trial's TorchTrainer, named by trial id."""
     from ray import tune
 
-    from .records import ENDED, recorded_status
+    from .records import ENDED, recorded_row
 
     trial_id = tune.get_context().get_trial_id()
-    if recorded_status(study["study_dir"], trial_id) in ENDED:
-        return  # a resumed study's stale Tune state restarted a trial that had already ended: not again
+    row = recorded_row(study["study_dir"], trial_id)
+    if row is not None and row["status"] in ENDED:
+        # A resumed study's Tune state (saved every few seconds) restarted a trial that had
+        # already ended: tell Tune its recorded result instead of training it again.
+        tune.report(
+            {**{k: row[k] for k in REPLAYED if row[k] is not None}, "trained_to_end": row["status"] == "TERMINATED"}
+        )
+        return
     make_trainer(train_worker, config, study).fit()
     raise_trial_error(Path(study["train_storage"]) / trial_id)
 
@@ -141,25 +150,55 @@ def place(cfg: ExperimentConfig, use_gpu: bool) -> list[str]:
     return gpu_ids
 
 
-def resume_point(cfg: ExperimentConfig) -> tuple[ExperimentConfig, Any]:
-    """After a worker crash (or a resumed study): the configuration and TrainingState of the
-    run's latest checkpoint, else (cfg, None). The checkpoint's config is the one trained (for
-    SPT-DARTS the derived layers), so a restart continues that training."""
+def resume_point(cfg: ExperimentConfig, run_dir: Path) -> tuple[ExperimentConfig, Any]:
+    """After a worker crash, a lost node or a resumed study: the configuration and TrainingState
+    of the run's latest resumable checkpoint, else (cfg, None).
+
+    Ray Train hands a restarted run its latest checkpoint; a Tune-level restart (the trial's own
+    process died, e.g. with its node) starts a new Train run that may not know the old one's
+    checkpoints, so the run directory is searched too. The checkpoint's config is the one
+    trained (for SPT-DARTS the derived layers), so a restart continues that training.
+    """
     import ray.train
 
-    from ..checkpoint import CONFIG, load_training_state
+    from ..checkpoint import CONFIG, TRAINING_META, load_training_state
     from ..config import ExperimentConfig
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return cfg, None
-    with checkpoint.as_directory() as directory:
-        state = load_training_state(directory)
-        trained = ExperimentConfig.from_dict(json.loads((Path(directory) / CONFIG).read_text())["config"])
+    with contextlib.ExitStack() as stack:
+        if checkpoint is not None:
+            candidates = [Path(stack.enter_context(checkpoint.as_directory()))]
+        else:
+            candidates = [d for d in run_dir.glob("checkpoint_*") if (d / TRAINING_META).is_file()]
+        if not candidates:
+            return cfg, None
+        latest = max(
+            candidates,
+            key=lambda d: json.loads((d / TRAINING_META).read_text())["step"] if (d / TRAINING_META).is_file() else -1,
+        )
+        state = load_training_state(latest)
+        trained = ExperimentConfig.from_dict(json.loads((latest / CONFIG).read_text())["config"])
     if state is None:
         return cfg, None
     trained.train.device = cfg.train.device
     return trained, state
+
+
+def restored_history(state: Any) -> str:
+    """A resumed run's evaluations before its checkpoint, as the results table keeps them (the
+    driver may never have seen them: reports queued in a trial process that died are lost)."""
+    return json.dumps(
+        [
+            {
+                "step": h["step"],
+                "train_loss": h["train_loss"],
+                "eval_score": h["dev_score"],
+                "eval_accuracy": h["dev_accuracy"],
+                "dev_score": h["best_dev_score"],
+            }
+            for h in state.meta["history"]
+        ]
+    )
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -191,13 +230,14 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     started, started_at = time.perf_counter(), time.time()
     cfg = experiment_for(loop_config["base"], loop_config["sampled"])
     gpu_ids = place(cfg, loop_config["use_gpu"])
-    cfg, resume = resume_point(cfg)
+    cfg, resume = resume_point(cfg, Path(loop_config["study"]["train_storage"]) / loop_config["trial_id"])
     ws = prepare_workspace(cfg)
     ws.splits.pop("test", None)  # a search selects on dev only; test is for exported configs
     load_seconds = time.perf_counter() - started
     rank = ray.train.get_context().get_world_rank()
     trainable: dict[str, int] = {}
     resumed_from = int(resume.meta["step"]) if resume is not None else 0
+    reported = {"n": 0}
 
     def report(record: dict[str, Any], best_state: dict[str, torch.Tensor], trained: ExperimentConfig) -> None:
         metrics = {
@@ -215,6 +255,9 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
             "trained_to_end": record["step"] == cfg.train.steps,
             "resumed_from_step": resumed_from,
         }
+        if resume is not None and not reported["n"]:
+            metrics[RESTORED_HISTORY] = restored_history(resume)
+        reported["n"] += 1
         if rank != 0:
             ray.train.report(metrics)
             return
@@ -223,4 +266,9 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
             save_training_state(record["training_state"](), tmp)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    train(cfg, ws, on_eval=report, resume=resume)
+    result = train(cfg, ws, on_eval=report, resume=resume)
+    if resume is not None and not reported["n"] and result.history:
+        # Restarted after its last evaluation (a crash between the final report and the end):
+        # report that evaluation again so Tune gets the trial's result.
+        final = dict(result.history[-1], improved=False, training_state=lambda: resume)
+        report(final, result.best_state, result.config)
