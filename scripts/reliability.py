@@ -33,10 +33,11 @@ FAULTS = [
      "a node of a 3-node local cluster (`ray.cluster_utils.Cluster`) removed while running a Train worker",
      "the trial restarts (Train or Tune level) on another node from its checkpoint; both trials "
      "TERMINATED with every evaluation present once"),
-    ("test_a_trial_that_raises_fails_alone_and_the_study_goes_on",
-     "a trial whose configuration raises in the worker (LPT bottleneck 0), 4 trials",
-     "that trial ERROR with the reason in trials.parquet, Optuna told FAIL, the others TERMINATED; "
-     "not retried by FailureConfig (a configuration error would fail again)"),
+    ("test_trials_that_raise_or_run_out_of_memory_fail_alone_and_the_study_goes_on",
+     "trials whose configuration raises in the worker (LPT bottleneck 0) or runs out of memory "
+     "(bottleneck 2e9: a 256 GB allocation), 4 trials",
+     "those trials ERROR with the reason ('out of memory ...; lower --batch-size ...') in trials.parquet, "
+     "Optuna told FAIL, the others TERMINATED; not retried by FailureConfig (they would fail again)"),
     ("test_a_results_directory_that_cannot_hold_the_study_fails_before_ray",
      "results directory not writable (a file in its path) and a full disk (free space below the need)",
      "one-line error before Ray starts, nothing written"),

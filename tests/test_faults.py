@@ -92,30 +92,36 @@ def test_a_killed_train_worker_restarts_from_its_last_checkpoint(
     assert restarted and restarted[0] >= 10  # the second attempt continued from a checkpoint, not step 0
 
 
-def test_a_trial_that_raises_fails_alone_and_the_study_goes_on(
+def test_trials_that_raise_or_run_out_of_memory_fail_alone_and_the_study_goes_on(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
-    # One trial's configuration cannot be built (an LPT generator bottleneck of 0 raises in the
-    # worker): its row is ERROR with the reason, Optuna hears FAIL, the other trial finishes.
+    # An LPT generator bottleneck of 0 is rejected when the worker builds the configuration; one
+    # of 2e9 asks the allocator for 256 GB (a real out-of-memory error). Those trials end ERROR
+    # with the reason, are not retried, Optuna hears FAIL; the bottleneck-8 trials finish.
+    huge = 2_000_000_000
     space = {
-        "methods": {"late": {"layer": 1, "length": 2, "bottleneck": {"type": "categorical", "choices": [0, 8]}}},
+        "methods": {"late": {"layer": 1, "length": 2, "bottleneck": {"type": "categorical", "choices": [0, 8, huge]}}},
         "train": {"lr": 0.05},
     }
-    opts = options(tiny_model_dir, tiny_sst_dir, name="r", space=space, num_samples=4, sampler="random", seed=1)
+    opts = options(tiny_model_dir, tiny_sst_dir, name="r", space=space, num_samples=4, sampler="random", seed=4)
     run = run_study(opts, tmp_path)
-    by_bottleneck: dict[int, set[str]] = {}
+    by_bottleneck: dict[int, list[dict[str, Any]]] = {}
     for row in run.rows:
-        by_bottleneck.setdefault(json.loads(row["config"])["method"]["bottleneck"], set()).add(row["status"])
-    assert by_bottleneck.get(0) == {"ERROR"} and by_bottleneck.get(8) == {"TERMINATED"}, run.rows
-    errors = [r["error"] for r in run.rows if r["status"] == "ERROR"]
-    assert all("bottleneck" in e for e in errors), errors
+        by_bottleneck.setdefault(json.loads(row["config"])["method"]["bottleneck"], []).append(row)
+    assert sorted(by_bottleneck) == [0, 8, huge], run.rows  # the seed draws every choice
+    assert {r["status"] for r in by_bottleneck[8]} == {"TERMINATED"}
+    assert all(r["status"] == "ERROR" and "bottleneck: must be > 0" in r["error"] for r in by_bottleneck[0])
+    assert all(r["status"] == "ERROR" and "out of memory" in r["error"] for r in by_bottleneck[huge])
+    for row in by_bottleneck[0] + by_bottleneck[huge]:  # failed once, not restarted by FailureConfig
+        assert len(list((tmp_path / "r" / "train" / row["trial_id"]).glob("checkpoint_*"))) == 0
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "r" / "optuna.journal")))
     states = sorted(t.state.name for t in optuna.load_study(study_name="r", storage=storage).trials)
-    assert states.count("FAIL") == len(errors) and states.count("COMPLETE") == 4 - len(errors)
+    failed = len(by_bottleneck[0]) + len(by_bottleneck[huge])
+    assert states.count("FAIL") == failed and states.count("COMPLETE") == 4 - failed
 
 
 def test_a_results_directory_that_cannot_hold_the_study_fails_before_ray(

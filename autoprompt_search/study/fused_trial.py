@@ -20,7 +20,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .trial import RESTORED_HISTORY, experiment_for, make_trainer, place, restored_history
+from .trial import (
+    RESTORED_HISTORY,
+    configuration_failures,
+    experiment_for,
+    make_trainer,
+    place,
+    raise_trial_error,
+    restored_history,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +43,10 @@ def member_id(trial_id: str, index: int) -> str:
 
 def run_group(config: dict[str, Any], study: dict[str, Any]) -> None:
     """Tune function trainable for a fused group."""
+    from ray import tune
+
     make_trainer(group_worker, config, study).fit()
+    raise_trial_error(Path(study["train_storage"]) / tune.get_context().get_trial_id())
 
 
 def _broadcast(value: bool) -> bool:
@@ -51,6 +62,11 @@ def _broadcast(value: bool) -> bool:
 
 def group_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker loop: train the group's members fused and report each one."""
+    with configuration_failures(loop_config):  # e.g. the group's batch does not fit in memory
+        _train_group_and_report(loop_config)
+
+
+def _train_group_and_report(loop_config: dict[str, Any]) -> None:
     import ray.train
     from optuna.trial import TrialState
 

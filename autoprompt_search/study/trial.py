@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +89,7 @@ def raise_trial_error(run_dir: Path) -> None:
     path = run_dir / TRIAL_ERROR_FILE
     if path.is_file():
         error = json.loads(path.read_text(encoding="utf-8"))
-        kind = TrainingError if error["type"] == "TrainingError" else ConfigError
+        kind = ConfigError if error["type"] == "ConfigError" else TrainingError
         raise kind(error["message"])
 
 
@@ -205,19 +206,50 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker loop: train one configuration and report every evaluation with a
     resumable checkpoint (the best prompt + the training state), continuing from the latest
     checkpoint when Ray Train restarts the run after a worker failure."""
+    with configuration_failures(loop_config):
+        _train_and_report(loop_config)
+
+
+@contextlib.contextmanager
+def configuration_failures(loop_config: dict[str, Any]) -> Iterator[None]:
+    """Record the configuration's own failures (NaN loss, a rejected option, out of memory) for
+    `raise_trial_error` instead of raising: Ray Train would restart the run, only to fail again."""
     import ray.train
 
     from ..errors import ConfigError
     from ..trainer import TrainingError
 
     try:
-        _train_and_report(loop_config)
-    except (TrainingError, ConfigError) as exc:  # the configuration's own failure: no Train retry
+        yield
+    except (TrainingError, ConfigError, RuntimeError) as exc:
+        if not isinstance(exc, (TrainingError, ConfigError)) and not is_out_of_memory(exc):
+            raise  # anything else may be the machine's fault: let FailureConfig retry it
         if ray.train.get_context().get_world_rank() == 0:
             run_dir = Path(loop_config["study"]["train_storage"]) / loop_config["trial_id"]
             run_dir.mkdir(parents=True, exist_ok=True)
-            error = {"type": type(exc).__name__, "message": str(exc)}
+            error = {"type": type(exc).__name__, "message": failure_message(exc)}
             (run_dir / TRIAL_ERROR_FILE).write_text(json.dumps(error), encoding="utf-8")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA OOM, or the CPU allocator refusing a tensor."""
+    import torch
+
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def failure_message(exc: BaseException) -> str:
+    from ..errors import ConfigError
+    from ..trainer import TrainingError
+
+    if not isinstance(exc, (TrainingError, ConfigError)) and is_out_of_memory(exc):
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return (
+            f"out of memory ({first}); lower --batch-size or the prompt/generator size, or pack fewer "
+            "trials per GPU (--gpus-per-trial)"
+        )
+    return str(exc)
 
 
 def _train_and_report(loop_config: dict[str, Any]) -> None:
