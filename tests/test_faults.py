@@ -50,6 +50,16 @@ def checkpoints(study: Path) -> list[Path]:
     return sorted(study.glob("train/*/checkpoint_*"))
 
 
+def evaluated_every_10_steps(model: str, data: str, name: str, trials: int) -> Any:
+    """A study of `trials` concurrent deep-prompt trials, 120 steps, a checkpoint every 10."""
+    experiment = base_experiment(model, data, steps=120)
+    experiment["train"]["eval_every"] = 10
+    space = {"methods": {"deep": {"layers": [1, 2], "length": 2}}, "train": {"lr": 0.05}}
+    return options(
+        model, data, name=name, space=space, experiment=experiment, num_samples=trials, max_concurrent=trials
+    )
+
+
 @pytest.fixture
 def local_ray():
     import ray
@@ -64,12 +74,7 @@ def local_ray():
 def test_a_killed_train_worker_restarts_from_its_last_checkpoint(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
-    experiment = base_experiment(tiny_model_dir, tiny_sst_dir, steps=120)
-    experiment["train"]["eval_every"] = 10
-    space = {"methods": {"deep": {"layers": [1, 2], "length": 2}}, "train": {"lr": 0.05}}
-    opts = options(
-        tiny_model_dir, tiny_sst_dir, name="k", space=space, experiment=experiment, num_samples=1, max_concurrent=1
-    )
+    opts = evaluated_every_10_steps(tiny_model_dir, tiny_sst_dir, "k", trials=1)
     killed: list[int] = []
 
     def kill_once_checkpointed() -> None:
@@ -221,12 +226,7 @@ def test_a_node_leaving_mid_study_has_its_trial_rescheduled(
         nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
         ray.init(address=cluster.address)
         cluster.wait_for_nodes()
-        experiment = base_experiment(tiny_model_dir, tiny_sst_dir, steps=120)
-        experiment["train"]["eval_every"] = 10
-        space = {"methods": {"deep": {"layers": [1, 2], "length": 2}}, "train": {"lr": 0.05}}
-        opts = options(
-            tiny_model_dir, tiny_sst_dir, name="n", space=space, experiment=experiment, num_samples=2, max_concurrent=2
-        )
+        opts = evaluated_every_10_steps(tiny_model_dir, tiny_sst_dir, "n", trials=2)
         removed: list[str] = []
 
         def remove_a_worker_node() -> None:
