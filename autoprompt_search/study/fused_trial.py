@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .trial import (
     RESTORED_HISTORY,
     configuration_failures,
+    evaluation_metrics,
     experiment_for,
     make_trainer,
     place,
@@ -123,16 +124,7 @@ def _train_group_and_report(loop_config: dict[str, Any]) -> None:
         ) -> bool:
             index = indices[j]
             evaluations[index] += 1
-            metrics = {
-                **common(index),
-                "step": record["step"],
-                "train_loss": record["train_loss"],
-                "eval_score": record["dev_score"],
-                "eval_accuracy": record["dev_accuracy"],
-                "dev_score": record["best_dev_score"],
-                "trainable_params": sum(t.numel() for t in state.values()),
-                "trained_to_end": record["step"] == trained.train.steps,
-            }
+            metrics = {**common(index), **evaluation_metrics(record, state, trained)}
             if index in resumed:  # its first report after a restart: the evaluations before it
                 metrics[RESTORED_HISTORY] = restored_history(resumed.pop(index))
             prune = False

@@ -172,27 +172,7 @@ class TrialRecorder(Callback):
         if self._ended(trial):
             return
         row = self._row(trial)
-        history = extend_history(
-            result.get("restored_history") or row["history"], {k: result[k] for k in HISTORY_KEYS if k in result}
-        )
-        row.update(
-            history=json.dumps(history),
-            evaluations=len(history),
-            last_step=result.get("step"),
-            dev_score=result.get("dev_score"),
-            eval_score=result.get("eval_score"),
-            trainable_params=result.get("trainable_params"),
-            load_seconds=result.get("load_seconds"),
-            worker_seconds=result.get("worker_seconds"),
-            gpu_ids=result.get("gpu_ids"),
-        )
-        if result.get("worker_started_at") and row["started_at"]:
-            row["startup_seconds"] = result["worker_started_at"] - row["started_at"]
-            row["trial_actor_seconds"] = result["trial_entered_at"] - row["started_at"]
-        if result.get("checkpoint_path"):
-            row["checkpoint"] = result["checkpoint_path"]
-        self._finish_times(row)
-        self._write()
+        self._evaluation(row, result, result.get("checkpoint_path"))
 
     def _member_result(self, trial: Any, result: dict[str, Any]) -> None:
         row = self._member_rows(trial)[int(result["member"])]
@@ -202,6 +182,10 @@ class TrialRecorder(Callback):
             self._finish_times(row, final=True)
             self._write()
             return
+        self._evaluation(row, result, result.get("member_checkpoint"))
+
+    def _evaluation(self, row: dict[str, Any], result: dict[str, Any], checkpoint: str | None) -> None:
+        """One evaluation report of a trial or member: its history, scores, timings, checkpoint."""
         history = extend_history(
             result.get("restored_history") or row["history"], {k: result[k] for k in HISTORY_KEYS if k in result}
         )
@@ -219,8 +203,8 @@ class TrialRecorder(Callback):
         if result.get("worker_started_at") and row["started_at"]:
             row["startup_seconds"] = result["worker_started_at"] - row["started_at"]
             row["trial_actor_seconds"] = result["trial_entered_at"] - row["started_at"]
-        if result.get("member_checkpoint"):
-            row["checkpoint"] = result["member_checkpoint"]
+        if checkpoint:
+            row["checkpoint"] = checkpoint
         self._finish_times(row)
         self._write()
 

@@ -185,6 +185,19 @@ def resume_point(cfg: ExperimentConfig, run_dir: Path) -> tuple[ExperimentConfig
     return trained, state
 
 
+def evaluation_metrics(record: dict[str, Any], state: dict[str, Any], trained: ExperimentConfig) -> dict[str, Any]:
+    """What a worker reports to Tune for one evaluation record of `train`/`train_group`."""
+    return {
+        "step": record["step"],
+        "train_loss": record["train_loss"],
+        "eval_score": record["dev_score"],
+        "eval_accuracy": record["dev_accuracy"],
+        "dev_score": record["best_dev_score"],
+        "trainable_params": sum(t.numel() for t in state.values()),
+        "trained_to_end": record["step"] == trained.train.steps,
+    }
+
+
 def restored_history(state: Any) -> str:
     """A resumed run's evaluations before its checkpoint, as the results table keeps them (the
     driver may never have seen them: reports queued in a trial process that died are lost)."""
@@ -267,24 +280,17 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     ws.splits.pop("test", None)  # a search selects on dev only; test is for exported configs
     load_seconds = time.perf_counter() - started
     rank = ray.train.get_context().get_world_rank()
-    trainable: dict[str, int] = {}
     resumed_from = int(resume.meta["step"]) if resume is not None else 0
     reported = {"n": 0}
 
     def report(record: dict[str, Any], best_state: dict[str, torch.Tensor], trained: ExperimentConfig) -> None:
         metrics = {
-            "step": record["step"],
-            "train_loss": record["train_loss"],
-            "eval_score": record["dev_score"],
-            "eval_accuracy": record["dev_accuracy"],
-            "dev_score": record["best_dev_score"],
-            "trainable_params": trainable.setdefault("n", sum(t.numel() for t in best_state.values())),
+            **evaluation_metrics(record, best_state, trained),
             "load_seconds": load_seconds,
             "worker_seconds": time.perf_counter() - started,
             "worker_started_at": started_at,
             "trial_entered_at": loop_config["trial_entered_at"],
             "gpu_ids": ",".join(gpu_ids),
-            "trained_to_end": record["step"] == cfg.train.steps,
             "resumed_from_step": resumed_from,
         }
         if resume is not None and not reported["n"]:
