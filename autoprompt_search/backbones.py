@@ -16,8 +16,9 @@ attend key k); the adapter formats it for the family's attention code.
 from __future__ import annotations
 
 import os
+import types
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,56 @@ PACKAGED_MODELS = {
 }
 
 
+class KvPrefix(NamedTuple):
+    """Learned keys and values one block's self-attention prepends to the text's (P-tuning v2).
+
+    The keys live where a KV cache's do: after the family's position encoding (rotary), so every
+    query sees them unrotated; they carry no relative bias (MPNet). `live` hides the padding a fused
+    group adds to its shorter prefixes.
+    """
+
+    keys: Tensor  # (B, H_kv, P, head_dim)
+    values: Tensor  # (B, H_kv, P, head_dim)
+    live: Tensor  # (B, P) bool
+
+
+def prepend_prefix(
+    key: Tensor, value: Tensor, mask: Tensor | None, prefix: KvPrefix
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """key/value (B, H_kv, S, hd) and a mask (B, 1|H, S, S), boolean or additive, with the prefix in front."""
+    keys = torch.cat([prefix.keys.to(key.dtype), key], 2)  # (B, H_kv, P+S, hd)
+    values = torch.cat([prefix.values.to(value.dtype), value], 2)  # (B, H_kv, P+S, hd)
+    if mask is None:
+        return keys, values, None
+    b, heads, queries, _ = mask.shape
+    live = prefix.live[:, None, None, :].expand(b, heads, queries, -1)  # (B, 1|H, S, P)
+    if mask.dtype != torch.bool:
+        live = torch.where(live, 0.0, torch.finfo(mask.dtype).min).to(mask.dtype)
+    return keys, values, torch.cat([live, mask], -1)  # (B, 1|H, S, P+S)
+
+
+#: The attention implementation our sdpa families run under: SDPA, plus a block's `kv_prefix`.
+PREFIX_ATTENTION = "autoprompt_prefix_sdpa"
+
+
+def _prefix_sdpa(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Any, **kwargs: Any):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    prefix: KvPrefix | None = getattr(module, "kv_prefix", None)
+    if prefix is not None:
+        key, value, attention_mask = prepend_prefix(key, value, attention_mask, prefix)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _register_prefix_attention() -> None:
+    # Transformers' documented extension point for attention functions: every model that dispatches
+    # through `ALL_ATTENTION_FUNCTIONS` (BERT, RoBERTa, GPT-2, Llama, Qwen2, ...) then reaches it,
+    # after its own projections and rotary embedding, with no dependence on its KV-cache API.
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PREFIX_ATTENTION, _prefix_sdpa)
+
+
 class Backbone(nn.Module):
     """A frozen transformer split into embedding stage, blocks, final norm and heads."""
 
@@ -51,6 +102,18 @@ class Backbone(nn.Module):
         self.config = model.config
         for p in self.parameters():
             p.requires_grad_(False)
+        self._enable_prefixes()
+
+    def _enable_prefixes(self) -> None:
+        """Let `run_block` hand each block's attention a `KvPrefix` (none by default)."""
+        _register_prefix_attention()
+        self.config._attn_implementation = PREFIX_ATTENTION
+        for i in range(self.num_layers):
+            self.attention(i).kv_prefix = None
+
+    def attention(self, index: int) -> nn.Module:
+        """Block `index`'s self-attention module (the one that receives a key/value prefix)."""
+        raise NotImplementedError
 
     # ---- facts -----------------------------------------------------------------------------
     @property
@@ -64,6 +127,16 @@ class Backbone(nn.Module):
     @property
     def hidden_size(self) -> int:
         return int(self.config.hidden_size)
+
+    @property
+    def head_dim(self) -> int:
+        heads = int(self.config.num_attention_heads)
+        return int(getattr(self.config, "head_dim", None) or self.hidden_size // heads)
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads (fewer than query heads under grouped-query attention)."""
+        return int(getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads)
 
     @property
     def max_positions(self) -> int | None:
@@ -93,8 +166,14 @@ class Backbone(nn.Module):
         """
         return {"attention_mask": visible[:, None, :, :]}  # (B, 1, S, S) bool, for SDPA
 
-    def run_block(self, index: int, h: Tensor, inputs: dict[str, Any]) -> Tensor:
-        out = self.blocks[index](h, **inputs)
+    def run_block(self, index: int, h: Tensor, inputs: dict[str, Any], prefix: KvPrefix | None = None) -> Tensor:
+        """Block `index` on h (B, S, d); with `prefix`, its attention also attends the prefix's keys."""
+        attention = self.attention(index)
+        attention.kv_prefix = prefix
+        try:
+            out = self.blocks[index](h, **inputs)
+        finally:
+            attention.kv_prefix = None
         return out[0] if isinstance(out, tuple) else out
 
     def final_norm(self, h: Tensor) -> Tensor:
@@ -120,6 +199,9 @@ class BertBackbone(Backbone):
     @property
     def blocks(self) -> nn.ModuleList:
         return self.model.encoder.layer
+
+    def attention(self, index: int) -> nn.Module:
+        return self.blocks[index].attention.self
 
     @property
     def word_embeddings(self) -> nn.Embedding:
@@ -160,6 +242,16 @@ class MPNetBackbone(BertBackbone):
     model_types = ("mpnet",)
     attn_implementation = "eager"
 
+    def _enable_prefixes(self) -> None:
+        # MPNet's attention is hand-written (no attention interface): its modules get ours instead.
+        for i in range(self.num_layers):
+            module = self.attention(i)
+            module.kv_prefix = None
+            module.forward = types.MethodType(_mpnet_self_attention, module)
+
+    def attention(self, index: int) -> nn.Module:
+        return self.blocks[index].attention.attn
+
     @property
     def position_offset(self) -> int:  # type: ignore[override]
         return int(self.config.pad_token_id) + 1
@@ -178,6 +270,39 @@ class MPNetBackbone(BertBackbone):
         return h
 
 
+def _mpnet_self_attention(
+    self: nn.Module,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    position_bias: Tensor | None = None,
+    output_attentions: bool = False,
+    **kwargs: Any,
+) -> tuple[Tensor, ...]:
+    """MPNetSelfAttention's computation with the module's `kv_prefix` prepended (no bias on it)."""
+    b, s, _ = hidden_states.shape
+    hd = self.attention_head_size
+
+    def heads(x: Tensor) -> Tensor:
+        return x.view(b, s, -1, hd).transpose(1, 2)  # (B, H, S, hd)
+
+    q, k, v = heads(self.q(hidden_states)), heads(self.k(hidden_states)), heads(self.v(hidden_states))
+    scores = q @ k.transpose(-1, -2) / hd**0.5  # (B, H, S, S)
+    if position_bias is not None:
+        scores = scores + position_bias
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    if self.kv_prefix is not None:
+        prefix = self.kv_prefix
+        prefix_scores = q @ prefix.keys.to(q.dtype).transpose(-1, -2) / hd**0.5  # (B, H, S, P)
+        prefix_scores = prefix_scores.masked_fill(~prefix.live[:, None, None, :], torch.finfo(scores.dtype).min)
+        scores = torch.cat([prefix_scores, scores], -1)  # (B, H, S, P+S)
+        v = torch.cat([prefix.values.to(v.dtype), v], 2)  # (B, H, P+S, hd)
+    probs = self.dropout(nn.functional.softmax(scores, dim=-1))
+    context = (probs @ v).transpose(1, 2).reshape(b, s, -1)  # (B, S, d)
+    out = self.o(context)
+    return (out, probs) if output_attentions else (out,)
+
+
 class GPT2Backbone(Backbone):
     """GPT-2: learned absolute positions, causal, final LayerNorm."""
 
@@ -187,6 +312,9 @@ class GPT2Backbone(Backbone):
     @property
     def blocks(self) -> nn.ModuleList:
         return self.model.h
+
+    def attention(self, index: int) -> nn.Module:
+        return self.blocks[index].attn
 
     @property
     def word_embeddings(self) -> nn.Embedding:
@@ -216,6 +344,9 @@ class LlamaBackbone(Backbone):
     @property
     def blocks(self) -> nn.ModuleList:
         return self.model.layers
+
+    def attention(self, index: int) -> nn.Module:
+        return self.blocks[index].self_attn
 
     @property
     def word_embeddings(self) -> nn.Embedding:
@@ -374,7 +505,21 @@ class BackboneInfo:
     hidden_size: int
     max_positions: int | None
     causal: bool
+    kv_heads: int = 0  # key/value heads of the attention (0: unknown, taken as 1 head of hidden_size)
+    head_dim: int = 0
+
+    @property
+    def kv_shape(self) -> tuple[int, int]:
+        """(key/value heads, head dim) of a block's attention: the shape of a key/value prefix slot."""
+        return (self.kv_heads, self.head_dim) if self.kv_heads else (1, self.hidden_size)
 
     @staticmethod
     def of(backbone: Backbone) -> BackboneInfo:
-        return BackboneInfo(backbone.num_layers, backbone.hidden_size, backbone.max_positions, backbone.causal)
+        return BackboneInfo(
+            backbone.num_layers,
+            backbone.hidden_size,
+            backbone.max_positions,
+            backbone.causal,
+            backbone.kv_heads,
+            backbone.head_dim,
+        )

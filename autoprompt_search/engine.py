@@ -95,13 +95,16 @@ class Layout(NamedTuple):
     live: Tensor  # (B, S) bool, live slots and real text tokens
 
 
-def sequence_layout(slot_live: Tensor, slot_after: Tensor, text_mask: Tensor, causal: bool) -> Layout:
+def sequence_layout(
+    slot_live: Tensor, slot_after: Tensor, text_mask: Tensor, causal: bool, offset: Tensor | None = None
+) -> Layout:
     """Logical positions and attention visibility of `[slots | text]`.
 
-    slot_live, slot_after: (B, L) bool; text_mask: (B, T) bool; S = L + T.
-    Live slots before the input take positions 0.., the text follows, live slots after the input
-    come after the last real token. Dead slots and padding are visible to nobody but themselves
-    (a fully masked query row would make SDPA return NaN).
+    slot_live, slot_after: (B, L) bool; text_mask: (B, T) bool; S = L + T; offset: (B,) long or None.
+    Live slots before the input take positions offset.. (the positions below belong to a key/value
+    prefix), the text follows, live slots after the input come after the last real token. Dead
+    slots and padding are visible to nobody but themselves (a fully masked query row would make
+    SDPA return NaN).
     """
     before = slot_live & ~slot_after  # (B, L)
     after = slot_live & slot_after  # (B, L)
@@ -110,6 +113,8 @@ def sequence_layout(slot_live: Tensor, slot_after: Tensor, text_mask: Tensor, ca
     t = torch.arange(text_mask.shape[1], device=text_mask.device)[None, :]  # (1, T)
     text_pos = n_before + t  # (B, T)
     slot_pos = torch.where(before, before.cumsum(1) - 1, n_before + n_text + after.cumsum(1) - 1)  # (B, L)
+    if offset is not None:
+        text_pos, slot_pos = text_pos + offset[:, None], slot_pos + offset[:, None]
     slot_pos = slot_pos.masked_fill(~slot_live, 0)
     positions = torch.cat([slot_pos, text_pos], 1)  # (B, S)
     live = torch.cat([slot_live, text_mask], 1)  # (B, S)
@@ -193,7 +198,7 @@ class PromptedModel(nn.Module):
             layout = method.layout(ctx)
         # Two layouts: before a row's prompt starts (slots dead) and after.
         pre = sequence_layout(empty, empty, text_mask, bb.causal)
-        post = sequence_layout(layout.live, layout.after, text_mask, bb.causal)
+        post = sequence_layout(layout.live, layout.after, text_mask, bb.causal, layout.offset)
         layouts = _RowLayouts(bb, layout.start, pre, post)
         first = min(layouts.starts)
 
@@ -216,7 +221,8 @@ class PromptedModel(nn.Module):
                 new = method.inject(i, h[:, :length], h[:, length:], ctx)  # type: ignore[union-attr]
                 if new is not None:
                     h = torch.cat([new, h[:, length:]], 1)
-            h = bb.run_block(i, h, layouts.inputs(i, h))
+            prefix = method.kv_prefix(i, ctx)  # type: ignore[union-attr]
+            h = bb.run_block(i, h, layouts.inputs(i, h), prefix)  # (B, L+T, d)
         if first >= n_layers:  # linear probe: no slots were ever added
             return bb.final_norm(h), sequence_layout(empty[:, :0], empty[:, :0], text_mask, bb.causal)
         return bb.final_norm(h), layouts.at(n_layers)

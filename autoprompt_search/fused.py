@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .backbones import BackboneInfo
+from .backbones import BackboneInfo, KvPrefix
 from .engine import Batch, PromptedModel, spans
 from .prompts import BatchContext, PromptMethod, SlotLayout
 
@@ -62,17 +62,22 @@ class FusedMethod(PromptMethod):
         length, n = self.length, self.info.num_layers
         parts = []
         for method, lo, hi in self._spans(ctx):
+            zero = torch.zeros_like(ctx.input_ids[lo:hi, 0])  # (b,) long
             if method is None:
                 dead = ctx.text_mask.new_zeros(hi - lo, length)
-                parts.append(SlotLayout(dead, dead, torch.full_like(ctx.input_ids[lo:hi, 0], n)))
+                parts.append(SlotLayout(dead, dead, zero + n, zero))
                 continue
             own = method.layout(ctx.rows(lo, hi))
             pad = length - own.live.shape[1]
             live = nn.functional.pad(own.live, (0, pad))  # (b, L): the member's slots, then dead ones
             after = nn.functional.pad(own.after, (0, pad))
-            parts.append(SlotLayout(live, after, own.start))
+            parts.append(SlotLayout(live, after, own.start, zero if own.offset is None else own.offset))
+        offset = torch.cat([p.offset for p in parts])  # type: ignore[misc]
         return SlotLayout(
-            torch.cat([p.live for p in parts]), torch.cat([p.after for p in parts]), torch.cat([p.start for p in parts])
+            torch.cat([p.live for p in parts]),
+            torch.cat([p.after for p in parts]),
+            torch.cat([p.start for p in parts]),
+            offset,
         )
 
     def inject(self, layer: int, slots: Tensor | None, text: Tensor, ctx: BatchContext) -> Tensor | None:
@@ -90,6 +95,30 @@ class FusedMethod(PromptMethod):
             fresh = True
             outs.append(nn.functional.pad(new, (0, 0, 0, length - new.shape[1])))
         return torch.cat(outs) if fresh else None
+
+    def kv_prefix(self, layer: int, ctx: BatchContext) -> KvPrefix | None:
+        """The members' prefixes at `layer`, padded to the longest with dead slots (none for the rest)."""
+        own = [
+            (m.kv_prefix(layer, ctx.rows(lo, hi)) if m is not None else None, lo, hi) for m, lo, hi in self._spans(ctx)
+        ]
+        present = [p for p, _, _ in own if p is not None]
+        if not present:
+            return None
+        _, heads, _, head_dim = present[0].keys.shape
+        width = max(p.keys.shape[2] for p in present)
+        keys, values, live = [], [], []
+        for prefix, lo, hi in own:
+            if prefix is None:
+                empty = present[0].keys.new_zeros(hi - lo, heads, width, head_dim)
+                keys.append(empty)
+                values.append(empty)
+                live.append(torch.zeros(hi - lo, width, dtype=torch.bool, device=empty.device))
+                continue
+            pad = width - prefix.keys.shape[2]
+            keys.append(nn.functional.pad(prefix.keys, (0, 0, 0, pad)))  # (b, H_kv, P, hd)
+            values.append(nn.functional.pad(prefix.values, (0, 0, 0, pad)))
+            live.append(nn.functional.pad(prefix.live, (0, pad)))  # padding slots are dead
+        return KvPrefix(torch.cat(keys), torch.cat(values), torch.cat(live))
 
     def on_step(self, step: int) -> None:
         for m in self._methods():

@@ -42,6 +42,7 @@ class TrainOptions:
     position: str | None = None
     split: int | None = None
     reparam: int | None = None
+    form: str | None = None  # deep: hidden | kv
     layer: int | None = None  # LPT insertion layer
     generator: str | None = None
     bottleneck: int | None = None
@@ -118,7 +119,7 @@ def experiment_from_options(o: TrainOptions) -> ExperimentConfig:
         method = {"name": o.method}  # a different method starts from its own defaults
     if o.layers is not None:
         method["layers"] = list(parse_layers(o.layers, d["model"]))
-    for key in ("length", "position", "split", "reparam", "layer", "generator", "bottleneck"):
+    for key in ("length", "position", "split", "reparam", "form", "layer", "generator", "bottleneck"):
         value = getattr(o, key)
         if value is not None:
             method[key] = value

@@ -192,10 +192,14 @@ class SpaceSampler:
     def __call__(self, trial: Any) -> dict[str, Any]:
         names = list(self.space.methods)
         method = names[0] if len(names) == 1 else trial.suggest_categorical("method", names)
-        options = {
-            name: self._draw(trial, f"{method}.{name}", spec)
-            for name, spec in (self.space.methods[method] or {}).items()
-        }
+        specs = dict(self.space.methods[method] or {})
+        options: dict[str, Any] = {}
+        if "form" in specs:  # drawn first: a kv prefix has no position to choose
+            options["form"] = self._draw(trial, f"{method}.form", specs.pop("form"))
+        for name, spec in specs.items():
+            if options.get("form") == "kv" and name in ("position", "split"):
+                continue
+            options[name] = self._draw(trial, f"{method}.{name}", spec)
         if options.get("position") == "prefix":
             options.pop("split", None)
         elif options.get("position") == "split" and "split" not in options:
@@ -216,6 +220,10 @@ class SpaceSampler:
         if kind == "categorical":
             return trial.suggest_categorical(name, spec["choices"])
         allowed = depth_range(tuple(spec.get("depth", (0.0, 1.0))), self.num_layers)
+        # Generator methods (late, spt) start at block 1: a generator at 0 reads word embeddings.
+        config_class = METHODS.get(name.split(".")[0], (None,))[0]
+        first = getattr(config_class, "first_layer", 0)
+        allowed = range(max(allowed.start, first), max(allowed.stop, first + 1))
         if kind == "layer":
             return trial.suggest_int(name, allowed.start, allowed.stop - 1)
         return self._layer_set(trial, name, spec, allowed)

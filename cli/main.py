@@ -45,6 +45,9 @@ def train(
     position: Annotated[Optional[str], Opt(help="deep: prefix | split")] = None,
     split: Annotated[Optional[int], Opt(help="deep, position=split: P[j:] + input + P[:j]")] = None,
     reparam: Annotated[Optional[int], Opt(help="deep: MLP reparametrisation width (0 = off)")] = None,
+    form: Annotated[
+        Optional[str], Opt(help="deep: hidden (prompt tokens) | kv (key/value prefixes: P-tuning v2, prefix tuning)")
+    ] = None,
     layer: Annotated[Optional[int], Opt(help="late: insertion layer k")] = None,
     generator: Annotated[Optional[str], Opt(help="late: npg | appg | mppg")] = None,
     bottleneck: Annotated[Optional[int], Opt(help="late: generator bottleneck r")] = None,

@@ -95,7 +95,7 @@ def test_compare_cli_bad_input_exits_2_and_writes_nothing(
         (["--seeds", "1,x"], "--seeds"),
         (["--arm", "lora"], "--arm: 'lora' unknown"),
         (["--spt-option", "gate=hard"], "method.gate"),
-        (["--spt-option", "layers=[0, 9]"], "layer 9 out of range"),
+        (["--spt-option", "layers=[1, 9]"], "layer 9 out of range"),
         (["--space", "nope"], "neither a file nor a shipped space"),
     ):
         res = runner.invoke(app, [*base, *extra])

@@ -28,8 +28,20 @@ def test_layer_out_of_range(info: BackboneInfo) -> None:
 
 
 def test_lpt_layer_out_of_range(info: BackboneInfo) -> None:
-    with pytest.raises(ValueError, match=r"^method.layer: insertion layer -1 out of range"):
+    with pytest.raises(ValueError, match=r"^method.layer: insertion layer -1 out of range .*; use 1..3$"):
         build_method(LateConfig(layer=-1), info)
+
+
+def test_generators_refuse_layer_0() -> None:
+    from autoprompt_search.prompts import SptConfig
+
+    with pytest.raises(ValueError) as exc:
+        LateConfig(layer=0)
+    assert one_line(exc).startswith("method.layer: a prompt generator at layer 0 reads word embeddings")
+    assert "`deep --layers 0`" in one_line(exc)
+    with pytest.raises(ValueError, match=r"^method.layers: a prompt generator at layer 0"):
+        SptConfig(layers=(0, 2))
+    assert SptConfig().candidates(4) == (1, 2, 3)
 
 
 @pytest.mark.parametrize("length", [0, -3])

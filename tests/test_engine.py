@@ -127,9 +127,9 @@ def constant_npg(model: PromptedModel, prompt: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_lpt_at_layer_0_equals_input_prompt_tuning(family: str) -> None:
-    deep = make(family, DeepConfig(layers=(0,), length=4))
-    late = make(family, LateConfig(layer=0, length=4, dropout=0.0, bottleneck=8))
+def test_lpt_with_a_constant_generator_equals_deep_prompts_at_its_layer(family: str) -> None:
+    deep = make(family, DeepConfig(layers=(2,), length=4))
+    late = make(family, LateConfig(layer=2, length=4, dropout=0.0, bottleneck=8))
     constant_npg(late, deep.method.prompts[0].detach())
     batch = full_batch()
     batch.text_mask[0, 4:] = False

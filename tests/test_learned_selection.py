@@ -45,8 +45,8 @@ def test_spt_gates_interpolate_between_injecting_and_propagating() -> None:
 
 
 def test_derived_layer_set_matches_the_gates() -> None:
-    model = make("bert", SptConfig(length=2, bottleneck=4))  # candidates: all 4 blocks
-    set_gates(model, [0.2, 0.9, 0.6, 0.4])
+    model = make("bert", SptConfig(length=2, bottleneck=4))  # candidates: blocks 1-3 (none at 0)
+    set_gates(model, [0.9, 0.6, 0.4])
     assert model.method.derive_layers() == (1, 2)  # top half by default
     model.method.config.top_k = 3
     assert model.method.derive_layers() == (1, 2, 3)
@@ -91,9 +91,9 @@ def test_budget_pushes_the_expected_number_of_layers_down(tiny_model_dir: str, t
     spt = SptConfig(length=2, bottleneck=8, budget=1.0, budget_weight=50.0, gate_init=2.0, arch_lr=0.2)
     cfg = experiment(tiny_model_dir, tiny_sst_dir, spt, steps=10, eval_every=5)
     result = BilevelSearch(cfg, prepare_workspace(cfg)).run()
-    assert result.history[0]["expected_layers"] < 4 * torch.sigmoid(torch.tensor(2.0)).item()
+    assert result.history[0]["expected_layers"] < 3 * torch.sigmoid(torch.tensor(2.0)).item()  # candidates 1..3
     assert result.history[-1]["expected_layers"] < result.history[0]["expected_layers"]
-    assert [len(h["gate_probs"]) for h in result.history] == [4, 4]
+    assert [len(h["gate_probs"]) for h in result.history] == [3, 3]
 
 
 def test_weight_and_architecture_rows_are_disjoint() -> None:
@@ -111,7 +111,8 @@ def test_spt_darts_end_to_end_retrains_the_derived_layers(tiny_model_dir: str, t
     result = train(cfg, ws, on_eval=lambda record, state, trained: seen.append(trained.method))
     search = result.metrics["spt_search"]
     probs = torch.tensor(search["gate_probs"])
-    assert search["derived_layers"] == sorted(torch.topk(probs, 2).indices.tolist())
+    candidates = spt.candidates(4)  # (1, 2, 3): the gate probabilities are over these
+    assert search["derived_layers"] == sorted(candidates[i] for i in torch.topk(probs, 2).indices.tolist())
     assert result.config.method == SptConfig(
         layers=tuple(search["derived_layers"]), search=False, length=2, bottleneck=8
     )
@@ -133,7 +134,7 @@ def test_spt_config_errors() -> None:
     model_info = make("bert", None).backbone
     from autoprompt_search.backbones import BackboneInfo
 
-    with pytest.raises(ConfigError, match="top_k: 9 exceeds the 4 candidate layers"):
+    with pytest.raises(ConfigError, match="top_k: 9 exceeds the 3 candidate layers"):
         method_config("spt", {"top_k": 9}).check(BackboneInfo.of(model_info))
 
 

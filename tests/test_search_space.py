@@ -30,16 +30,33 @@ def test_shipped_spaces_validate_and_sample_valid_configs(name: str) -> None:
 
 def test_fixed_trial_gives_exactly_the_config() -> None:
     sampler = SearchSpace.load(SPACES / "all.yaml").sampler(num_layers=6)
-    params = {"method": "deep", "deep.length": 8, "deep.position": "split", "deep.split": 3, "train.lr": 0.01}
-    params |= {f"deep.layers.{i}": i in (1, 4) for i in range(6)}
+    params = {"method": "deep", "deep.form": "hidden", "deep.length": 8, "deep.position": "split", "deep.split": 3}
+    params |= {f"deep.layers.{i}": i in (1, 4) for i in range(6)} | {"train.lr": 0.01}
     out = sampler(optuna.trial.FixedTrial(params))
     assert out == {
-        "method": {"name": "deep", "layers": [1, 4], "length": 8, "position": "split", "split": 3},
+        "method": {"name": "deep", "form": "hidden", "layers": [1, 4], "length": 8, "position": "split", "split": 3},
         "train": {"lr": 0.01, "steps": 300},
     }
+    # A kv prefix sits before the text: no position or split is drawn for it.
+    kv = sampler(optuna.trial.FixedTrial(params | {"deep.form": "kv"}))
+    assert kv["method"] == {"name": "deep", "form": "kv", "layers": [1, 4], "length": 8}
     late = sampler(optuna.trial.FixedTrial({"method": "late", "late.layer": 3, "late.generator": "appg",
                                             "late.bottleneck": 64, "late.length": 5, "train.lr": 0.002}))  # fmt: skip
     assert late["method"] == {"name": "late", "layer": 3, "generator": "appg", "bottleneck": 64, "length": 5}
+
+
+@pytest.mark.parametrize("name", ["all.yaml", "lpt.yaml", "lpt_insertion.yaml"])
+def test_shipped_spaces_never_sample_generator_layer_0(name: str) -> None:
+    sampler = SearchSpace.load(SPACES / name).sampler(num_layers=6)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    layers = set()
+    for _ in range(60):
+        trial = study.ask()
+        if sampler(trial)["method"]["name"] == "late":
+            layers.add(trial.params["late.layer"])
+            assert trial.distributions["late.layer"].low == 1
+        study.tell(trial, 0.5)
+    assert layers == {1, 2, 3, 4, 5}
 
 
 def test_layer_set_respects_size_bounds_and_depth() -> None:

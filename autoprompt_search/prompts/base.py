@@ -14,6 +14,8 @@ masks. This keeps one tensor shape for every row while allowing:
 At each block `i >= start`, the engine calls `inject(i, slots, text, ctx)`: the method may return
 new slot states (a fresh deep prompt, a generated LPT prompt, or a gate-weighted mix of the
 propagated `slots` and a new prompt, as SPT does) or None to let the propagated ones go on.
+It also asks `kv_prefix(i, ctx)` for keys and values the block's attention prepends to the
+text's own (P-tuning v2's form: nothing flows on to the next block).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..backbones import BackboneInfo
+from ..backbones import BackboneInfo, KvPrefix
 from ..errors import ConfigError
 
 
@@ -60,14 +62,20 @@ class SlotLayout:
     live: Tensor  # (B, L) bool: slot is a real prompt token for this row
     after: Tensor  # (B, L) bool: slot sits after the input (split / suffix), else before it
     start: Tensor  # (B,) long: first block index (0 = input embeddings) where the slots are live
+    # (B,) long: logical positions a key/value prefix takes before everything else from `start` on
+    # (P-tuning v2 and a KV cache: the text starts at position P); None = 0
+    offset: Tensor | None = None
 
     @staticmethod
-    def uniform(batch: int, length: int, start: int, device: torch.device, split: int = 0) -> SlotLayout:
+    def uniform(
+        batch: int, length: int, start: int, device: torch.device, split: int = 0, offset: int = 0
+    ) -> SlotLayout:
         """Every row the same: slots [0, split) after the input, [split, L) before it."""
         live = torch.ones(batch, length, dtype=torch.bool, device=device)
         after = torch.zeros(batch, length, dtype=torch.bool, device=device)
         after[:, :split] = True
-        return SlotLayout(live, after, torch.full((batch,), start, dtype=torch.long, device=device))
+        full = torch.full((batch,), start, dtype=torch.long, device=device)
+        return SlotLayout(live, after, full, torch.full_like(full, offset) if offset else None)
 
 
 class PromptMethod(nn.Module):
@@ -104,6 +112,10 @@ class PromptMethod(nn.Module):
         entering block `layer` (at layer 0: word embeddings before positions are added).
         """
         raise NotImplementedError
+
+    def kv_prefix(self, layer: int, ctx: BatchContext) -> KvPrefix | None:
+        """Keys and values block `layer`'s attention prepends (P-tuning v2's form), or None."""
+        return None
 
     def on_step(self, step: int) -> None:
         """Called before every training step (1-based): schedules such as a Gumbel temperature."""

@@ -1,9 +1,15 @@
-"""Deep prompts: free prompt vectors at any layer set S (0 = the input embeddings).
+"""Deep prompts: free prompts at any layer set S (0 = the input embeddings), in one of two forms.
 
-Prompt tuning (Lester et al. 2021, arXiv:2104.08691) is S = {0}; P-tuning v2 style
-(Liu et al. 2021, arXiv:2110.07602) is S = every layer. At each layer in S the prompt slots are
-*replaced* by that layer's vectors; at layers above the first one that are not in S, the slots
-carry on as ordinary tokens (the propagated prompt).
+- `hidden`: L prompt tokens. At each layer in S the prompt slots are *replaced* by that layer's
+  vectors; at layers above the first one that are not in S, the slots carry on as ordinary
+  tokens (the propagated prompt). S = {0} is prompt tuning (Lester et al. 2021,
+  arXiv:2104.08691).
+- `kv`: P-tuning v2 (Liu et al. 2021, arXiv:2110.07602) and peft's prefix tuning. At each layer
+  in S the block's self-attention prepends L learned keys and values to the text's; the text
+  attends to them and nothing flows on (no prompt tokens run through the blocks, so it costs less
+  than `hidden`). As in a KV cache the prefix takes logical positions 0..L-1 and the text starts
+  at L. Optional reparametrisation as in P-tuning v2: Embedding(L, d) -> Linear(d, r) -> tanh ->
+  Linear(r, |S| x 2 x kv width).
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..backbones import BackboneInfo
+from ..backbones import BackboneInfo, KvPrefix
 from ..errors import require
 from .base import BatchContext, PromptMethod, SlotLayout, check_layers
 
 POSITIONS = ("prefix", "split")
+FORMS = ("hidden", "kv")
 
 
 @dataclass
@@ -29,6 +36,8 @@ class DeepConfig:
     position: str = "prefix"  # prefix | split
     split: int = 0  # with position=split: P[split:] + input + P[:split], 1 <= split <= L
     reparam: int = 0  # hidden size of an MLP reparametrisation (P-tuning v2); 0 = off
+    form: str = "hidden"  # hidden: prompt tokens | kv: key/value prefixes in attention (P-tuning v2)
+    dropout: float = 0.0  # dropout on the prompt (hidden) or on the prefix keys and values (kv)
 
     def __post_init__(self) -> None:
         self.layers = tuple(sorted(int(i) for i in self.layers))
@@ -44,6 +53,12 @@ class DeepConfig:
         else:
             require(self.split == 0, "method.split: only used with position=split; set position: split or drop it")
         require(self.reparam >= 0, f"method.reparam: must be >= 0 (0 = off), got {self.reparam}")
+        require(self.form in FORMS, f"method.form: {self.form!r} unknown; use hidden or kv")
+        require(
+            self.form == "hidden" or self.position == "prefix",
+            "method.position: a kv prefix sits before the text only; use position prefix or form hidden",
+        )
+        require(0.0 <= self.dropout < 1.0, f"method.dropout: must be in [0, 1), got {self.dropout}")
 
     def check(self, info: BackboneInfo) -> None:
         check_layers(self.layers, info)
@@ -55,8 +70,8 @@ def prompt_tuning(length: int = 20) -> DeepConfig:
 
 
 def ptuning_v2(num_layers: int, length: int = 20, reparam: int = 0) -> DeepConfig:
-    """P-tuning v2 style: a fresh prompt entering every block."""
-    return DeepConfig(layers=tuple(range(num_layers)), length=length, reparam=reparam)
+    """P-tuning v2 / peft prefix tuning: key/value prefixes in every block's attention."""
+    return DeepConfig(layers=tuple(range(num_layers)), length=length, reparam=reparam, form="kv")
 
 
 class DeepPrompt(PromptMethod):
@@ -65,9 +80,21 @@ class DeepPrompt(PromptMethod):
 
     def __init__(self, config: DeepConfig, info: BackboneInfo) -> None:
         super().__init__(config, info)
-        d = info.hidden_size
+        d, n, length = info.hidden_size, len(config.layers), config.length
         self.slot_of = {layer: i for i, layer in enumerate(config.layers)}
-        self.prompts = nn.Parameter(torch.zeros(len(config.layers), config.length, d))  # (|S|, L, d)
+        self.kv = config.form == "kv"
+        self.dropout = nn.Dropout(config.dropout)
+        if self.kv:
+            heads, head_dim = info.kv_shape
+            width = heads * head_dim
+            if config.reparam:  # P-tuning v2: an embedding through an MLP gives every layer's keys and values
+                self.prefix_embedding = nn.Parameter(torch.zeros(length, d))  # (L, d)
+                self.reparam = nn.Sequential(nn.Linear(d, config.reparam), nn.Tanh())
+                self.prefix_out = nn.Linear(config.reparam, n * 2 * width)
+            else:
+                self.prefix = nn.Parameter(torch.zeros(n, 2, length, width))  # (|S|, keys|values, L, H_kv*hd)
+            return
+        self.prompts = nn.Parameter(torch.zeros(n, length, d))  # (|S|, L, d)
         self.reparam = (
             nn.Sequential(nn.Linear(d, config.reparam), nn.Tanh(), nn.Linear(config.reparam, d))
             if config.reparam
@@ -76,13 +103,17 @@ class DeepPrompt(PromptMethod):
 
     @property
     def length(self) -> int:
-        return self.config.length
+        """Prompt slots in the sequence: none in the kv form (its prefix lives inside attention)."""
+        return 0 if self.kv else self.config.length
 
     @property
     def start_layer(self) -> int:
         return self.config.layers[0]
 
     def init_parameters(self, word_embeddings: nn.Embedding, generator: torch.Generator) -> None:
+        if self.kv:
+            self._init_prefix(generator)
+            return
         vocab = word_embeddings.weight
         n, length, d = self.prompts.shape
         with torch.no_grad():
@@ -100,15 +131,50 @@ class DeepPrompt(PromptMethod):
                         m.weight.uniform_(-bound, bound, generator=generator)
                         m.bias.zero_()
 
+    def _init_prefix(self, generator: torch.Generator) -> None:
+        # As peft's PrefixEncoder: N(0, 1) prefixes or embedding, uniform fan-in Linear weights.
+        with torch.no_grad():
+            if self.config.reparam:
+                self.prefix_embedding.copy_(torch.randn(self.prefix_embedding.shape, generator=generator))
+                for m in (self.reparam[0], self.prefix_out):
+                    bound = m.in_features**-0.5
+                    m.weight.uniform_(-bound, bound, generator=generator)
+                    m.bias.uniform_(-bound, bound, generator=generator)
+            else:
+                self.prefix.copy_(torch.randn(self.prefix.shape, generator=generator))
+
     def layout(self, ctx: BatchContext) -> SlotLayout:
-        b = ctx.input_ids.shape[0]
-        return SlotLayout.uniform(b, self.length, self.config.layers[0], ctx.input_ids.device, self.config.split)
+        b, device = ctx.input_ids.shape[0], ctx.input_ids.device
+        if self.kv:
+            return SlotLayout.uniform(b, 0, self.config.layers[0], device, offset=self.config.length)
+        return SlotLayout.uniform(b, self.length, self.config.layers[0], device, self.config.split)
 
     def inject(self, layer: int, slots: Tensor | None, text: Tensor, ctx: BatchContext) -> Tensor | None:
+        if self.kv:  # no prompt tokens: an empty slot block where the prompt starts
+            return text.new_zeros(text.shape[0], 0, text.shape[-1]) if slots is None else None
         index = self.slot_of.get(layer)
         if index is None:
             return None
         prompt = self.prompts[index]  # (L, d)
         if self.reparam is not None:
             prompt = prompt + self.reparam(prompt)
-        return prompt.to(text.dtype).expand(text.shape[0], -1, -1)  # (B, L, d)
+        return self.dropout(prompt.to(text.dtype).expand(text.shape[0], -1, -1))  # (B, L, d)
+
+    def kv_prefix(self, layer: int, ctx: BatchContext) -> KvPrefix | None:
+        index = self.slot_of.get(layer)
+        if not self.kv or index is None:
+            return None
+        b, length = ctx.input_ids.shape[0], self.config.length
+        heads, head_dim = self.info.kv_shape
+        if self.config.reparam:
+            z = self.reparam(self.prefix_embedding)  # (L, r)
+            width = heads * head_dim
+            rows = slice(index * 2 * width, (index + 1) * 2 * width)  # this layer's outputs only
+            kv = nn.functional.linear(z, self.prefix_out.weight[rows], self.prefix_out.bias[rows])  # (L, 2*width)
+            kv = kv.view(length, 2, width).transpose(0, 1)  # (2, L, width)
+        else:
+            kv = self.prefix[index]  # (2, L, width)
+        kv = self.dropout(kv.expand(b, -1, -1, -1))  # (B, 2, L, width), a dropout mask per row
+        kv = kv.view(b, 2, length, heads, head_dim).transpose(2, 3)  # (B, 2, H_kv, L, hd)
+        live = torch.ones(b, length, dtype=torch.bool, device=kv.device)
+        return KvPrefix(kv[:, 0], kv[:, 1], live)

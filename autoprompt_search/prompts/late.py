@@ -1,7 +1,9 @@
 """Late Prompt Tuning (Liu, Sun, Huang, Qiu 2022, arXiv:2210.11292).
 
-One prompt per instance, generated at insertion layer k from the hidden states leaving block
-k-1 (k = 0: the word embeddings), and concatenated in front of them. Blocks below k never see
+One prompt per instance, generated at insertion layer k >= 1 from the hidden states leaving block
+k-1, and concatenated in front of them. k = 0 is refused, as in LPT's public code: a generator
+there reads word embeddings (NPG: the first token's, the same for every instance), an input
+prompt in disguise; `deep --layers 0` is the input prompt. Blocks below k never see
 the prompt, so they run under no_grad. Generators:
 
 - NPG: the first-token state (last real token for decoders) -> Linear(d, r) -> ReLU ->
@@ -13,6 +15,7 @@ the prompt, so they run under no_grad. Generators:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -22,13 +25,19 @@ from ..errors import ConfigError, require
 from .base import BatchContext, PromptMethod, SlotLayout
 
 GENERATORS = ("npg", "appg", "mppg")
+GENERATOR_AT_0 = (
+    "{field}: a prompt generator at layer 0 reads word embeddings (the same prompt for every instance); "
+    "use layers >= 1, or `deep --layers 0` for an input prompt"
+)
 
 
 @dataclass
 class LateConfig:
     """One instance-generated prompt of `length` vectors entering block `layer`."""
 
-    layer: int = 0  # insertion layer k: the prompt enters block k (0 = input embeddings)
+    first_layer: ClassVar[int] = 1  # generators read a block's output; search spaces sample from here
+
+    layer: int = 1  # insertion layer k >= 1: the prompt enters block k
     length: int = 5  # prompt length L
     generator: str = "npg"  # npg | appg | mppg
     bottleneck: int = 128  # generator bottleneck r
@@ -42,12 +51,13 @@ class LateConfig:
         )
         require(self.bottleneck > 0, f"method.bottleneck: must be > 0, got {self.bottleneck}")
         require(0.0 <= self.dropout < 1.0, f"method.dropout: must be in [0, 1), got {self.dropout}")
+        require(self.layer != 0, GENERATOR_AT_0.format(field="method.layer"))
 
     def check(self, info: BackboneInfo) -> None:
-        if not 0 <= self.layer < info.num_layers:
+        if not 1 <= self.layer < info.num_layers:
             raise ConfigError(
                 f"method.layer: insertion layer {self.layer} out of range for a {info.num_layers}-layer model; "
-                f"use 0..{info.num_layers - 1}"
+                f"use 1..{info.num_layers - 1}"
             )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ from ..backbones import BackboneInfo
 from ..errors import ConfigError, require
 from .base import BatchContext, PromptMethod, SlotLayout, check_layers
 from .deep import DeepConfig
-from .late import GENERATORS, PromptGenerator
+from .late import GENERATOR_AT_0, GENERATORS, PromptGenerator
 
 GATES = ("sigmoid", "relaxed")
 DERIVE_RULES = ("topk", "threshold")
@@ -35,7 +36,9 @@ RETRAIN_METHODS = ("spt", "deep")
 class SptConfig:
     """Instance prompts at a layer set; with `search`, gated candidates learned SPT-DARTS style."""
 
-    layers: tuple[int, ...] = ()  # candidate blocks when searching, else the prompted blocks; () = every block
+    first_layer: ClassVar[int] = 1  # generators read a block's output; search spaces sample from here
+
+    layers: tuple[int, ...] = ()  # candidate blocks (>= 1) when searching, else the prompted blocks; () = 1..N-1
     search: bool = True  # learn the gates (bi-level), derive a layer set, retrain it
     length: int = 5  # prompt length L
     generator: str = "npg"  # npg | appg | mppg (as in LPT)
@@ -59,6 +62,7 @@ class SptConfig:
         self.layers = tuple(sorted(int(i) for i in self.layers))
         require(len(set(self.layers)) == len(self.layers), f"method.layers: duplicate index in {list(self.layers)}")
         require(self.search or len(self.layers) > 0, "method.layers: give the prompted layers when search is false")
+        require(0 not in self.layers, GENERATOR_AT_0.format(field="method.layers"))
         require(isinstance(self.length, int) and self.length > 0, f"method.length: must be > 0, got {self.length}")
         require(
             self.generator in GENERATORS, f"method.generator: {self.generator!r} unknown; use {', '.join(GENERATORS)}"
@@ -79,13 +83,14 @@ class SptConfig:
 
     def check(self, info: BackboneInfo) -> None:
         check_layers(self.layers, info)
+        require(info.num_layers > 1, "method: spt needs a model with at least 2 blocks (generators start at block 1)")
         if self.top_k > len(self.candidates(info.num_layers)):
             raise ConfigError(
                 f"method.top_k: {self.top_k} exceeds the {len(self.candidates(info.num_layers))} candidate layers; lower it"
             )
 
     def candidates(self, num_layers: int) -> tuple[int, ...]:
-        return self.layers or tuple(range(num_layers))
+        return self.layers or tuple(range(1, num_layers))  # generators read a block's output: from 1
 
 
 class SelectivePrompt(PromptMethod):
