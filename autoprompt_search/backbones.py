@@ -82,9 +82,13 @@ def _register_prefix_attention() -> None:
     # Transformers' documented extension point for attention functions: every model that dispatches
     # through `ALL_ATTENTION_FUNCTIONS` (BERT, RoBERTa, GPT-2, Llama, Qwen2, ...) then reaches it,
     # after its own projections and rotary embedding, with no dependence on its KV-cache API.
+    # Its masks are SDPA's: without this, transformers builds no mask at all for an unknown name,
+    # so the model's own forward (not our engine's) would attend to padding.
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(PREFIX_ATTENTION, _prefix_sdpa)
+    AttentionMaskInterface.register(PREFIX_ATTENTION, sdpa_mask)
 
 
 class Backbone(nn.Module):

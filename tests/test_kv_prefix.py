@@ -160,3 +160,24 @@ def test_kv_form_refuses_a_split_position() -> None:
 
     with pytest.raises(ConfigError, match="kv prefix sits before the text only"):
         DeepConfig(layers=(0,), length=4, position="split", split=2, form="kv")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_backbones_own_forward_still_masks_padding(family: str) -> None:
+    """Our attention name must not change what the Hugging Face model's own forward computes
+    (peft, exports and users call it): with padding, it equals an untouched model's."""
+    import copy
+
+    from conftest import tiny_configs
+    from transformers import AutoModel
+
+    backbone = make(family, None).backbone
+    untouched = AutoModel.from_config(copy.deepcopy(tiny_configs()[family]))
+    untouched.load_state_dict(backbone.model.state_dict())
+    batch = full_batch(b=2, t=6)
+    batch.text_mask[1, 4:] = False
+    mask = batch.text_mask.long()
+    with torch.no_grad():
+        ours = backbone.model(input_ids=batch.input_ids, attention_mask=mask).last_hidden_state
+        theirs = untouched.eval()(input_ids=batch.input_ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(ours[batch.text_mask], theirs[batch.text_mask], atol=ATOL, rtol=1e-4)
