@@ -7,6 +7,12 @@ import math
 import torch
 from torch import Tensor
 
+# Why a run (or trial) that only ever predicted one class has no result worth selecting.
+COLLAPSED = (
+    "collapsed: every evaluation predicted a single class, so no checkpoint is worth selecting; "
+    "try another --lr (often lower) or more steps"
+)
+
 
 def accuracy(pred: Tensor, gold: Tensor) -> float:
     return float((pred == gold).float().mean())

@@ -24,7 +24,7 @@ from .engine import Batch, PromptedModel, concat_batches
 from .errors import ConfigError
 from .fused import FusedModel
 from .heads import ClassifierHead, LabelWordHead, label_word_ids
-from .metrics import classification_metrics
+from .metrics import COLLAPSED, classification_metrics
 from .prefix_cache import PrefixFeeder, cache_dtype, cache_root
 from .prompts import build_method
 
@@ -269,6 +269,8 @@ def train(
     checkpoints there; returning True stops the run). An SPT config with `search: true` first
     learns its layer gates (SPT-DARTS, `darts.py`) and then trains the derived configuration,
     which `trained_cfg` and the result's `config` name. Raises `TrainingError` on a NaN loss.
+    A run whose every evaluation collapsed (one class) ends with status "collapsed"; an evaluation
+    that collapsed never becomes the best.
     `resume` continues a run from the TrainingState of one of its evaluations.
     """
     if getattr(cfg.method, "search", False):
@@ -511,7 +513,9 @@ def train_group(
                     **{f"dev_{k}": v for k, v in metrics.items()},
                 }
                 m.loss_sum, m.loss_n = 0.0, 0
-                improved = metrics["score"] > m.best_score
+                # A one-class prediction never becomes the best: on an imbalanced task scored by F1 a
+                # constant "positive" scores high and would win selection.
+                improved = not metrics["collapsed"] and metrics["score"] > m.best_score
                 if improved:
                     m.best_score, m.best_state = float(metrics["score"]), _snapshot(m.model)
                     m.best_metrics = dict(metrics, step=step)
@@ -525,6 +529,12 @@ def train_group(
     wall = time.perf_counter() - started
     results: dict[int, TrainResult] = {}
     for m in members:
+        if m.status != "failed" and not m.best_metrics and m.history:
+            # Only collapsed evaluations: keep the last one's state and metrics, for the record.
+            last = m.history[-1]
+            m.best_state = _snapshot(m.model)
+            m.best_metrics = {k[4:]: v for k, v in last.items() if k.startswith("dev_")} | {"step": last["step"]}
+            m.status, m.error = "collapsed", COLLAPSED
         m.model.load_state_dict(m.best_state, strict=False)
         if m.status == "running":
             m.status = "finished"

@@ -94,8 +94,8 @@ def train(
         from autoprompt_search.darts import describe_search
 
         typer.echo(describe_search(m["spt_search"]), err=True)
-    if m["collapsed"]:
-        typer.echo("warning: the best checkpoint predicts a single class (collapsed run)", err=True)
+    if result.status == "collapsed":
+        typer.echo(f"warning: {result.error}", err=True)
     typer.echo(f"saved to {output}")
 
 
@@ -266,7 +266,7 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
     rows = study_rows(study_dir)
     summary = summarize(rows, options.parsed_objectives)
     table = Table(title=f"study {options.name}: {summary['trials']} trials {summary['counts']}")
-    for column in ("#", "trial", "status", "method", "dev_score", "params", "evals", "wall s", "error"):
+    for column in ("#", "trial", "status", "method", "dev_score", "params", "evals", "collapsed", "wall s", "error"):
         table.add_column(column)
     for r in rows:
         score = f"{r['dev_score']:.4f}" if r["dev_score"] is not None else "-"
@@ -279,6 +279,7 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
             score,
             str(r["trainable_params"] or "-"),
             str(r["evaluations"] or 0),
+            str(r.get("collapsed_evals") or 0),
             wall,
             (r["error"] or "")[:60],
         )

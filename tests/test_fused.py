@@ -17,7 +17,7 @@ from autoprompt_search.trainer import TrainResult, prepare_workspace, train, tra
 def members(model_dir: str, data_dir: str, **kw: object) -> list[ExperimentConfig]:
     """Three members differing in learning rate, prompt length, layer set, position, method and seed."""
     return [
-        experiment(model_dir, data_dir, DeepConfig(layers=(0,), length=2), lr=1e-2, seed=1, **kw),
+        experiment(model_dir, data_dir, DeepConfig(layers=(0,), length=2), lr=1e-1, seed=1, **kw),
         experiment(model_dir, data_dir, DeepConfig(layers=(1, 3), length=4, position="split", split=2), lr=3e-2,
                    seed=2, **kw),
         experiment(model_dir, data_dir, LateConfig(layer=2, length=3, bottleneck=8, dropout=0.0), lr=5e-3, seed=3,
@@ -38,8 +38,10 @@ def test_group_of_three_equals_each_trained_alone(tiny_model_dir: str, tiny_sst_
     ws = prepare_workspace(cfgs[0])
     fused = train_group(cfgs, ws)
     for f, cfg in zip(fused, cfgs, strict=True):
-        assert f.status == "finished" and f.metrics["group_size"] == 3
-        assert_same(f, train(cfg, ws))
+        alone = train(cfg, ws)
+        # a tiny member may predict one class at both evaluations (collapsed), alone as in the group
+        assert f.status == alone.status in ("finished", "collapsed") and f.metrics["group_size"] == 3
+        assert_same(f, alone)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "roberta"])
@@ -57,8 +59,9 @@ def test_member_with_nan_loss_fails_alone(tiny_model_dir: str, tiny_sst_dir: str
     fused = train_group(cfgs, ws)
     assert fused[1].status == "failed" and "loss became nan" in (fused[1].error or "")
     for i in (0, 2):
-        assert fused[i].status == "finished"
-        assert_same(fused[i], train(cfgs[i], ws))
+        alone = train(cfgs[i], ws)
+        assert fused[i].status == alone.status in ("finished", "collapsed")
+        assert_same(fused[i], alone)
 
 
 def test_members_leave_at_their_own_steps_or_when_stopped(tiny_model_dir: str, tiny_sst_dir: str) -> None:
@@ -151,7 +154,7 @@ def test_two_ddp_ranks_train_a_group_as_one_process_does(tiny_model_dir: str, ti
     cfgs = members(tiny_model_dir, tiny_sst_dir, steps=6, eval_every=3, prefix_cache=False)
     alone = train_group(cfgs, prepare_workspace(cfgs[0]))
     for (status, state, history), one in zip(torch.load(out), alone, strict=True):
-        assert status == one.status == "finished"
+        assert status == one.status in ("finished", "collapsed")
         for name, value in one.best_state.items():
             torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5)
         assert [h["dev_score"] for h in history] == [h["dev_score"] for h in one.history]

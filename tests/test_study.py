@@ -20,6 +20,7 @@ from autoprompt_search.prompts import method_to_dict
 from autoprompt_search.search_space import SearchSpaceError
 from autoprompt_search.study.cluster import ClusterInfo, check_resources, start_local
 from autoprompt_search.study.export import export_study, pareto_front, rank_top
+from autoprompt_search.study.launch import summarize
 from autoprompt_search.study.options import Objective, StudyOptions
 from autoprompt_search.study.records import error_line, read_trials
 from autoprompt_search.study.runner import resume_study, run_study
@@ -191,15 +192,18 @@ def test_study_of_four_trials_two_concurrent(
     rows = read_trials(tmp_path / "s")
     assert run.rows == rows and len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
     for row in rows:
-        assert row["status"] in ("TERMINATED", "STOPPED"), row
         history = json.loads(row["history"])
         assert row["evaluations"] == len(history) >= 1 and history[-1]["step"] == row["last_step"]
-        assert row["dev_score"] == max(h["eval_score"] for h in history)
+        scores = [h["eval_score"] for h in history if not h["eval_collapsed"]]  # collapsed ones never count
+        assert row["collapsed_evals"] == len(history) - len(scores)
+        assert row["status"] == ("COLLAPSED" if not scores else "STOPPED" if row["last_step"] < 6 else "TERMINATED")
+        assert row["dev_score"] == (max(scores) if scores else None)
         assert row["trainable_params"] > 0 and row["wall_seconds"] > row["worker_seconds"] > 0
-        assert Path(row["checkpoint"], "prompt.safetensors").is_file() and row["error"] is None
+        assert Path(row["checkpoint"], "prompt.safetensors").is_file() and (row["error"] is None) == (
+            row["status"] != "COLLAPSED"
+        )
         sampled = json.loads(row["config"])
         assert sampled["method"]["name"] == row["method"] in ("deep", "late") and 0.01 <= sampled["train"]["lr"] <= 0.1
-        assert (row["status"] == "TERMINATED") == (row["last_step"] == 6)
     # Two at a time: no moment with three trials running.
     events = sorted([(r["started_at"], 1) for r in rows] + [(r["finished_at"], -1) for r in rows])
     running = [sum(e for _, e in events[: i + 1]) for i in range(len(events))]
@@ -221,14 +225,21 @@ def test_study_of_four_trials_two_concurrent(
     study = optuna.load_study(
         study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "s" / "optuna.journal")))
     )
-    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    failed = sum(r["status"] == "COLLAPSED" for r in rows)
+    assert (
+        len(study.trials) == 4
+        and sorted(t.state.name for t in study.trials) == ["COMPLETE"] * (4 - failed) + ["FAIL"] * failed
+    )
     # TensorBoard files per trial.
     assert len(list((tmp_path / "s" / "tune").glob("*/events.out.tfevents*"))) == 4
 
     # Export the best two: they reload and predict the trial's dev score; config.yaml retrains.
     exported = export_study(tmp_path / "s", top=2)
     assert [p.name.split("-")[1] for p in exported] == [
-        r["trial_id"] for r in sorted(rows, key=lambda r: (-r["dev_score"], r["number"]))[:2]
+        r["trial_id"]
+        for r in sorted((r for r in rows if r["dev_score"] is not None), key=lambda r: (-r["dev_score"], r["number"]))[
+            :2
+        ]
     ]
     best = next(r for r in rows if r["trial_id"] == exported[0].name.split("-")[1])
     metrics, _ = predict_run(exported[0], "dev", device="cpu")
@@ -249,6 +260,39 @@ def test_errors_land_in_the_table(local_ray: None, tiny_model_dir: str, tiny_sst
     run = run_study(options(tiny_model_dir, tiny_sst_dir, space=space, num_samples=1), tmp_path)
     (row,) = run.rows
     assert row["status"] == "ERROR" and "loss became" in row["error"] and "lower --lr" in row["error"]
+
+
+@pytest.mark.slow
+def test_a_collapsed_trial_is_collapsed_never_best_and_failed_in_optuna(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    # A probe at lr 1000 predicts one class at every evaluation (accuracy 0.5 on the balanced dev
+    # set); at lr 10 it does not at step 4 and scores 0.458 there. Plain selection would rank the
+    # collapsed 0.5 first.
+    space = {"methods": {"probe": {}}, "train": {"lr": {"type": "categorical", "choices": [1000.0, 10.0]}}}
+    base = base_experiment(tiny_model_dir, tiny_sst_dir)
+    base["train"] |= {"warmup_ratio": 0.0, "grad_clip": 0.0}
+    opts = options(tiny_model_dir, tiny_sst_dir, space=space, experiment=base, sampler="random", seed=1)
+    run = run_study(opts, tmp_path)
+    collapsed = [r for r in run.rows if json.loads(r["config"])["train"]["lr"] == 1000.0]
+    fine = [r for r in run.rows if json.loads(r["config"])["train"]["lr"] == 10.0]
+    assert collapsed and fine, run.rows  # the seed draws both
+    for row in collapsed:
+        assert row["status"] == "COLLAPSED" and "every evaluation predicted a single class" in row["error"]
+        assert row["dev_score"] is None and row["collapsed_evals"] == row["evaluations"] == 3
+    for row in fine:
+        assert row["status"] == "TERMINATED" and row["collapsed_evals"] == 2
+        assert row["dev_score"] == pytest.approx(0.4583, abs=1e-3)  # not the collapsed evaluations' 0.5
+    assert summarize(run.rows, opts.parsed_objectives)["best"]["trial_id"] in {r["trial_id"] for r in fine}
+    exported = [p.name.split("-")[1] for p in export_study(tmp_path / "s", top=5)]
+    assert exported == [r["trial_id"] for r in fine]
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "s" / "optuna.journal")))
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert {(t.params["train.lr"], t.state.name) for t in trials} == {(1000.0, "FAIL"), (10.0, "COMPLETE")}
 
 
 @pytest.mark.slow
@@ -353,19 +397,19 @@ def test_fused_study_writes_a_row_per_member_resumes_and_exports(
         runner.build_tuner = original
     first = {r["trial_id"]: r for r in read_trials(tmp_path / "s")}
     assert os.path.exists(marker) and len(first) == 2 and len({r["group_id"] for r in first.values()}) == 1
-    assert all(r["status"] in ("TERMINATED", "STOPPED") for r in first.values())
+    assert all(r["status"] in ("TERMINATED", "STOPPED", "COLLAPSED") for r in first.values())
 
     resume_study("s", tmp_path)
     rows = read_trials(tmp_path / "s")
     assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4  # one row per member, none twice
     assert sorted(len([r for r in rows if r["group_id"] == g]) for g in {r["group_id"] for r in rows}) == [2, 2]
     for row in rows:
-        assert row["status"] in ("TERMINATED", "STOPPED"), row
-        assert row["trial_id"].startswith(row["group_id"] + "-") and row["error"] is None
         history = json.loads(row["history"])
-        assert row["evaluations"] == len(history) >= 1 and row["dev_score"] == max(h["eval_score"] for h in history)
-        assert Path(row["checkpoint"], "prompt.safetensors").is_file()
-        assert (row["status"] == "TERMINATED") == (row["last_step"] == 6)
+        scores = [h["eval_score"] for h in history if not h["eval_collapsed"]]  # collapsed ones never count
+        assert row["status"] in (("TERMINATED", "STOPPED") if scores else ("COLLAPSED",)), row
+        assert row["trial_id"].startswith(row["group_id"] + "-") and (row["error"] is None) == bool(scores)
+        assert row["evaluations"] == len(history) >= 1 and row["dev_score"] == (max(scores) if scores else None)
+        assert Path(row["checkpoint"], "prompt.safetensors").is_file() if scores else row["checkpoint"] is None
     for trial_id, before in first.items():  # the finished group was not trained again
         assert next(r for r in rows if r["trial_id"] == trial_id)["finished_at"] == before["finished_at"]
     import optuna
@@ -374,11 +418,13 @@ def test_fused_study_writes_a_row_per_member_resumes_and_exports(
 
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "s" / "optuna.journal")))
     trials = optuna.load_study(study_name="s", storage=storage).trials
-    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)  # each member told once
-    assert sorted(t.value for t in trials) == sorted(r["dev_score"] for r in rows)
+    scored = [r for r in rows if r["dev_score"] is not None]
+    assert len(trials) == 4 and sum(t.state.name == "COMPLETE" for t in trials) == len(scored)  # each told once
+    assert sum(t.state.name == "FAIL" for t in trials) == 4 - len(scored)  # collapsed members
+    assert sorted(t.value for t in trials if t.value is not None) == sorted(r["dev_score"] for r in scored)
 
     (exported,) = export_study(tmp_path / "s", top=1)
-    best = max(rows, key=lambda r: (r["dev_score"], -r["number"]))
+    best = max(scored, key=lambda r: (r["dev_score"], -r["number"]))
     assert exported.name == f"01-{best['trial_id']}"
     metrics, _ = predict_run(exported, "dev", device="cpu")
     assert metrics["score"] == pytest.approx(best["dev_score"], abs=1e-6)

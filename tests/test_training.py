@@ -80,17 +80,30 @@ def test_train_learns_reports_and_is_seeded(tiny_model_dir: str, tiny_sst_dir: s
     assert set(a.metrics["dev"]) >= {"accuracy", "f1", "mcc", "score", "collapsed"}
 
 
-def test_collapsed_run_is_reported(tiny_model_dir: str, tiny_sst_dir: str) -> None:
-    cfg = experiment(tiny_model_dir, tiny_sst_dir, ProbeConfig(), steps=2, lr=1e-9)
-    ws = prepare_workspace(cfg)
-    model = build_model(cfg, ws)
-    with torch.no_grad():  # a head that always says class 1
-        model.head.linear.weight.zero_()
-        model.head.linear.bias.copy_(torch.tensor([0.0, 5.0]))
-    from autoprompt_search.trainer import evaluate
+def test_a_collapsed_evaluation_never_becomes_the_best(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    # lr 10 on a probe swings the head: evaluations at steps 2 and 6 predict one class (accuracy
+    # 0.5 on the balanced dev set), the one at step 4 does not but scores lower (0.458).
+    cfg = experiment(
+        tiny_model_dir, tiny_sst_dir, ProbeConfig(), steps=6, eval_every=2, lr=10.0, warmup_ratio=0.0, grad_clip=0.0
+    )
+    result = train(cfg, prepare_workspace(cfg))
+    collapsed = [h["dev_collapsed"] for h in result.history]
+    assert collapsed == [True, False, True]
+    assert (
+        max(h["dev_score"] for h in result.history) == result.history[0]["dev_score"] > result.metrics["dev"]["score"]
+    )
+    assert result.status == "finished" and result.metrics["best_step"] == 4 and not result.metrics["collapsed"]
 
-    metrics = evaluate(model, ws.splits["dev"], "accuracy", 2, 16, torch.device("cpu"), "fp32")
-    assert metrics["collapsed"] is True and metrics["accuracy"] == pytest.approx(0.5)
+
+def test_a_run_that_only_collapsed_ends_collapsed(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfg = experiment(
+        tiny_model_dir, tiny_sst_dir, ProbeConfig(), steps=6, eval_every=2, lr=1000.0, warmup_ratio=0.0, grad_clip=0.0
+    )
+    result = train(cfg, prepare_workspace(cfg))
+    assert [h["dev_collapsed"] for h in result.history] == [True, True, True]
+    assert result.status == "collapsed" and "every evaluation predicted a single class" in result.error
+    assert result.metrics["collapsed"] and result.metrics["best_step"] == 6  # the last evaluation, for the record
+    assert all(h["best_dev_score"] == float("-inf") for h in result.history)  # no best to report
 
 
 def test_nan_loss_fails_the_trial_with_a_reason(tiny_model_dir: str, tiny_sst_dir: str) -> None:

@@ -162,7 +162,10 @@ def _train_group_and_report(loop_config: dict[str, Any]) -> None:
                 "member_final": True,
                 "member_status": result.status,
                 "member_error": result.error or "",
-                "dev_score": result.metrics["dev"].get("score", float("nan")),  # Tune wants the metric in every result
+                # Tune wants the metric in every result; NaN (Optuna: failed) where there is no best
+                "dev_score": float("nan")
+                if result.status == "collapsed"
+                else result.metrics["dev"].get("score", float("nan")),
                 "trainable_params": result.metrics["trainable_params"],
             }
             ray.train.report(final)

@@ -93,7 +93,7 @@ class GroupSearcher(Searcher):
         number = int(result["optuna_number"])
         values = [result.get(m) for m in self.metrics]
         status = result["member_status"]
-        if status == "failed" or any(v is None or not math.isfinite(float(v)) for v in values):
+        if status in ("failed", "collapsed") or any(v is None or not math.isfinite(float(v)) for v in values):
             self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         elif status == "stopped" and len(self.metrics) == 1:
             self.study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)  # its last reported value

@@ -50,7 +50,7 @@ def summarize(rows: list[dict[str, Any]], objectives: list[Objective]) -> dict[s
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     first = objectives[0]
-    scored = [r for r in rows if r.get(first.metric) is not None]
+    scored = [r for r in rows if r.get(first.metric) is not None and r["status"] not in ("ERROR", "COLLAPSED")]
     best = None
     if scored:
         pick = max if first.mode == "max" else min

@@ -8,6 +8,7 @@ trial updates its row instead of adding one).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -18,18 +19,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.tune import Callback
 
+from ..metrics import COLLAPSED
+from .trial import COLLAPSED_RUN
+
 TRIALS_FILE = "trials.parquet"
-ENDED = ("TERMINATED", "STOPPED", "ERROR")
+ENDED = ("TERMINATED", "STOPPED", "ERROR", "COLLAPSED")
+MEMBER_STATUS = {"finished": "TERMINATED", "stopped": "STOPPED", "failed": "ERROR", "collapsed": "COLLAPSED"}
 SCHEMA = pa.schema(
     [
         ("trial_id", pa.string()),  # Tune trial id; fused members: <group trial id>-<member index>
         ("group_id", pa.string()),  # fused studies: the Tune trial (one Train job) that trained this member
         ("number", pa.int64()),  # order in which trials started
-        ("status", pa.string()),  # RUNNING, TERMINATED (all steps), STOPPED (early), ERROR
+        # RUNNING, TERMINATED (all steps), STOPPED (early), ERROR, COLLAPSED (every evaluation one class)
+        ("status", pa.string()),
         ("method", pa.string()),
         ("config", pa.string()),  # JSON: the sampled {'method': ..., 'train': ...}
-        ("dev_score", pa.float64()),  # best dev score (the checkpointed state)
+        ("dev_score", pa.float64()),  # best dev score (the checkpointed state); never a collapsed one
         ("eval_score", pa.float64()),  # dev score at the last evaluation
+        ("collapsed_evals", pa.int64()),  # evaluations that predicted a single class
         ("trainable_params", pa.int64()),
         ("evaluations", pa.int64()),
         ("last_step", pa.int64()),
@@ -48,7 +55,8 @@ SCHEMA = pa.schema(
     ]
 )
 HISTORY_KEYS = (
-    "step", "eval_score", "eval_accuracy", "dev_score", "train_loss", "worker_seconds", "resumed_from_step"
+    "step", "eval_score", "eval_accuracy", "eval_collapsed", "dev_score", "train_loss", "worker_seconds",
+    "resumed_from_step",
 )  # fmt: skip
 
 
@@ -172,13 +180,17 @@ class TrialRecorder(Callback):
         if self._ended(trial):
             return
         row = self._row(trial)
+        if result.get(COLLAPSED_RUN):  # its last report: every evaluation predicted one class
+            row.update(status="COLLAPSED", error=result[COLLAPSED_RUN])
+            self._finish_times(row, final=True)
+            self._write()
+            return
         self._evaluation(row, result, result.get("checkpoint_path"))
 
     def _member_result(self, trial: Any, result: dict[str, Any]) -> None:
         row = self._member_rows(trial)[int(result["member"])]
         if result.get("member_final"):
-            status = {"finished": "TERMINATED", "stopped": "STOPPED", "failed": "ERROR"}[result["member_status"]]
-            row.update(status=status, error=result.get("member_error") or None)
+            row.update(status=MEMBER_STATUS[result["member_status"]], error=result.get("member_error") or None)
             self._finish_times(row, final=True)
             self._write()
             return
@@ -186,14 +198,17 @@ class TrialRecorder(Callback):
 
     def _evaluation(self, row: dict[str, Any], result: dict[str, Any], checkpoint: str | None) -> None:
         """One evaluation report of a trial or member: its history, scores, timings, checkpoint."""
-        history = extend_history(
-            result.get("restored_history") or row["history"], {k: result[k] for k in HISTORY_KEYS if k in result}
-        )
+        entry = {k: result[k] for k in HISTORY_KEYS if k in result}
+        if entry.get("dev_score") is not None and not math.isfinite(entry["dev_score"]):
+            entry["dev_score"] = None  # -inf: only collapsed evaluations so far, no best
+        history = extend_history(result.get("restored_history") or row["history"], entry)
+        best = result.get("dev_score")
         row.update(
             history=json.dumps(history),
             evaluations=len(history),
+            collapsed_evals=sum(bool(h.get("eval_collapsed")) for h in history),
             last_step=result.get("step"),
-            dev_score=result.get("dev_score"),
+            dev_score=best if best is not None and math.isfinite(best) else None,  # -inf: no best yet
             eval_score=result.get("eval_score"),
             trainable_params=result.get("trainable_params"),
             load_seconds=result.get("load_seconds"),
@@ -216,6 +231,8 @@ class TrialRecorder(Callback):
             return
         row = self._row(trial)
         row["status"] = "TERMINATED" if trial.last_result.get("trained_to_end") else "STOPPED"
+        if row["evaluations"] and row["collapsed_evals"] == row["evaluations"]:  # e.g. stopped by ASHA
+            row.update(status="COLLAPSED", error=COLLAPSED)
         self._finish_times(row, final=True)
         self._write()
 

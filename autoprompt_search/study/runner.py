@@ -109,7 +109,8 @@ def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, s
 
 
 class ResumableOptunaSearch(OptunaSearch):
-    """OptunaSearch that tolerates a result for a trial Optuna already holds as finished.
+    """OptunaSearch that tolerates a result for a trial Optuna already holds as finished, and
+    fails trials with no finite objective.
 
     After a driver crash, Tune's saved state (every few seconds) may be older than the Optuna
     journal: a trial that finished in between is replayed (its recorded result, no training),
@@ -122,6 +123,15 @@ class ResumableOptunaSearch(OptunaSearch):
 
         with contextlib.suppress(UpdateFinishedTrialError):
             super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        # A trial with no finite objective (every evaluation collapsed: -inf while it ran, NaN at
+        # its end) failed; told as COMPLETE, Optuna's sampler would learn from it.
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [result.get(m) for m in metrics] if result else []
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            result, error = None, True
+        super().on_trial_complete(trial_id, result, error)
 
 
 def trial_payload(options: StudyOptions, study_dir: Path) -> dict[str, Any]:

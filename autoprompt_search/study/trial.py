@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -36,6 +37,7 @@ LOGICAL_GPUS_ENV = "AUTOPROMPT_LOGICAL_GPUS"
 # A worker's record of its configuration's own failure (see raise_trial_error).
 TRIAL_ERROR_FILE = "trial_error.json"
 RESTORED_HISTORY = "restored_history"  # first report after a resume: the evaluations before it
+COLLAPSED_RUN = "collapsed_run"  # a trial's last report: every evaluation predicted one class (the reason)
 REPLAYED = ("dev_score", "eval_score", "trainable_params", "worker_seconds")  # objectives a table row holds
 
 
@@ -192,7 +194,8 @@ def evaluation_metrics(record: dict[str, Any], state: dict[str, Any], trained: E
         "train_loss": record["train_loss"],
         "eval_score": record["dev_score"],
         "eval_accuracy": record["dev_accuracy"],
-        "dev_score": record["best_dev_score"],
+        "eval_collapsed": bool(record["dev_collapsed"]),
+        "dev_score": record["best_dev_score"],  # -inf until an evaluation that did not collapse
         "trainable_params": sum(t.numel() for t in state.values()),
         "trained_to_end": record["step"] == trained.train.steps,
     }
@@ -208,7 +211,8 @@ def restored_history(state: Any) -> str:
                 "train_loss": h["train_loss"],
                 "eval_score": h["dev_score"],
                 "eval_accuracy": h["dev_accuracy"],
-                "dev_score": h["best_dev_score"],
+                "eval_collapsed": bool(h.get("dev_collapsed")),
+                "dev_score": h["best_dev_score"] if math.isfinite(h["best_dev_score"]) else None,
             }
             for h in state.meta["history"]
         ]
@@ -310,3 +314,7 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
         # report that evaluation again so Tune gets the trial's result.
         final = dict(result.history[-1], improved=False, training_state=lambda: resume)
         report(final, result.best_state, result.config)
+    if result.status == "collapsed":
+        # Said as data, not raised (Tune would retry a raised trial): the results table marks it
+        # COLLAPSED, and a NaN objective makes Optuna hold it as failed.
+        ray.train.report({"dev_score": float("nan"), COLLAPSED_RUN: result.error, "trained_to_end": True})

@@ -1,0 +1,248 @@
+"""Quality side by side: our methods against peft/transformers peers, one recipe, several seeds.
+
+Every run trains the packaged MiniLM-L6 with the same recipe (AdamW, 6% warmup + linear decay,
+batch 32, gradient clipping 1.0, evaluation every steps/5 on dev, best dev checkpoint scored once
+on the labelled held-out split) on the same batches in the same order. The peers run through
+peft/transformers themselves in their own virtual environment (`--peer-python`, see
+benchmarks/peft_peers.py); ours run through autoprompt_search. Each (arm, seed) is one
+subprocess; `--jobs` run at once; rows are appended to `<out>.jsonl` as they finish (a rerun
+skips what is there) and `<out>.md` is rewritten after each.
+
+    python benchmarks/quality.py --task sst2 --data-dir ../shared/data/glue/SST-2 --steps 1000 \\
+        --seeds 1 2 3 --jobs 2 --peer-python ../peers-venv/bin/python --out results/quality/sst2_minilm_cpu
+    # step time on the same batches, arms one at a time, interleaved over rounds:
+    python benchmarks/quality.py --task sst2 --data-dir ../shared/data/glue/SST-2 --time-steps 40 \\
+        --rounds 3 --threads 2 --arms peft-prefix deep-kv deep-hidden peft-prompt prompt-tuning \\
+        --peer-python ../peers-venv/bin/python --out results/quality/step_time_sst2_minilm_cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PEERS = {"peft-prompt": 3e-2, "peft-prefix": 1e-2, "full-ft": 5e-5, "hf-probe": 1e-2}  # arm -> lr
+
+
+def our_arms(num_layers: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """arm -> (method, train overrides); learning rates as in the papers and results/engine."""
+    every = list(range(num_layers))
+    return {
+        "probe": ({"name": "probe"}, {"lr": 1e-2}),
+        "prompt-tuning": ({"name": "deep", "layers": [0], "length": 20}, {"lr": 3e-2}),
+        "deep-hidden": ({"name": "deep", "layers": every, "length": 20}, {"lr": 1e-2}),
+        "deep-kv": ({"name": "deep", "layers": every, "length": 20, "form": "kv"}, {"lr": 1e-2}),
+        "lpt-half": (
+            {"name": "late", "layer": num_layers // 2, "length": 5, "generator": "npg", "bottleneck": 128},
+            {"lr": 3e-3, "weight_decay": 0.1},
+        ),
+    }
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+    """One (arm, seed) of ours in this process: a full training run, or `--time-steps` timed steps."""
+    import torch
+    import transformers
+
+    from autoprompt_search.backbones import load_backbone
+    from autoprompt_search.config import ExperimentConfig
+    from autoprompt_search.trainer import build_model, lr_lambda, prepare_workspace, train, train_batches
+
+    torch.set_num_threads(args.threads)
+    backbone = load_backbone(args.model)
+    method, overrides = our_arms(backbone.num_layers)[args.one]
+    steps = args.time_steps + 5 if args.time_steps else args.steps
+    train_cfg = {"steps": steps, "batch_size": args.batch_size, "seed": args.seed, "device": "cpu"} | overrides
+    data = {"task": args.task, "data_dir": args.data_dir, "max_length": args.max_length}
+    cfg = ExperimentConfig.from_dict({"model": args.model, "data": data, "method": method, "train": train_cfg})
+    ws = prepare_workspace(cfg, backbone=backbone)
+    row: dict[str, Any] = {
+        "arm": args.one,
+        "seed": args.seed,
+        "threads": args.threads,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    if args.time_steps:  # the same loop as the peers' (peft_peers.py), through our model
+        torch.manual_seed(args.seed)
+        model = build_model(cfg, ws).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps, 0.06))
+        split = ws.splits["train"]
+        batches = train_batches(torch.arange(len(split)), args.batch_size, args.seed)
+        times = []
+        for _ in range(steps):
+            batch = split.batch(next(batches))
+            t0 = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(batch), batch.labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            times.append(time.perf_counter() - t0)
+        return row | {
+            "ms_per_step": 1000 * sorted(times[5:])[len(times[5:]) // 2],
+            "trainable_params": sum(p.numel() for p in params),
+        }
+    result = train(cfg, ws)
+    m = result.metrics
+    return row | {
+        "dev": m["dev"],
+        "test": m.get("test"),
+        "best_step": m["best_step"],
+        "collapsed": m["collapsed"],
+        "trainable_params": m["trainable_params"],
+        "total_params": m["trainable_params"] + sum(p.numel() for p in backbone.parameters()),
+        "train_seconds": m["train_seconds"],
+        "ms_per_step": 1000 * m["train_seconds"] / steps,
+        "config": cfg.to_dict(),
+    }
+
+
+def command(arm: str, seed: int, args: argparse.Namespace) -> list[str]:
+    shared = ["--seed", str(seed), "--model", args.model, "--task", args.task, "--data-dir", args.data_dir]
+    shared += ["--max-length", str(args.max_length), "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    shared += ["--threads", str(args.threads), "--time-steps", str(args.time_steps)]
+    if arm in PEERS:
+        if not args.peer_python:
+            raise SystemExit(f"error: arm {arm} runs through peft: give --peer-python (a venv with peft)")
+        return [args.peer_python, str(HERE / "peft_peers.py"), "--arm", arm, "--lr", str(PEERS[arm]), *shared]
+    return [sys.executable, str(Path(__file__).resolve()), "--one", arm, *shared]
+
+
+def run_one(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    proc = subprocess.run(command(arm, seed, args), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return {"arm": arm, "seed": seed, "error": proc.stderr.strip().splitlines()[-1:]}
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    return row | {"wall_seconds": time.perf_counter() - started}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one arm of ours here
+    ap.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--arms", nargs="+", default=["peft-prefix", "deep-kv", "deep-hidden"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--data-dir", default="")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once (accuracy mode)")
+    ap.add_argument("--time-steps", type=int, default=0, help="step-time mode: time this many steps per run")
+    ap.add_argument("--rounds", type=int, default=3, help="step-time mode: interleaved rounds over the arms")
+    ap.add_argument("--peer-python", default="")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_ours(args)), flush=True)
+        return
+    if not args.out:
+        raise SystemExit("error: --out is required (the path stem of the .jsonl and .md results)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs_path = out.with_suffix(".jsonl")
+    rows = [json.loads(line) for line in runs_path.read_text().splitlines()] if runs_path.exists() else []
+
+    def record(row: dict[str, Any]) -> None:
+        row |= {"task": args.task, "steps": args.steps, "time_steps": args.time_steps, "machine": machine()}
+        with runs_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        rows.append(row)
+        out.with_suffix(".md").write_text(table(rows, args))
+        print(json.dumps({k: row.get(k) for k in ("arm", "seed", "ms_per_step", "error")}), flush=True)
+
+    if args.time_steps:  # one at a time, interleaved, so the arms share the machine's state
+        for _ in range(args.rounds):
+            for arm in args.arms:
+                record(run_one(arm, 1, args))
+        return
+    done = {(r["arm"], r["seed"]) for r in rows if "error" not in r}
+    todo = [(arm, seed) for seed in args.seeds for arm in args.arms if (arm, seed) not in done]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for row in pool.map(lambda job: run_one(*job, args), todo):
+            record(row)
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}"
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]" if values else "-"
+
+
+def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if "error" not in r:
+            by_arm.setdefault(r["arm"], []).append(r)
+    cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    if args.time_steps:
+        ms = {arm: statistics.median(r["ms_per_step"] for r in rs) for arm, rs in by_arm.items()}
+        base = ms.get("peft-prefix")
+        lines = [
+            f"# Step time on the same batches: {args.task}, {args.model}",
+            "",
+            f"Each arm alone on the machine, {args.time_steps} timed steps after 5 warm-up steps, median step; "
+            f"{args.rounds} rounds interleaved over the arms, median of the rounds; {args.threads} torch threads; "
+            f"batch {args.batch_size}, max length {args.max_length} (padded to the batch's longest).",
+            f"Machine: {machine()}. Command: `{cmd}`",
+            "",
+            "| arm | ms / step (median of rounds) | vs peft prefix tuning | rounds |",
+            "|---|---|---|---|",
+        ]
+        for arm, rs in by_arm.items():
+            ratio = f"{ms[arm] / base:.2f}x" if base else "-"
+            lines.append(f"| {arm} | {ms[arm]:.0f} | {ratio} | {len(rs)} |")
+        return "\n".join(lines) + "\n"
+    lines = [
+        f"# Quality side by side: {args.task}, {args.model}, {args.steps} steps",
+        "",
+        f"Recipe for every row: AdamW (weight decay 0.01 unless the arm says), 6% warmup + linear decay, "
+        f"batch {args.batch_size}, max length {args.max_length}, gradient clipping 1.0, {args.steps} steps, "
+        f"dev evaluated every {args.steps // 5} steps, the best dev checkpoint scored once on the labelled "
+        "held-out split (test). Same batches in the same order for every arm of a seed. Peers run through "
+        "peft/transformers in their own venv; ours through autoprompt_search. Scores x100, median [min-max] "
+        "over seeds. ms/step is measured while `--jobs` runs share the machine: read the step-time table "
+        "for speed.",
+        f"Machine: {machine()}. Command: `{cmd}`",
+        "",
+        "| arm | side | seeds | dev median [range] | test median [range] | trainable params | % of model "
+        "| ms/step | collapsed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, rs in by_arm.items():
+        dev = [100 * r["dev"]["score"] for r in rs]
+        test = [100 * r["test"]["score"] for r in rs if r.get("test")]
+        trainable, total = rs[0]["trainable_params"], rs[0].get("total_params") or 0
+        share = f"{100 * trainable / total:.2f}%" if total else "-"
+        ms = statistics.median(r["ms_per_step"] for r in rs)
+        side = "peer" if arm in PEERS else "ours"
+        lines.append(
+            f"| {arm} | {side} | {len(rs)} | {spread(dev)} | {spread(test)} | {trainable:,} | {share} | {ms:.0f} "
+            f"| {sum(bool(r['collapsed']) for r in rs)}/{len(rs)} |"
+        )
+    errors = [r for r in rows if "error" in r]
+    if errors:
+        lines += ["", "Failed runs: " + "; ".join(f"{r['arm']} seed {r['seed']}: {r['error']}" for r in errors)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
