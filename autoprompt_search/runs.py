@@ -36,6 +36,7 @@ class TrainOptions:
     columns: list[str] = field(default_factory=list)  # FIELD=COLUMN
     max_length: int | None = None
     max_train: int | None = None
+    metric: str | None = None  # the task's score unless given: accuracy | f1 | f1_acc | mcc
     method: str | None = None
     layers: str | None = None  # "0,3,5" or "all"
     length: int | None = None
@@ -107,7 +108,17 @@ def experiment_from_options(o: TrainOptions) -> ExperimentConfig:
     if o.model is not None:
         d["model"] = o.model
     data = d["data"]
-    for key in ("task", "source", "data_dir", "train_file", "dev_file", "test_file", "max_length", "max_train"):
+    for key in (
+        "task",
+        "source",
+        "data_dir",
+        "train_file",
+        "dev_file",
+        "test_file",
+        "max_length",
+        "max_train",
+        "metric",
+    ):
         value = getattr(o, key)
         if value is not None:
             data[key] = value

@@ -37,6 +37,9 @@ def train(
     columns: Annotated[Optional[list[str]], Opt("--column", help="FIELD=COLUMN, repeatable")] = None,
     max_length: Annotated[Optional[int], Opt()] = None,
     max_train: Annotated[Optional[int], Opt(help="seeded subset of the training set (0 = all)")] = None,
+    metric: Annotated[
+        Optional[str], Opt(help="score to select on: accuracy | f1 | f1_acc | mcc (default: the task's)")
+    ] = None,
     method: Annotated[
         Optional[str], Opt(help="probe | deep | late | spt (SPT-DARTS gates) | dp (dynamic prompting)")
     ] = None,
@@ -179,6 +182,9 @@ def search(
     columns: Annotated[Optional[list[str]], Opt("--column", help="FIELD=COLUMN, repeatable")] = None,
     max_length: Annotated[Optional[int], Opt()] = None,
     max_train: Annotated[Optional[int], Opt(help="seeded subset of the training set (0 = all)")] = None,
+    metric: Annotated[
+        Optional[str], Opt(help="score to select on: accuracy | f1 | f1_acc | mcc (default: the task's)")
+    ] = None,
     steps: Annotated[Optional[int], Opt(help="training steps per trial, unless the space searches them")] = None,
     batch_size: Annotated[Optional[int], Opt()] = None,
     eval_every: Annotated[Optional[int], Opt()] = None,
@@ -223,6 +229,7 @@ def search(
                 columns=columns or [],
                 max_length=max_length,
                 max_train=max_train,
+                metric=metric,
                 steps=steps,
                 batch_size=batch_size,
                 eval_every=eval_every,

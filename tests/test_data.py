@@ -12,6 +12,7 @@ from conftest import shared_glue
 from autoprompt_search.data import DataConfig, get_task, load_task_data, tokenize
 from autoprompt_search.data import tokens as tokens_module
 from autoprompt_search.data.sources import Examples
+from autoprompt_search.errors import ConfigError
 
 ROWS = [{"txt": "good film", "y": "1"}, {"txt": "bad film", "y": "0"}, {"txt": "fine plot", "y": "1"}]
 
@@ -140,4 +141,22 @@ def test_task_registry_covers_glue_superglue_trec() -> None:
         "trec",
     ]:
         assert get_task(name).labels
-    assert get_task("mrpc").metric == "f1" and get_task("cola").metric == "mcc"
+    assert get_task("mrpc").metric == get_task("qqp").metric == "f1_acc" and get_task("cola").metric == "mcc"
+
+
+def test_glue_pair_score_is_the_mean_of_f1_and_accuracy_and_metric_can_be_chosen(tiny_sst_dir: str) -> None:
+    import torch
+
+    from autoprompt_search.metrics import classification_metrics
+
+    gold = torch.tensor([1] * 68 + [0] * 32)  # 68% positive, as in MRPC
+    constant = classification_metrics(torch.ones(100, dtype=torch.long), gold, 2, "f1_acc")
+    assert constant["f1"] == pytest.approx(2 * 68 / (2 * 68 + 32))  # 0.81: F1 alone rewards "always positive"
+    assert constant["score"] == pytest.approx((constant["f1"] + 0.68) / 2) and constant["collapsed"]
+    data = load_task_data(DataConfig(task="sst2", data_dir=tiny_sst_dir, metric="f1_acc"))
+    assert (
+        data.task.metric == "f1_acc"
+        and load_task_data(DataConfig(task="sst2", data_dir=tiny_sst_dir)).task.metric == "accuracy"
+    )
+    with pytest.raises(ConfigError, match="data.metric: f1 is for two-class tasks; trec has 6 classes"):
+        DataConfig(task="trec", metric="f1")

@@ -7,6 +7,7 @@ carved from train with a fixed seed.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, require
-from .tasks import Task, get_task
+from .tasks import METRICS, Task, get_task
 
 SOURCES = ("auto", "files", "hub", "package")
 SPLITS = ("train", "dev", "test")
@@ -37,6 +38,7 @@ class DataConfig:
     split_seed: int = 0
     max_train: int = 0  # keep a seeded subset of this many training examples (0 = all)
     dev_as_test: bool = False  # no test split: the dev split becomes the held-out test, dev is carved from train
+    metric: str = ""  # the score selection uses: "" = the task's (accuracy | f1 | f1_acc | mcc)
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -44,6 +46,15 @@ class DataConfig:
         require(self.max_length > 0, f"data.max_length: must be > 0, got {self.max_length}")
         require(0.0 < self.dev_fraction < 1.0, f"data.dev_fraction: must be in (0, 1), got {self.dev_fraction}")
         require(self.max_train >= 0, f"data.max_train: must be >= 0 (0 = all), got {self.max_train}")
+        task = get_task(self.task)
+        require(
+            self.metric in ("", *METRICS),
+            f"data.metric: {self.metric!r} unknown; use one of {', '.join(METRICS)} (or leave it for the task's)",
+        )
+        require(
+            self.metric not in ("f1", "f1_acc") or len(task.labels) == 2,
+            f"data.metric: {self.metric} is for two-class tasks; {task.name} has {len(task.labels)} classes",
+        )
         self.columns = dict(self.columns)
 
     @property
@@ -244,4 +255,6 @@ def load_task_data(cfg: DataConfig) -> TaskData:
         random.Random(cfg.split_seed + 1).shuffle(order)
         splits["train"] = splits["train"].subset(sorted(order[: cfg.max_train]))
         origin["train"] = origin.get("train", "") + f" (seeded subset of {cfg.max_train})"
+    if cfg.metric:
+        task = dataclasses.replace(task, metric=cfg.metric)
     return TaskData(task, splits, origin)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 
-METRICS = ("accuracy", "f1", "mcc")
+METRICS = ("accuracy", "f1", "f1_acc", "mcc")
 
 
 @dataclass(frozen=True)
@@ -14,7 +14,7 @@ class Task:
     name: str
     text_fields: tuple[str, ...]  # 1 or 2 fields; with 3 the first two are joined (WiC: word: sentence1)
     labels: tuple[str, ...]  # label names; the class id is the index
-    metric: str  # accuracy | f1 (positive class 1) | mcc
+    metric: str  # accuracy | f1 (positive class 1) | f1_acc (their mean, GLUE's MRPC/QQP score) | mcc
     hub: tuple[str, str | None] = ("", None)  # datasets.load_dataset(path, name)
     hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "validation"})
     label_field: str = "label"
@@ -38,7 +38,7 @@ TASKS: dict[str, Task] = {
     for t in [
         _glue("sst2", ("sentence",), ("negative", "positive"), "accuracy", ("bad", "good")),
         _glue("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"), "accuracy", ("yes", "no")),
-        _glue("mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), "f1", ("no", "yes")),
+        _glue("mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), "f1_acc", ("no", "yes")),
         _glue("cola", ("sentence",), ("unacceptable", "acceptable"), "mcc", ("bad", "good")),
         _glue("qnli", ("question", "sentence"), ("entailment", "not_entailment"), "accuracy", ("yes", "no")),
         _glue(
@@ -49,7 +49,7 @@ TASKS: dict[str, Task] = {
             ("yes", "maybe", "no"),
             hub_splits={"train": "train", "dev": "validation_matched"},
         ),
-        _glue("qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), "f1", ("no", "yes")),
+        _glue("qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), "f1_acc", ("no", "yes")),
         _superglue("boolq", ("question", "passage"), ("False", "True"), ("no", "yes")),
         _superglue("cb", ("premise", "hypothesis"), ("entailment", "contradiction", "neutral"), ("yes", "no", "maybe")),
         _superglue("rte", ("premise", "hypothesis"), ("entailment", "not_entailment"), ("yes", "no")),
