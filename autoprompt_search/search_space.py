@@ -12,6 +12,8 @@ model's depth so one file serves any model size:
       late:
         layer: {type: layer, depth: [0.25, 0.75]}
         generator: {type: categorical, choices: [npg, appg, mppg]}
+        train:              # this method's own recipe dimensions replace the shared ones below
+          lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
     train:
       lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
       steps: 300            # a plain value is fixed
@@ -159,6 +161,9 @@ def validate(data: Any) -> list[str]:
             continue
         fields = {f.name for f in dataclasses.fields(METHODS[method][0])}
         for name, spec in options.items():
+            if name == "train":  # this method's own recipe dimensions, over the shared `train:`
+                _check_train(f"methods.{method}.train", spec, problems)
+                continue
             if name not in fields:
                 owner = [m for m, (c, _) in METHODS.items() if name in {f.name for f in dataclasses.fields(c)}]
                 hint = f" (it is a {owner[0]} option: put it under methods.{owner[0]})" if owner else ""
@@ -170,16 +175,19 @@ def validate(data: Any) -> list[str]:
                 problems.append(f"methods.{method}.layers: use type layer_set (one boolean per layer)")
             if name == "layer" and kind not in (None, "layer", "int"):
                 problems.append(f"methods.{method}.layer: use type layer (a depth fraction range)")
-    train = data.get("train") or {}
+    _check_train("train", data.get("train") or {}, problems)
+    return problems
+
+
+def _check_train(path: str, train: Any, problems: list[str]) -> None:
     if not isinstance(train, dict):
-        problems.append("train: needs a mapping of training options")
-        train = {}
+        problems.append(f"{path}: needs a mapping of training options")
+        return
     for name, spec in train.items():
         if name not in TRAIN_KEYS:
-            problems.append(f"train.{name}: unknown; use one of {', '.join(sorted(TRAIN_KEYS))}")
+            problems.append(f"{path}.{name}: unknown; use one of {', '.join(sorted(TRAIN_KEYS))}")
         else:
-            _check_dimension(f"train.{name}", spec, problems)
-    return problems
+            _check_dimension(f"{path}.{name}", spec, problems)
 
 
 class SpaceSampler:
@@ -193,6 +201,8 @@ class SpaceSampler:
         names = list(self.space.methods)
         method = names[0] if len(names) == 1 else trial.suggest_categorical("method", names)
         specs = dict(self.space.methods[method] or {})
+        # A method's own `train:` (say a generator's learning-rate range) replaces the shared one's keys.
+        own_train = specs.pop("train", None) or {}
         options: dict[str, Any] = {}
         if "form" in specs:  # drawn first: a kv prefix has no position to choose
             options["form"] = self._draw(trial, f"{method}.form", specs.pop("form"))
@@ -204,7 +214,10 @@ class SpaceSampler:
             options.pop("split", None)
         elif options.get("position") == "split" and "split" not in options:
             options["split"] = trial.suggest_int(f"{method}.split", 1, int(options.get("length", 20)))
-        train = {name: self._draw(trial, f"train.{name}", spec) for name, spec in self.space.train.items()}
+        train = {
+            name: self._draw(trial, f"{method}.train.{name}" if name in own_train else f"train.{name}", spec)
+            for name, spec in (self.space.train | own_train).items()
+        }
         return {"method": {"name": method, **options}, "train": train}
 
     def _draw(self, trial: Any, name: str, spec: Any) -> Any:

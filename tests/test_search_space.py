@@ -41,7 +41,7 @@ def test_fixed_trial_gives_exactly_the_config() -> None:
     kv = sampler(optuna.trial.FixedTrial(params | {"deep.form": "kv"}))
     assert kv["method"] == {"name": "deep", "form": "kv", "layers": [1, 4], "length": 8}
     late = sampler(optuna.trial.FixedTrial({"method": "late", "late.layer": 3, "late.generator": "appg",
-                                            "late.bottleneck": 64, "late.length": 5, "train.lr": 0.002}))  # fmt: skip
+                                            "late.bottleneck": 64, "late.length": 5, "late.train.lr": 0.002}))  # fmt: skip
     assert late["method"] == {"name": "late", "layer": 3, "generator": "appg", "bottleneck": 64, "length": 5}
 
 
@@ -120,3 +120,24 @@ def test_bad_yaml_syntax(tmp_path) -> None:
     (tmp_path / "s.yaml").write_text("methods: {deep: [\n")
     with pytest.raises(SearchSpaceError, match="not valid YAML"):
         SearchSpace.load(tmp_path / "s.yaml")
+
+
+def test_a_method_can_have_its_own_training_dimensions() -> None:
+    space = SearchSpace.load(SPACES / "all.yaml")  # late has its own lr range; deep uses the shared one
+    sampler = space.sampler(num_layers=6)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        config = sampler(trial)
+        method, lr = config["method"]["name"], config["train"]["lr"]
+        seen.add(method)
+        if method == "late":
+            assert "late.train.lr" in trial.params and "train.lr" not in trial.params and 1e-4 <= lr <= 1e-2
+        elif method == "deep":
+            assert "train.lr" in trial.params and 1e-3 <= lr <= 1e-1
+        assert config["train"]["steps"] == 300
+        study.tell(trial, 0.5)
+    assert {"late", "deep"} <= seen
+    with pytest.raises(SearchSpaceError, match="methods.late.train.lr2: unknown"):
+        SearchSpace.from_dict({"methods": {"late": {"train": {"lr2": 0.1}}}})
