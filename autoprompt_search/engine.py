@@ -175,9 +175,12 @@ class PromptedModel(nn.Module):
         return self.head(self.head_states(batch))
 
     def head_states(self, batch: Batch) -> Tensor:
-        """Final hidden state of each row's head token (B, d)."""
+        """Final hidden state of each row's head token (B, d), or the mean over its text tokens."""
         h, final = self.hidden_states(batch)
         length = h.shape[1] - batch.input_ids.shape[1]
+        if getattr(self._first_head(), "mean", False):
+            mask = batch.text_mask[:, :, None].to(h.dtype)  # (B, T, 1)
+            return (h[:, length:] * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, d)
         rows = torch.arange(h.shape[0], device=h.device)
         return h[rows, self.head_index(batch, final, length)]  # (B, d)
 
@@ -231,6 +234,10 @@ class PromptedModel(nn.Module):
     def mask_token_id(self) -> int | None:
         """The appended mask token a label-word head reads on encoders, else None."""
         return getattr(self.head, "mask_token_id", None)
+
+    def _first_head(self) -> nn.Module:
+        """The head (a fused model's members share the head configuration: the first one's)."""
+        return self.head[0] if isinstance(self.head, nn.ModuleList) else self.head
 
     def head_index(self, batch: Batch, final: Layout, length: int) -> Tensor:
         """Physical index (B,) of each row's head token in `[slots | text]`."""

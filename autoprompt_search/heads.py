@@ -17,6 +17,7 @@ from .backbones import Backbone
 from .errors import ConfigError, require
 
 HEAD_KINDS = ("classifier", "label_words")
+POOLINGS = ("token", "mean")
 
 
 @dataclass
@@ -24,15 +25,24 @@ class HeadConfig:
     kind: str = "classifier"  # classifier | label_words
     label_words: tuple[str, ...] = ()  # one word per class for label_words; empty = the task's defaults
     pooler: bool = True  # pass encoders' head token through their pretrained (frozen) pooler if any
+    pooling: str = "token"  # classifier input: token (first; last real for decoders) | mean (of the text)
 
     def __post_init__(self) -> None:
         require(self.kind in HEAD_KINDS, f"head.kind: {self.kind!r} unknown; use one of {', '.join(HEAD_KINDS)}")
+        require(self.pooling in POOLINGS, f"head.pooling: {self.pooling!r} unknown; use token or mean")
+        require(
+            self.pooling == "token" or self.kind == "classifier",
+            "head.pooling: mean pooling is for the classifier head; label_words reads one token",
+        )
 
 
 class ClassifierHead(nn.Module):
-    def __init__(self, backbone: Backbone, num_classes: int, pooler: bool) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, pooler: bool, mean: bool = False) -> None:
         super().__init__()
-        self.pool = backbone.pool if pooler else None
+        # Mean pooling (how sentence-transformers models such as all-MiniLM were trained) skips the
+        # pretrained pooler, which was trained on the first token.
+        self.mean = mean
+        self.pool = backbone.pool if pooler and not mean else None
         self.linear = nn.Linear(backbone.hidden_size, num_classes)
 
     def init_parameters(self, generator: torch.Generator) -> None:

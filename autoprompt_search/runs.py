@@ -49,6 +49,7 @@ class TrainOptions:
     bottleneck: int | None = None
     method_options: list[str] = field(default_factory=list)  # KEY=VALUE (YAML value) for any method field
     head: str | None = None
+    pooling: str | None = None  # classifier input: token | mean
     label_words: str | None = None  # comma-separated
     steps: int | None = None
     lr: float | None = None
@@ -140,6 +141,8 @@ def experiment_from_options(o: TrainOptions) -> ExperimentConfig:
 
     if o.head is not None:
         d["head"]["kind"] = o.head
+    if o.pooling is not None:
+        d["head"]["pooling"] = o.pooling
     if o.label_words is not None:
         d["head"]["label_words"] = [w.strip() for w in o.label_words.split(",") if w.strip()]
     for key in (

@@ -110,7 +110,7 @@ def build_model(cfg: ExperimentConfig, ws: Workspace) -> PromptedModel:
         if not info.causal:
             head.mask_token_id = ws.tokenizer.mask_token_id  # read the appended mask token
     else:
-        head = ClassifierHead(ws.backbone, num_classes, cfg.head.pooler)
+        head = ClassifierHead(ws.backbone, num_classes, cfg.head.pooler, mean=cfg.head.pooling == "mean")
     generator = torch.Generator().manual_seed(cfg.train.seed)
     if method is not None:
         method.init_parameters(ws.backbone.word_embeddings, generator)
@@ -292,7 +292,7 @@ def fusable(cfg: ExperimentConfig) -> bool:
 def fusion_key(cfg: ExperimentConfig) -> tuple[Any, ...]:
     """Configurations with equal keys can share a fused batch (same head, batching and precision)."""
     tc = cfg.train
-    return (cfg.head.kind, tuple(cfg.head.label_words), cfg.head.pooler, tc.batch_size, tc.eval_batch_size,
+    return (cfg.head.kind, tuple(cfg.head.label_words), cfg.head.pooler, cfg.head.pooling, tc.batch_size, tc.eval_batch_size,
             tc.device, tc.precision, tc.prefix_cache, tc.prefix_cache_gb)  # fmt: skip
 
 

@@ -59,6 +59,9 @@ def train(
         Opt("--method-option", help="KEY=VALUE for any method field, repeatable (e.g. budget=3, choose=[position])"),
     ] = None,
     head: Annotated[Optional[str], Opt(help="classifier | label_words")] = None,
+    pooling: Annotated[
+        Optional[str], Opt(help="classifier input: token (first; decoders: last real) | mean (of the text)")
+    ] = None,
     label_words: Annotated[Optional[str], Opt(help="comma-separated, one per class")] = None,
     steps: Annotated[Optional[int], Opt()] = None,
     lr: Annotated[Optional[float], Opt()] = None,

@@ -239,3 +239,19 @@ def test_encoder_head_reads_first_text_token(family: str) -> None:
     batch = full_batch()
     h, _ = model.hidden_states(batch)
     torch.testing.assert_close(model.head_states(batch), h[:, 3])
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_mean_pooling_head_reads_the_mean_of_the_real_text_tokens(family: str) -> None:
+    model = make(family, DeepConfig(layers=(0, 2), length=3))
+    bb = model.backbone
+    model.head = ClassifierHead(bb, 3, pooler=True, mean=True)
+    assert model.head.pool is None  # the pretrained pooler was trained on one token
+    batch = full_batch(b=2, t=6)
+    batch.text_mask[1, 4:] = False
+    with torch.no_grad():
+        h, _ = model.hidden_states(batch)
+        text = h[:, 3:]  # (B, T, d): after the 3 prompt slots
+        expected = torch.stack([text[0].mean(0), text[1, :4].mean(0)])
+        torch.testing.assert_close(model.head_states(batch), expected)
+        torch.testing.assert_close(model(batch), model.head.linear(expected))

@@ -148,3 +148,17 @@ def test_label_word_head_on_decoder() -> None:
     ids = torch.randint(0, 120, (2, 5))
     full = bb.lm_head(bb.model(input_ids=ids).last_hidden_state)[:, -1]  # the HF model's next-token logits
     torch.testing.assert_close(model(Batch(ids, torch.ones(2, 5, dtype=torch.bool))), full[:, [5, 9]])
+
+
+def test_mean_pooling_trains_and_bad_poolings_are_refused(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    from autoprompt_search.errors import ConfigError
+    from autoprompt_search.heads import HeadConfig
+
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0,), length=2), lr=0.1)
+    cfg.head = HeadConfig(pooling="mean")
+    ws = prepare_workspace(cfg)
+    assert build_model(cfg, ws).head.mean and train(cfg, ws).metrics["dev"]["n"] == 48
+    with pytest.raises(ConfigError, match="head.pooling: 'max' unknown; use token or mean"):
+        HeadConfig(pooling="max")
+    with pytest.raises(ConfigError, match="mean pooling is for the classifier head"):
+        HeadConfig(kind="label_words", pooling="mean")
