@@ -26,6 +26,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 @dataclass
 class TrainConfig:
     steps: int = 300
+    epochs: float = 0.0  # > 0: train this many passes over the training set instead (steps derived from it)
     lr: float = 1e-2
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06  # linear warmup over this fraction of steps, then linear decay to 0
@@ -41,6 +42,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.steps > 0, f"train.steps: must be > 0, got {self.steps}")
+        require(self.epochs >= 0, f"train.epochs: must be >= 0 (0 = use train.steps), got {self.epochs}")
         require(self.lr > 0, f"train.lr: must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, f"train.weight_decay: must be >= 0, got {self.weight_decay}")
         require(0 <= self.warmup_ratio < 1, f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")

@@ -52,6 +52,7 @@ class TrainOptions:
     pooling: str | None = None  # classifier input: token | mean
     label_words: str | None = None  # comma-separated
     steps: int | None = None
+    epochs: float | None = None  # instead of steps: passes over the training set
     lr: float | None = None
     weight_decay: float | None = None
     warmup_ratio: float | None = None
@@ -147,6 +148,7 @@ def experiment_from_options(o: TrainOptions) -> ExperimentConfig:
         d["head"]["label_words"] = [w.strip() for w in o.label_words.split(",") if w.strip()]
     for key in (
         "steps",
+        "epochs",
         "lr",
         "weight_decay",
         "warmup_ratio",

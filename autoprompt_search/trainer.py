@@ -216,6 +216,14 @@ def train_batches(rows: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
             yield order
 
 
+def resolve_epochs(cfg: ExperimentConfig, n_train: int) -> None:
+    """With `train.epochs`, set `train.steps` to that many passes over `n_train` rows (the saved
+    config then says how many steps ran)."""
+    tc = cfg.train
+    if tc.epochs > 0:
+        tc.steps = max(1, math.ceil(tc.epochs * n_train / tc.batch_size))
+
+
 def lr_lambda(steps: int, warmup_ratio: float) -> Callable[[int], float]:
     warmup = int(steps * warmup_ratio)
 
@@ -424,6 +432,9 @@ def train_group(
     Ray Train trial) each rank trains on its share of every batch and gradients are averaged.
     `resume` maps member indices to the TrainingState they continue from.
     """
+    n_train = len(ws.splits["train"])
+    for cfg in cfgs:
+        resolve_epochs(cfg, n_train)
     keys = {fusion_key(c) for c in cfgs}
     if len(keys) > 1 or not all(fusable(c) for c in cfgs):
         raise ConfigError("fused group: members differ in head, batch size, device or precision; partition them first")
@@ -449,7 +460,6 @@ def train_group(
     num_classes = len(task.labels)
     feeder = prefix_feeder(cfgs[0], ws, model, device)
     fetch = {name: batch_fetcher(feeder, ws, name, device) for name in ws.splits}
-    n_train = len(ws.splits["train"])
     for m in members:
         if resume and m.index in resume:
             m.restore(resume[m.index], n_train)

@@ -64,6 +64,7 @@ def train(
     ] = None,
     label_words: Annotated[Optional[str], Opt(help="comma-separated, one per class")] = None,
     steps: Annotated[Optional[int], Opt()] = None,
+    epochs: Annotated[Optional[float], Opt(help="instead of --steps: passes over the training set")] = None,
     lr: Annotated[Optional[float], Opt()] = None,
     weight_decay: Annotated[Optional[float], Opt()] = None,
     warmup_ratio: Annotated[Optional[float], Opt()] = None,

@@ -495,3 +495,12 @@ def test_a_fused_group_trains_over_two_ddp_workers_as_over_one(
         assert [h["eval_score"] for h in ddp_history] == [h["eval_score"] for h in history]
         assert [h["train_loss"] for h in ddp_history] == pytest.approx([h["train_loss"] for h in history], rel=1e-4)
     assert_no_placement_group_left()
+
+
+def test_a_study_refuses_an_epoch_budget(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    from autoprompt_search.runs import TrainOptions
+    from autoprompt_search.study.launch import make_options
+
+    base = TrainOptions(model=tiny_model_dir, task="sst2", data_dir=tiny_sst_dir, epochs=1.0)
+    with pytest.raises(ConfigError, match="train.epochs: a study budgets trials in steps; use --steps"):
+        make_options("layers", base, name="s")

@@ -162,3 +162,11 @@ def test_mean_pooling_trains_and_bad_poolings_are_refused(tiny_model_dir: str, t
         HeadConfig(pooling="max")
     with pytest.raises(ConfigError, match="mean pooling is for the classifier head"):
         HeadConfig(kind="label_words", pooling="mean")
+
+
+def test_epochs_set_the_number_of_steps(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, ProbeConfig(), epochs=0.5, eval_every=5)
+    ws = prepare_workspace(cfg)
+    result = train(cfg, ws)
+    assert len(ws.splits["train"]) == 160 and result.config.train.steps == 10  # 0.5 x 160 rows / batch 8
+    assert result.history[-1]["step"] == 10 and result.metrics["train_examples_per_s"] > 0

@@ -35,6 +35,9 @@ def make_options(space: str, base: TrainOptions, **study: Any) -> StudyOptions:
     """The study: a space, the base experiment (flags over --config over the embedded default), knobs."""
     mapping, path = resolve_space(space)
     experiment = experiment_from_options(base)
+    if experiment.train.epochs or "epochs" in (mapping.get("train") or {}):
+        # ASHA's rungs and a trial's "trained to the end" are counted in steps.
+        raise ConfigError("train.epochs: a study budgets trials in steps; use --steps (or train.steps)")
     fixed = (mapping.get("train") or {}).get("steps")
     if base.steps is not None and fixed is not None:
         # An explicit --steps beats the space's fixed value; a searched one cannot be fixed from outside.
