@@ -216,6 +216,14 @@ def train_batches(rows: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
             yield order
 
 
+def param_groups(named: dict[str, torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and normalisation weights (1-d tensors), as in
+    transformers' Trainer; prompts, prefixes and weight matrices decay."""
+    decay = [p for p in named.values() if p.ndim >= 2]
+    plain = [p for p in named.values() if p.ndim < 2]
+    return [g for g in ({"params": decay}, {"params": plain, "weight_decay": 0.0}) if g["params"]]
+
+
 def resolve_epochs(cfg: ExperimentConfig, n_train: int) -> None:
     """With `train.epochs`, set `train.steps` to that many passes over `n_train` rows (the saved
     config then says how many steps ran)."""
@@ -346,8 +354,13 @@ class _Member:
     def __init__(self, index: int, cfg: ExperimentConfig, model: PromptedModel, world: tuple[int, int]) -> None:
         tc = cfg.train
         self.index, self.cfg, self.model, self.world = index, cfg, model, world
-        self.params = list(model.trainable_parameters().values())
-        self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay) if self.params else None
+        named = model.trainable_parameters()
+        self.params = list(named.values())
+        self.optimizer = (
+            torch.optim.AdamW(param_groups(named, tc.weight_decay), lr=tc.lr, weight_decay=tc.weight_decay)
+            if self.params
+            else None
+        )
         self.scheduler = (
             torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(tc.steps, tc.warmup_ratio))
             if self.optimizer

@@ -170,3 +170,22 @@ def test_epochs_set_the_number_of_steps(tiny_model_dir: str, tiny_sst_dir: str) 
     result = train(cfg, ws)
     assert len(ws.splits["train"]) == 160 and result.config.train.steps == 10  # 0.5 x 160 rows / batch 8
     assert result.history[-1]["step"] == 10 and result.metrics["train_examples_per_s"] > 0
+
+
+def test_no_weight_decay_on_biases_and_norms(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    from autoprompt_search.trainer import param_groups
+
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=2, length=3, bottleneck=8), weight_decay=0.1)
+    named = build_model(cfg, prepare_workspace(cfg)).trainable_parameters()
+    decay, plain = param_groups(named, 0.1)
+    assert "weight_decay" not in decay and plain["weight_decay"] == 0.0
+    names = {id(p): n for n, p in named.items()}
+    assert {names[id(p)] for p in plain["params"]} == {n for n, p in named.items() if p.ndim == 1}
+    assert any(n.endswith("bias") for n in (names[id(p)] for p in plain["params"]))
+    assert all(p.ndim >= 2 for p in decay["params"]) and len(decay["params"]) + len(plain["params"]) == len(named)
+    ws = prepare_workspace(cfg)
+    groups: list = []
+    train(
+        cfg, ws, on_eval=lambda record, state, trained: groups.append(record["training_state"]().meta["param_groups"])
+    )
+    assert [g["weight_decay"] for g in groups[-1]] == [0.1, 0.0]  # the trainer's AdamW uses these groups
