@@ -335,7 +335,9 @@ def test_resume_after_interruption_runs_no_trial_twice(
         run_study(opts, tmp_path / "r")
     finally:
         runner.build_tuner = original
-    first = {r["trial_id"]: r for r in read_trials(tmp_path / "r" / "s") if r["status"] == "TERMINATED"}
+    # 6 tiny steps: a trial may predict one class at every evaluation and end COLLAPSED instead
+    ended = ("TERMINATED", "COLLAPSED")
+    first = {r["trial_id"]: r for r in read_trials(tmp_path / "r" / "s") if r["status"] in ended}
     assert os.path.exists(marker) and 2 <= len(first) < 4
     with pytest.raises(ConfigError, match="already exists; continue it with --resume s"):
         run_study(opts, tmp_path / "r")
@@ -343,7 +345,7 @@ def test_resume_after_interruption_runs_no_trial_twice(
     resume_study("s", tmp_path / "r")
     rows = read_trials(tmp_path / "r" / "s")
     assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
-    assert all(r["status"] == "TERMINATED" for r in rows)
+    assert all(r["status"] in ended for r in rows)
     for trial_id, before in first.items():  # finished trials were not run again
         after = next(r for r in rows if r["trial_id"] == trial_id)
         assert after["started_at"] == before["started_at"] and after["finished_at"] == before["finished_at"]
@@ -352,8 +354,9 @@ def test_resume_after_interruption_runs_no_trial_twice(
     from optuna.storages.journal import JournalFileBackend
 
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "r" / "s" / "optuna.journal")))
-    complete = [t for t in optuna.load_study(study_name="s", storage=storage).trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 4  # the sampler saw every trial exactly once
+    states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
+    collapsed = sum(r["status"] == "COLLAPSED" for r in rows)
+    assert (states.count("COMPLETE"), states.count("FAIL")) == (4 - collapsed, collapsed)  # each told once
 
 
 @pytest.mark.slow
@@ -363,7 +366,7 @@ def test_fractional_gpus_pack_trials(local_ray: None, tiny_model_dir: str, tiny_
     assert ray.cluster_resources()["GPU"] == 1  # one logical GPU
     opts = options(tiny_model_dir, tiny_sst_dir, gpus_per_trial=0.5, cpus_per_trial=0.5, num_samples=2)
     run = run_study(opts, tmp_path)
-    assert [r["status"] for r in run.rows] == ["TERMINATED", "TERMINATED"]
+    assert all(r["status"] in ("TERMINATED", "COLLAPSED") for r in run.rows) and len(run.rows) == 2
     assert all(r["gpu_ids"] == "0" for r in run.rows)  # both on the one GPU, half each
     assert all(r["device_seconds"] == pytest.approx(r["wall_seconds"] * 0.5) for r in run.rows)
     with pytest.raises(ConfigError, match="needs 2 GPUs"):
@@ -486,12 +489,14 @@ def test_a_fused_group_trains_over_two_ddp_workers_as_over_one(
         )  # fmt: skip
         run_study(opts, tmp_path)
         rows = read_trials(tmp_path / f"w{workers}")
-        assert len(rows) == 2 and {r["status"] for r in rows} == {"TERMINATED"}, rows
+        # 6 tiny steps: a member may predict one class at every evaluation (COLLAPSED), the same
+        # way on one worker and on two
+        assert len(rows) == 2 and {r["status"] for r in rows} <= {"TERMINATED", "COLLAPSED"}, rows
         results[workers] = {r["config"]: (r["dev_score"], json.loads(r["history"])) for r in rows}
     assert results[1].keys() == results[2].keys()
     for config, (score, history) in results[1].items():
         ddp_score, ddp_history = results[2][config]
-        assert ddp_score == pytest.approx(score, abs=1e-6)
+        assert ddp_score == score if score is None else ddp_score == pytest.approx(score, abs=1e-6)
         assert [h["eval_score"] for h in ddp_history] == [h["eval_score"] for h in history]
         assert [h["train_loss"] for h in ddp_history] == pytest.approx([h["train_loss"] for h in history], rel=1e-4)
     assert_no_placement_group_left()

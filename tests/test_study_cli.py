@@ -38,7 +38,14 @@ def search_args(model: str, data: str, results: Path, space: Path, *extra: str) 
 def small_space(tmp_path: Path) -> Path:
     path = tmp_path / "space.yaml"
     path.write_text(
-        yaml.safe_dump({"methods": {"deep": {"layers": {"type": "layer_set", "max_layers": 2}, "length": 2}}})
+        # A configuration that does not predict one class within 4 tiny steps (a collapsed trial is
+        # never exported), with one searched dimension.
+        yaml.safe_dump(
+            {
+                "methods": {"deep": {"layers": [0], "length": 2}},
+                "train": {"lr": {"type": "categorical", "choices": [0.3]}},
+            }
+        )
     )
     return path
 
