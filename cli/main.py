@@ -158,6 +158,10 @@ def search(
     objective: Annotated[
         Optional[list[str]], Opt(help="METRIC:max|min, repeatable; several = multi-objective (NSGA-II)")
     ] = None,
+    finalists: Annotated[
+        int, Opt(help="after the search, retrain its top K configurations over --seeds fresh seeds (0 = none)")
+    ] = 3,
+    seeds: Annotated[int, Opt(help="seeds per finalist; the study's best is the best median")] = 3,
     sampler: Annotated[str, Opt(help="auto | tpe | nsga2 | random")] = "auto",
     scheduler: Annotated[str, Opt(help="asha (early stopping, one objective) | fifo")] = "asha",
     grace_period: Annotated[int, Opt(help="ASHA: evaluations before a trial may be stopped")] = 1,
@@ -249,6 +253,8 @@ def search(
                 max_concurrent=max_concurrent,
                 fuse=fuse,
                 objectives=objective or ["dev_score:max"],
+                finalists=finalists,
+                seeds=seeds,
                 sampler=sampler,
                 scheduler=scheduler,
                 grace_period=grace_period,
@@ -276,29 +282,69 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
     options = StudyOptions.load(study_dir)
     rows = study_rows(study_dir)
     summary = summarize(rows, options.parsed_objectives)
-    table = Table(title=f"study {options.name}: {summary['trials']} trials {summary['counts']}")
-    for column in ("#", "trial", "status", "method", "dev_score", "params", "evals", "collapsed", "wall s", "error"):
+    finalist_text = f", {summary['finalist_runs']} finalist runs" if summary["finalist_runs"] else ""
+    table = Table(title=f"study {options.name}: {summary['trials']} trials{finalist_text} {summary['counts']}")
+    for column in (
+        "#",
+        "trial",
+        "status",
+        "method",
+        "seed",
+        "dev_score",
+        "test",
+        "params",
+        "evals",
+        "collapsed",
+        "wall s",
+        "error",
+    ):
         table.add_column(column)
     for r in rows:
-        score = f"{r['dev_score']:.4f}" if r["dev_score"] is not None else "-"
-        wall = f"{r['wall_seconds']:.0f}" if r["wall_seconds"] is not None else "-"
         table.add_row(
             str(r["number"]),
             r["trial_id"],
             r["status"],
             r["method"] or "-",
-            score,
+            "-" if r.get("seed") is None else str(r["seed"]),
+            _number(r["dev_score"]),
+            _number(r.get("test_score")),
             str(r["trainable_params"] or "-"),
             str(r["evaluations"] or 0),
             str(r.get("collapsed_evals") or 0),
-            wall,
+            _number(r["wall_seconds"], "{:.0f}"),
             (r["error"] or "")[:60],
         )
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = Console() if sys.stdout.isatty() else Console(width=180)
     console.print(table)
+    metric = summary["objective"].split(":")[0]
+    if summary["finalists"]:
+        finals = Table(title="finalists: median over seeds (range); a failed or collapsed seed counts as the worst")
+        for column in ("of trial", "method", "seeds", f"{metric} median", "range", "test median", "range"):
+            finals.add_column(column)
+        for g in summary["finalists"]:
+            finals.add_row(
+                g["finalist_of"],
+                g["method"] or "-",
+                f"{g['scored']}/{g['seeds']}",
+                _number(g[metric]),
+                f"{_number(g[metric + '_min'])}-{_number(g[metric + '_max'])}",
+                _number(g["test_median"]),
+                f"{_number(g['test_min'])}-{_number(g['test_max'])}",
+            )
+        console.print(finals)
     best = summary["best"]
-    if best is not None:
+    if best is not None and best.get("finalist_of"):
+        console.print(
+            f"best {summary['objective']}: median {_number(best[metric])} over {best['scored']}/{best['seeds']} seeds "
+            f"(range {_number(best[metric + '_min'])}-{_number(best[metric + '_max'])}), finalist of trial "
+            f"{best['finalist_of']}: {best['config']}"
+        )
+    elif best is not None:
         console.print(f"best {summary['objective']}: trial {best['trial_id']} {best['config']}")
+
+
+def _number(value: float | None, fmt: str = "{:.4f}") -> str:
+    return "-" if value is None else fmt.format(value)
 
 
 @app.command()
@@ -384,7 +430,7 @@ def status(
 @app.command()
 def export(
     study: Annotated[str, typer.Argument(help="study directory (RESULTS_DIR/NAME) or a name under results/")],
-    top: Annotated[int, Opt(help="export the k best trials on the first objective")] = 1,
+    top: Annotated[int, Opt(help="export the k best: finalists by their median over seeds, else trials")] = 1,
     pareto: Annotated[bool, Opt(help="export the Pareto front over all objectives instead")] = False,
     output: Annotated[str, Opt(help="directory to write (default: STUDY/export)")] = "",
     overwrite: Annotated[bool, Opt()] = False,

@@ -161,7 +161,7 @@ def test_a_killed_driver_resumes_with_every_finished_trial_once(
         "--model", tiny_model_dir, "--task", "sst2", "--data-dir", tiny_sst_dir, "--max-length", "32",
         "--steps", "60", "--eval-every", "10", "--batch-size", "8", "--results-dir", str(tmp_path / "results"),
         "--scheduler", "fifo", "--sampler", "random", "--num-samples", "4", "--max-concurrent", "2",
-        "--num-cpus", "2", "--space", str(space), "--name", "crash",
+        "--num-cpus", "2", "--space", str(space), "--name", "crash", "--finalists", "0",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     driver = subprocess.Popen(

@@ -19,9 +19,10 @@ from autoprompt_search.errors import ConfigError
 from autoprompt_search.prompts import method_to_dict
 from autoprompt_search.search_space import SearchSpaceError
 from autoprompt_search.study.cluster import ClusterInfo, check_resources, start_local
-from autoprompt_search.study.export import export_study, pareto_front, rank_top
+from autoprompt_search.study.export import export_study
 from autoprompt_search.study.launch import summarize
 from autoprompt_search.study.options import Objective, StudyOptions
+from autoprompt_search.study.ranking import best_row, choose_finalists, finalist_groups, pareto_front, rank_top
 from autoprompt_search.study.records import error_line, read_trials
 from autoprompt_search.study.runner import resume_study, run_study
 from autoprompt_search.study.trial import LOGICAL_GPUS_ENV, experiment_for, worker_resources
@@ -115,6 +116,42 @@ def test_top_k_and_pareto_selection() -> None:
     assert [r["trial_id"] for r in rank_top(rows, acc, 3)] == ["a", "d", "b"]
     front = pareto_front(rows, [acc, Objective("trainable_params", "min")])
     assert [r["trial_id"] for r in front] == ["a", "d", "b"]
+
+
+def _row(trial_id: str, number: int, status: str, score: float | None, config: str, **kw: Any) -> dict[str, Any]:
+    return {"trial_id": trial_id, "number": number, "status": status, "dev_score": score, "config": config,
+            "history": "[]", "checkpoint": f"/ckpt/{trial_id}", "method": "deep", "finalist_of": None,
+            "test_score": None, **kw}  # fmt: skip
+
+
+def test_finalists_are_distinct_finished_configs_and_the_best_is_the_best_median() -> None:
+    acc = Objective("dev_score", "max")
+    searched = [
+        _row("lucky", 0, "TERMINATED", 0.95, "A"),
+        _row("same-config", 1, "STOPPED", 0.94, "A"),  # A again: one finalist per configuration
+        _row("collapsed", 2, "COLLAPSED", None, "C"),
+        _row("steady", 3, "TERMINATED", 0.90, "B"),
+        _row("third", 4, "TERMINATED", 0.50, "D"),
+    ]
+    assert [r["trial_id"] for r in choose_finalists(searched, [acc], 2)] == ["lucky", "steady"]
+    assert best_row(searched, [acc])["trial_id"] == "lucky"  # no finalists yet: the search's best
+    finals = [
+        # A: one seed wins, one collapses (counts as the worst), one is poor -> median 0.60
+        _row("a1", 5, "TERMINATED", 0.97, "A", finalist_of="lucky", seed=2, test_score=0.9),
+        _row("a2", 6, "COLLAPSED", None, "A", finalist_of="lucky", seed=3),
+        _row("a3", 7, "TERMINATED", 0.60, "A", finalist_of="lucky", seed=4, test_score=0.5),
+        # B: steady -> median 0.89
+        _row("b1", 8, "TERMINATED", 0.88, "B", finalist_of="steady", seed=2, test_score=0.8),
+        _row("b2", 9, "TERMINATED", 0.89, "B", finalist_of="steady", seed=3, test_score=0.82),
+        _row("b3", 10, "TERMINATED", 0.91, "B", finalist_of="steady", seed=4, test_score=0.84),
+    ]
+    groups = {g["finalist_of"]: g for g in finalist_groups(searched + finals, [acc])}
+    assert groups["lucky"]["dev_score"] == pytest.approx(0.60) and groups["lucky"]["scored"] == 2
+    assert (groups["lucky"]["dev_score_min"], groups["lucky"]["dev_score_max"]) == (0.60, 0.97)
+    assert groups["steady"]["dev_score"] == pytest.approx(0.89) and groups["steady"]["test_median"] == 0.82
+    best = best_row(searched + finals, [acc])
+    assert best["finalist_of"] == "steady" and best["trial_id"] == "b3"  # exported: its best seed
+    assert best["checkpoint_dev_score"] == 0.91 and best["dev_score"] == pytest.approx(0.89)
 
 
 def test_error_line_finds_the_root_cause() -> None:

@@ -114,7 +114,7 @@ def test_search_joins_an_existing_cluster(
 
     done = subprocess.run(
         [*AUTOPROMPT, *search_args(tiny_model_dir, tiny_sst_dir, results, small_space, "--address", head_cluster,
-                                   "--num-samples", "2", "--name", "joined")],
+                                   "--num-samples", "2", "--name", "joined", "--finalists", "0")],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -129,3 +129,64 @@ def test_search_joins_an_existing_cluster(
     assert res.exit_code == 0, res.output
     summary = json.loads((study / "export" / "exported.json").read_text())
     assert json.loads(res.stdout)["score"] == pytest.approx(summary[0]["dev_score"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_finalists_retrain_the_top_configurations_over_seeds(
+    tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    """`--finalists 2 --seeds 2` on a local Ray: 4 finalist rows, the best is the best median, export ranks by it."""
+    space = tmp_path / "space.yaml"
+    # Configurations that learn within 12 tiny steps, differing in prompt length.
+    space.write_text(yaml.safe_dump({"methods": {"deep": {"layers": [0], "length": {"type": "categorical", "choices": [2, 3]}}},
+                                     "train": {"lr": {"type": "categorical", "choices": [0.3]}}}))  # fmt: skip
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [*AUTOPROMPT, *search_args(tiny_model_dir, tiny_sst_dir, results, space, "--num-samples", "4", "--sampler",
+                                   "random", "--name", "finals", "--finalists", "2", "--seeds", "2", "--num-cpus", "2",
+                                   "--steps", "12", "--eval-every", "4")],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    from autoprompt_search.study.launch import summarize
+    from autoprompt_search.study.options import Objective
+    from autoprompt_search.study.records import read_trials
+
+    study = results / "finals"
+    rows = read_trials(study)
+    searched = [r for r in rows if not r["finalist_of"]]
+    finals = [r for r in rows if r["finalist_of"]]
+    assert len(searched) == 4 and len(finals) == 4, [(r["trial_id"], r["config"], r["status"]) for r in rows]
+    sources = {r["finalist_of"] for r in finals}
+    assert len(sources) == 2 and sources <= {r["trial_id"] for r in searched}
+    by_id = {r["trial_id"]: r for r in searched}
+    assert len({by_id[s]["config"] for s in sources}) == 2  # two distinct configurations
+    for source in sources:
+        runs = [r for r in finals if r["finalist_of"] == source]
+        assert sorted(r["seed"] for r in runs) == [2, 3]  # fresh seeds: the search trained with seed 1
+        src = json.loads(by_id[source]["config"])
+        assert all(json.loads(r["config"]) == {**src, "train": {**src["train"], "seed": r["seed"]}} for r in runs)
+        assert all(r["status"] in ("TERMINATED", "COLLAPSED") and r["last_step"] == 12 for r in runs)
+        assert all(
+            r["test_score"] is not None for r in runs if r["status"] == "TERMINATED"
+        )  # tiny data has a test split
+    medians = {}
+    for source in sources:
+        scores = sorted(
+            r["dev_score"] if r["status"] == "TERMINATED" else -1.0 for r in finals if r["finalist_of"] == source
+        )
+        medians[source] = sum(scores) / 2  # the median of two
+    best = summarize(rows, [Objective("dev_score", "max")])["best"]
+    expected = max(sorted(sources), key=lambda s: medians[s])
+    assert best["finalist_of"] == expected
+    res = runner.invoke(app, ["status", str(study)])
+    assert res.exit_code == 0 and "finalists: median over seeds" in res.stdout and "finalist of trial" in res.stdout
+    res = runner.invoke(app, ["export", str(study), "--top", "1"])
+    assert res.exit_code == 0, res.output
+    (summary,) = json.loads((study / "export" / "exported.json").read_text())
+    assert summary["finalist_of"] == expected and summary["seeds"] == 2
+    exported = next(p for p in (study / "export").iterdir() if p.is_dir())
+    res = runner.invoke(app, ["predict", str(exported), "--split", "dev", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["score"] == pytest.approx(summary["checkpoint_dev_score"], abs=1e-6)

@@ -18,39 +18,8 @@ from ..checkpoint import CONFIG, WEIGHTS
 from ..errors import ConfigError
 from ..staging import staged_directory
 from .options import Objective, StudyOptions
+from .ranking import SELECTABLE, finalist_groups, objective_value, pareto_front, rank_top
 from .runner import study_rows
-
-EXPORTABLE = ("TERMINATED", "STOPPED")
-
-
-def objective_value(row: dict[str, Any], metric: str) -> float | None:
-    if row.get(metric) is not None:
-        return float(row[metric])
-    history = json.loads(row.get("history") or "[]")
-    value = history[-1].get(metric) if history else None
-    return None if value is None else float(value)
-
-
-def rank_top(rows: list[dict[str, Any]], objective: Objective, k: int) -> list[dict[str, Any]]:
-    scored = [r for r in rows if objective_value(r, objective.metric) is not None]
-    sign = -1.0 if objective.mode == "max" else 1.0
-    return sorted(scored, key=lambda r: (sign * objective_value(r, objective.metric), r["number"]))[:k]  # type: ignore[operator]
-
-
-def pareto_front(rows: list[dict[str, Any]], objectives: list[Objective]) -> list[dict[str, Any]]:
-    """Rows no other row beats on every objective (ties kept), ordered by the first objective."""
-
-    def vector(r: dict[str, Any]) -> list[float]:  # larger is better on every axis
-        return [(1 if o.mode == "max" else -1) * objective_value(r, o.metric) for o in objectives]  # type: ignore[operator]
-
-    scored = [r for r in rows if all(objective_value(r, o.metric) is not None for o in objectives)]
-    vectors = {r["trial_id"]: vector(r) for r in scored}
-
-    def dominated(a: list[float]) -> bool:
-        return any(all(x >= y for x, y in zip(b, a, strict=True)) and b != a for b in vectors.values())
-
-    front = [r for r in scored if not dominated(vectors[r["trial_id"]])]
-    return sorted(front, key=lambda r: [-x for x in vectors[r["trial_id"]]])
 
 
 def export_study(
@@ -61,10 +30,15 @@ def export_study(
     if top < 1:
         raise ConfigError(f"export: --top must be >= 1, got {top}")
     options = StudyOptions.load(study_dir)
-    rows = [r for r in study_rows(study_dir) if r["status"] in EXPORTABLE and r["checkpoint"]]
+    objectives = options.parsed_objectives
+    every = study_rows(study_dir)
+    # Once finalists ran, configurations rank by the median over their seeds (each exported
+    # from its best seed's checkpoint); before, by the search's trials.
+    groups = finalist_groups(every, objectives)
+    candidates = groups if groups else [r for r in every if r["status"] in SELECTABLE]
+    rows = [r for r in candidates if r["checkpoint"]]
     if not rows:
         raise ConfigError(f"export: no finished trial with a checkpoint in {str(study_dir)!r}; run or resume the study")
-    objectives = options.parsed_objectives
     chosen = pareto_front(rows, objectives) if pareto else rank_top(rows, objectives[0], top)
     out = Path(output) if output else study_dir / "export"
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -87,12 +61,22 @@ def export_study(
 
 
 def _summary(row: dict[str, Any], objectives: list[Objective]) -> dict[str, Any]:
-    return {
+    summary = {
         "trial_id": row["trial_id"],
         "status": row["status"],
         **{o.metric: objective_value(row, o.metric) for o in objectives},
         "trainable_params": row["trainable_params"],
     }
+    if row.get("finalist_of"):  # objectives above are medians over the seeds
+        summary.update(
+            finalist_of=row["finalist_of"],
+            seeds=row["seeds"],
+            seed=row.get("seed"),
+            checkpoint_dev_score=row["checkpoint_dev_score"],
+            **{f"{o.metric}_{end}": row[f"{o.metric}_{end}"] for o in objectives for end in ("min", "max")},
+            test_median=row["test_median"],
+        )
+    return summary
 
 
 def write_run(row: dict[str, Any], options: StudyOptions, directory: Path) -> None:
@@ -104,8 +88,11 @@ def write_run(row: dict[str, Any], options: StudyOptions, directory: Path) -> No
     record["config"]["train"]["device"] = "auto"  # the trial's device is not the user's
     record["study"] = {"name": options.name, "trial_id": row["trial_id"], "status": row["status"]}
     (directory / CONFIG).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    header = (
-        f"# Exported from study {options.name}, trial {row['trial_id']} ({row['status']}, dev_score "
-        f"{row['dev_score']}).\n# Retrain: autoprompt train --config config.yaml; serve: autoprompt predict {directory.name}\n"
-    )
+    score = f"dev_score {row['dev_score']}"
+    if row.get("finalist_of"):
+        score = (
+            f"finalist of trial {row['finalist_of']}: median dev_score {row['dev_score']} over {row['seeds']} seeds, "
+            f"this seed's {row['checkpoint_dev_score']}"
+        )
+    header = f"# Exported from study {options.name}, trial {row['trial_id']} ({row['status']}, {score}).\n# Retrain: autoprompt train --config config.yaml; serve: autoprompt predict {directory.name}\n"
     (directory / "config.yaml").write_text(header + yaml.safe_dump(record["config"], sort_keys=False), encoding="utf-8")

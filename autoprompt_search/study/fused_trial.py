@@ -12,6 +12,10 @@ When a member ends, a final report carries its status and objective values; the 
 `GroupSearcher` tells Optuna from that report (the same event that closes its row), so Optuna and
 `trials.parquet` agree after any interruption. On resume, members Optuna already knows as finished
 are not retrained. A configuration that cannot be fused (an SPT-DARTS search) trains alone.
+
+Finalist runs (`finalists.py`) are groups of the same kind whose members name `finalist_of`: they
+keep the test split and report each member's test score, are not Optuna trials (no pruning, no
+values told), and a resumed group skips the members `trials.parquet` holds as ended.
 """
 
 from __future__ import annotations
@@ -75,24 +79,31 @@ def _train_group_and_report(loop_config: dict[str, Any]) -> None:
     from ..checkpoint import load_training_state, save_state, save_training_state
     from ..trainer import fusable, partition, prepare_workspace, train_group
     from .group_search import open_study
+    from .records import ENDED, recorded_row
 
     started, started_at = time.perf_counter(), time.time()
     study = loop_config["study"]
     members: list[dict[str, Any]] = loop_config["sampled"]["members"]
+    finalists = any(m.get("finalist_of") for m in members)
     cfgs = [experiment_for(loop_config["base"], m) for m in members]
     gpu_ids = [place(cfg, loop_config["use_gpu"]) for cfg in cfgs][-1]  # every member on this worker's device
     ws = prepare_workspace(cfgs[0])
-    ws.splits.pop("test", None)  # a search selects on dev only
+    if not finalists:
+        ws.splits.pop("test", None)  # a search selects on dev only
     load_seconds = time.perf_counter() - started
     rank = ray.train.get_context().get_world_rank()
-    optuna_study = open_study(study["optuna_storage"], study["study"], pruner=_pruner(study)) if rank == 0 else None
+    searching = rank == 0 and not finalists
+    optuna_study = open_study(study["optuna_storage"], study["study"], pruner=_pruner(study)) if searching else None
     out = Path(study["train_storage"]) / loop_config["trial_id"] / "members"
     evaluations = [0] * len(members)
     last: dict[int, dict[str, Any]] = {}  # member -> its latest report (objective values for the end)
     resumed: dict[int, Any] = {}  # member -> the TrainingState it continued from, until its first report
     prune_enabled = study["prune"] and len(study["objectives"]) == 1
 
-    def finished(index: int) -> bool:  # resume: Optuna already holds this member's result
+    def finished(index: int) -> bool:  # resume: Optuna (finalists: the table) already holds its result
+        if finalists:
+            row = recorded_row(study["study_dir"], member_id(loop_config["trial_id"], index))
+            return row is not None and row["status"] in ENDED
         if optuna_study is None:
             return False
         return optuna_study.trials[members[index]["number"]].state != TrialState.RUNNING
@@ -103,7 +114,7 @@ def _train_group_and_report(loop_config: dict[str, Any]) -> None:
         return {
             "member": index,
             "member_id": member_id(loop_config["trial_id"], index),
-            "optuna_number": members[index]["number"],
+            "optuna_number": members[index].get("number"),
             "load_seconds": load_seconds,
             "worker_seconds": time.perf_counter() - started,
             "worker_started_at": started_at,
@@ -128,11 +139,11 @@ def _train_group_and_report(loop_config: dict[str, Any]) -> None:
             if index in resumed:  # its first report after a restart: the evaluations before it
                 metrics[RESTORED_HISTORY] = restored_history(resumed.pop(index))
             prune = False
-            if optuna_study is not None:
-                if prune_enabled:  # Optuna's pruners (and report) are single-objective
-                    trial = _optuna_trial(optuna_study, members[index]["number"])
-                    trial.report(record["dev_score"], evaluations[index])
-                    prune = trial.should_prune()
+            if optuna_study is not None and prune_enabled:  # Optuna's pruners (and report) are single-objective
+                trial = _optuna_trial(optuna_study, members[index]["number"])
+                trial.report(record["dev_score"], evaluations[index])
+                prune = trial.should_prune()
+            if rank == 0:
                 if record["improved"]:
                     path = out / str(index)
                     save_state(
@@ -168,6 +179,8 @@ def _train_group_and_report(loop_config: dict[str, Any]) -> None:
                 else result.metrics["dev"].get("score", float("nan")),
                 "trainable_params": result.metrics["trainable_params"],
             }
+            if "test" in result.metrics:  # finalists: the best state on the test split
+                final["test_score"] = result.metrics["test"]["score"]
             ray.train.report(final)
 
 

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from ..runs import TrainOptions, experiment_from_options
 from ..search_space import SearchSpace, SearchSpaceError
 from .options import Objective, StudyOptions
+from .ranking import best_row, finalist_groups, searched_rows
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
@@ -48,14 +49,16 @@ def make_options(space: str, base: TrainOptions, **study: Any) -> StudyOptions:
 
 
 def summarize(rows: list[dict[str, Any]], objectives: list[Objective]) -> dict[str, Any]:
-    """Counts per status and the best finished trial on the first objective."""
+    """Counts per status, the finalists (median and range over seeds) and the study's best: the
+    finalist with the best median once finalists ended, else the best trial of the search."""
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    first = objectives[0]
-    scored = [r for r in rows if r.get(first.metric) is not None and r["status"] not in ("ERROR", "COLLAPSED")]
-    best = None
-    if scored:
-        pick = max if first.mode == "max" else min
-        best = pick(scored, key=lambda r: r[first.metric])
-    return {"trials": len(rows), "counts": counts, "best": best, "objective": str(first)}
+    return {
+        "trials": len(searched_rows(rows)),
+        "finalist_runs": len(rows) - len(searched_rows(rows)),
+        "counts": counts,
+        "finalists": finalist_groups(rows, objectives),
+        "best": best_row(rows, objectives),
+        "objective": str(objectives[0]),
+    }

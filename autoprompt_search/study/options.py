@@ -71,6 +71,8 @@ class StudyOptions:
     max_failures: int = 2  # Train-run restarts per trial after a worker crash, from its last checkpoint
     reuse_actors: bool = False  # Tune runs the next trial in a finished trial's process
     fuse: int = 1  # trials trained together in one Train job over one backbone (fused groups)
+    finalists: int = 0  # after the search: its top configurations retrained over fresh seeds (0 = none)
+    seeds: int = 3  # seeds per finalist
 
     def __post_init__(self) -> None:
         self.experiment = absolute_paths(self.experiment)  # Ray workers run in other directories
@@ -85,6 +87,8 @@ class StudyOptions:
             "use --workers-per-trial for several GPUs",
         )
         require(self.fuse >= 1, f"study.fuse: must be >= 1 (1 = one trial per Train job), got {self.fuse}")
+        require(self.finalists >= 0, f"study.finalists: must be >= 0 (0 = no finalist runs), got {self.finalists}")
+        require(self.seeds >= 1, f"study.seeds: must be >= 1 seed per finalist, got {self.seeds}")
         require(self.max_failures >= 0, f"study.max_failures: must be >= 0, got {self.max_failures}")
         require(self.workers_per_trial >= 1, f"study.workers_per_trial: must be >= 1, got {self.workers_per_trial}")
         require(self.sampler in SAMPLERS, f"study.sampler: {self.sampler!r} unknown; use {', '.join(SAMPLERS)}")

@@ -32,10 +32,13 @@ SCHEMA = pa.schema(
         ("number", pa.int64()),  # order in which trials started
         # RUNNING, TERMINATED (all steps), STOPPED (early), ERROR, COLLAPSED (every evaluation one class)
         ("status", pa.string()),
+        ("finalist_of", pa.string()),  # finalist runs: the searched trial whose configuration this retrains
+        ("seed", pa.int64()),  # finalist runs: the training seed
         ("method", pa.string()),
         ("config", pa.string()),  # JSON: the sampled {'method': ..., 'train': ...}
         ("dev_score", pa.float64()),  # best dev score (the checkpointed state); never a collapsed one
         ("eval_score", pa.float64()),  # dev score at the last evaluation
+        ("test_score", pa.float64()),  # finalist runs: the best state's score on the test split (never selects)
         ("collapsed_evals", pa.int64()),  # evaluations that predicted a single class
         ("trainable_params", pa.int64()),
         ("evaluations", pa.int64()),
@@ -149,6 +152,8 @@ class TrialRecorder(Callback):
                     "method": sampled["method"].get("name"),
                     "config": json.dumps(sampled, sort_keys=True),
                 }
+                if member.get("finalist_of"):
+                    self.rows[key].update(finalist_of=member["finalist_of"], seed=sampled["train"].get("seed"))
             out.append(self.rows[key])
         return out
 
@@ -191,6 +196,7 @@ class TrialRecorder(Callback):
         row = self._member_rows(trial)[int(result["member"])]
         if result.get("member_final"):
             row.update(status=MEMBER_STATUS[result["member_status"]], error=result.get("member_error") or None)
+            row["test_score"] = result.get("test_score")
             self._finish_times(row, final=True)
             self._write()
             return

@@ -19,6 +19,7 @@ from ..dataclass_io import to_dict
 from ..errors import ConfigError
 from ..search_space import SearchSpace
 from .cluster import ClusterInfo, RaySettings, check_before_connecting, check_resources, connect, shutdown
+from .finalists import run_finalists
 from .fused_trial import run_group
 from .options import STUDY_FILE, StudyOptions
 from .progress import ProgressBar
@@ -153,11 +154,16 @@ def trial_payload(options: StudyOptions, study_dir: Path) -> dict[str, Any]:
     }
 
 
-def trainable(options: StudyOptions, study_dir: Path) -> Any:
+def trainable_for(options: StudyOptions, study_dir: Path, fused: bool) -> Any:
+    """The Tune trainable: one configuration per trial, or a fused group (`members`) per trial."""
     from ray import tune
 
-    function = run_group if options.fuse > 1 else run_trial
+    function = run_group if fused else run_trial
     return tune.with_resources(tune.with_parameters(function, study=trial_payload(options, study_dir)), TRIAL_RESOURCES)
+
+
+def trainable(options: StudyOptions, study_dir: Path) -> Any:
+    return trainable_for(options, study_dir, fused=options.fuse > 1)
 
 
 def tune_trials(options: StudyOptions) -> int:
@@ -274,6 +280,7 @@ def run_study(
         study_dir.mkdir(parents=True, exist_ok=True)
         options.save(study_dir)
         build_tuner(options, study_dir, space, base, num_layers).fit()
+        run_finalists(options, study_dir)
 
     return _on_ray(options, study_dir, fit, ray_settings, on_connect)
 
@@ -298,6 +305,7 @@ def resume_study(
         tune.Tuner.restore(
             str(study_dir / TUNE_DIR), trainable(options, study_dir), resume_unfinished=True, restart_errored=False
         ).fit()
+        run_finalists(options, study_dir)
 
     return _on_ray(options, study_dir, fit, ray_settings, on_connect)
 
