@@ -95,6 +95,7 @@ class Backbone(nn.Module):
     """A frozen transformer split into embedding stage, blocks, final norm and heads."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
+    positions_in_embeddings: ClassVar[bool] = True  # absolute position embeddings added in `embed`
     causal: ClassVar[bool] = False
     position_offset: ClassVar[int] = 0  # added to logical positions (RoBERTa/MPNet pad offset)
     attn_implementation: ClassVar[str] = "sdpa"
@@ -344,6 +345,7 @@ class LlamaBackbone(Backbone):
 
     model_types = ("llama", "qwen2", "qwen3", "mistral")
     causal = True
+    positions_in_embeddings = False  # rotary: positions act inside attention only
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -511,6 +513,7 @@ class BackboneInfo:
     causal: bool
     kv_heads: int = 0  # key/value heads of the attention (0: unknown, taken as 1 head of hidden_size)
     head_dim: int = 0
+    positions_in_embeddings: bool = True  # False: positions act only inside attention (rotary)
 
     @property
     def kv_shape(self) -> tuple[int, int]:
@@ -526,4 +529,5 @@ class BackboneInfo:
             backbone.causal,
             backbone.kv_heads,
             backbone.head_dim,
+            backbone.positions_in_embeddings,
         )

@@ -177,7 +177,7 @@ class BilevelSearch:
         started = time.perf_counter()
         sums = {"arch": 0.0, "train": 0.0, "n": 0}
         for step in range(1, self.steps + 1):
-            self.method.on_step(step)
+            self.method.on_step(step, self.steps)
             train = self.batch(next(self.weight_batches))
             arch = self.batch(next(self.arch_batches))
             arch_loss = self.arch_step(arch, train)

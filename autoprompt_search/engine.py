@@ -210,9 +210,14 @@ class PromptedModel(nn.Module):
             with torch.no_grad():
                 word = bb.word_embeddings(ids)  # (B, T, d)
             slots = method.inject(0, None, word, ctx)  # type: ignore[union-attr]  # (B, L, d)
-            positions = layouts.at(0).positions
             slot_types = None if types is None else torch.cat([types.new_zeros(ids.shape[0], length), types], 1)
-            h = bb.embed(torch.cat([slots, word], 1), positions, slot_types)  # (B, L+T, d)
+
+            def embed(after: Tensor, values: Tensor | None = None) -> Tensor:  # (B, L) bool -> (B, L+T, d)
+                placed = sequence_layout(layout.live, after, text_mask, bb.causal, layout.offset)
+                positions = _RowLayouts(bb, layout.start, pre, placed).at(0).positions
+                return bb.embed(torch.cat([slots if values is None else values, word], 1), positions, slot_types)
+
+            h = method.embed_input(embed, layout.after)  # type: ignore[union-attr]  # (B, L+T, d)
         else:
             h = self.text_states(batch, min(first, n_layers))  # (B, T, d)
             if first < n_layers:

@@ -14,6 +14,7 @@ means and every member gets the gradients it would get alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ class FusedMethod(PromptMethod):
         self.info = info
         self.members = nn.ModuleList([m if m is not None else nn.Identity() for m in methods])
         self.present = [m is not None for m in methods]
+        self._layout_ctx: BatchContext | None = None  # this forward pass's (embed_input reads its rows)
 
     def member(self, index: int) -> PromptMethod | None:
         return self.members[index] if self.present[index] else None  # type: ignore[return-value]
@@ -59,6 +61,7 @@ class FusedMethod(PromptMethod):
         return [(self.member(m), lo, hi) for m, lo, hi in spans(ctx.groups)]
 
     def layout(self, ctx: BatchContext) -> SlotLayout:
+        self._layout_ctx = ctx
         length, n = self.length, self.info.num_layers
         parts = []
         for method, lo, hi in self._spans(ctx):
@@ -120,9 +123,31 @@ class FusedMethod(PromptMethod):
             live.append(nn.functional.pad(prefix.live, (0, pad)))  # padding slots are dead
         return KvPrefix(torch.cat(keys), torch.cat(values), torch.cat(live))
 
-    def on_step(self, step: int) -> None:
+    def embed_input(self, embed: Callable[..., Tensor], after: Tensor) -> Tensor:
+        """Each member that mixes arrangements (dynamic prompting) does so on its own rows."""
+        h = embed(after)
+        assert self._layout_ctx is not None, "layout() runs before embed_input()"
+        for method, lo, hi in self._spans(self._layout_ctx):
+            if method is None or type(method).embed_input is PromptMethod.embed_input:
+                continue
+
+            def own(part: Tensor, values: Tensor | None = None, lo: int = lo, hi: int = hi) -> Tensor:
+                """The member's rows (b, L+T, d), its slots placed by `part` (b, L_m) [with `values`]."""
+                full = after.clone()
+                full[lo:hi] = nn.functional.pad(part, (0, after.shape[1] - part.shape[1]))
+                every = None
+                if values is not None:  # the member's slots, padded to the group's; other rows unused
+                    every = values.new_zeros(after.shape[0], after.shape[1], values.shape[-1])
+                    every[lo:hi, : values.shape[1]] = values
+                return embed(full, every)[lo:hi]
+
+            mixed = method.embed_input(own, after[lo:hi, : method.length])
+            h = torch.cat([h[:lo], mixed, h[hi:]])
+        return h
+
+    def on_step(self, step: int, steps: int) -> None:
         for m in self._methods():
-            m.on_step(step)
+            m.on_step(step, steps)
 
 
 class FusedModel(PromptedModel):

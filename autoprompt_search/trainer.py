@@ -489,7 +489,7 @@ def train_group(
         batch = parts[0][1] if len(members) == 1 else concat_batches(parts)
         for m in active:
             if m.model.method is not None:
-                m.model.method.on_step(step)
+                m.model.method.on_step(step, m.cfg.train.steps)
         with autocast(device, tc0.precision):
             logits = model(batch)
         losses = []

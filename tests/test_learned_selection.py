@@ -205,10 +205,65 @@ def test_dp_eval_is_deterministic_and_temperature_anneals() -> None:
     model = make("bert", DpConfig(length=4, tau=2.0, tau_min=0.5, anneal=0.01))
     batch = full_batch(b=4)
     torch.testing.assert_close(model(batch), model(batch), atol=0, rtol=0)
-    model.method.on_step(100)
+    model.method.on_step(100, 200)  # a fixed per-step rate ignores the budget
     assert model.method.tau == pytest.approx(2.0 * torch.exp(torch.tensor(-1.0)).item())
-    model.method.on_step(10_000)
+    model.method.on_step(10_000, 20_000)
     assert model.method.tau == 0.5
+
+
+def test_dp_temperature_anneals_over_the_budget() -> None:
+    model = make("bert", DpConfig(length=4, tau=2.0, tau_min=0.5, anneal_until=0.5))
+    for steps in (100, 10_000):
+        model.method.on_step(steps // 4, steps)  # halfway to tau_min: 2.0 -> 1.0
+        assert model.method.tau == pytest.approx(1.0), steps
+        model.method.on_step(steps // 2, steps)
+        assert model.method.tau == pytest.approx(0.5), steps
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "mpnet", "gpt2"])
+def test_dp_loss_has_a_gradient_for_every_options_weight(family: str) -> None:
+    """The one-hot sample y mixes every arrangement, so each option's y_j (not only the chosen
+    one's) gets the first-order effect of its arrangement."""
+    model = make(family, DpConfig(length=3, pool=1, level="task", choose=("position", "length"))).train()
+    batch = full_batch(b=4)
+    logits = model(batch)
+    c = model.method.choices
+    c.position_y.retain_grad()
+    c.length_y.retain_grad()
+    logits.square().sum().backward()
+    for name, y in (("position", c.position_y), ("length", c.length_y)):
+        per_option = y.grad.abs().sum(0)  # (L+1,)
+        assert bool((per_option > 0).all()), (name, per_option)
+        chosen = y.argmax(-1)
+        others = y.grad.clone()
+        others[torch.arange(4), chosen] = 0
+        assert others.abs().sum() > 0, name  # the options not taken are compared too
+    assert model.method.logits["position"].grad.abs().sum() > 0
+    assert model.method.logits["length"].grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_dp_mixture_forward_equals_the_chosen_arrangement(family: str) -> None:
+    model = make(family, DpConfig(length=4, pool=1, level="task", choose=("position", "length")))
+    fix_task_choice(model, "position", 3)
+    fix_task_choice(model, "length", 2)
+    batch = full_batch()
+    expected = model.eval()(batch)
+    torch.testing.assert_close(model.train()(batch), expected, atol=ATOL, rtol=0)  # the mixed input, in training
+
+
+def test_rotary_dp_position_falls_back_to_the_chosen_options_scale() -> None:
+    """Llama's positions act inside attention: arrangements cannot be mixed at the input, the
+    chosen prompt is scaled by its sample instead (documented in prompts/dynamic.py)."""
+    model = make("llama", DpConfig(length=3, pool=1, level="task", choose=("position",))).train()
+    logits = model(full_batch(b=4))
+    c = model.method.choices
+    c.position_y.retain_grad()
+    logits.square().sum().backward()
+    grad = c.position_y.grad
+    taken = grad[torch.arange(4), c.position]
+    assert taken.abs().sum() > 0 and (grad.abs().sum() - taken.abs().sum()) == 0
+    assert model.method.logits["position"].grad.abs().sum() > 0
 
 
 def test_dp_trains_and_reloads(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:  # type: ignore[no-untyped-def]

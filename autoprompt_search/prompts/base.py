@@ -20,6 +20,7 @@ text's own (P-tuning v2's form: nothing flows on to the next block).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -117,8 +118,18 @@ class PromptMethod(nn.Module):
         """Keys and values block `layer`'s attention prepends (P-tuning v2's form), or None."""
         return None
 
-    def on_step(self, step: int) -> None:
-        """Called before every training step (1-based): schedules such as a Gumbel temperature."""
+    def embed_input(self, embed: Callable[..., Tensor], after: Tensor) -> Tensor:
+        """The input embeddings (B, L+T, d) of `[slots | text]` at block 0.
+
+        `embed(after, values=None)` embeds them with the slots flagged in `after` (B, L) bool
+        placed after the input, and the slot vectors `values` (B, L, d) instead of the ones
+        `inject(0, ...)` returned; `after` is this method's layout. A method that chooses among
+        arrangements per row (dynamic prompting) mixes them here so every option gets a gradient.
+        """
+        return embed(after)
+
+    def on_step(self, step: int, steps: int) -> None:
+        """Called before every training step (1-based) of `steps`: schedules such as a Gumbel temperature."""
 
     def init_parameters(self, word_embeddings: nn.Embedding, generator: torch.Generator) -> None:
         """Seeded initialisation; may read the frozen vocabulary (e.g. prompt tuning's vocab init)."""

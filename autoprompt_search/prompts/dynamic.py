@@ -1,27 +1,37 @@
 """Dynamic prompting (Yang et al. 2023, arXiv:2303.02909): position, length and pool chosen per instance.
 
 An input-level prompt of up to L vectors whose layout is decided per row through
-straight-through Gumbel-Softmax (hard one-hots in the forward pass, soft gradients):
+straight-through Gumbel-Softmax (hard one-hots y in the forward pass, soft gradients):
 
 - position j in 0..L: the row reads `P[j:] + input + P[:j]` (j = 0: a prefix);
-- length n in 0..L: only P[:n] is kept; the dropped slots are *masked out of attention* (the
-  public code leaves them visible), so their values cannot change the output;
+- length n in 0..L: P[:n] is kept and the slots after it hold zero vectors, which stay visible
+  to attention with their position embeddings (as in DP's public code), so their learned
+  values cannot change the output;
 - pool: a softmax mixture of k prompt sets.
 
 Instance level: small networks read x, the mean-pooled last hidden state of a frozen pass over
 the text alone (the engine's `summary`): Linear(d, L+1) for position and for length, and
 Linear(d, k) -> tanh -> softmax for the pool. Task level: one learned logit vector each.
-Evaluation takes the argmax (deterministic). The Gumbel temperature anneals as
-tau = max(tau_min, tau * exp(-anneal * step)).
+Evaluation takes the argmax (deterministic). The Gumbel temperature anneals exponentially from
+`tau` to `tau_min` over the first `anneal_until` of the run's steps (a function of the budget),
+or at a fixed per-step rate `anneal` when that is set.
 
-A layout choice cannot carry a gradient through position ids or masks, so (as GDAS does for
-operations) the chosen prompt is scaled by the hard sample's value at the chosen index: 1 in
-the forward pass, the soft probability's gradient in the backward pass.
+The estimator compares options, as DP's code does: the input embeddings are the one-hot mixture
+of every option's arrangement, sum_j y_j * embed(arrangement j) (for position and length each,
+the other choice held at its sample), so the forward pass equals the chosen arrangement's and the
+gradient with respect to y_j is the first-order effect of arrangement j. This needs the
+arrangement to show in the embeddings: on backbones whose positions enter only inside attention
+(rotary: the Llama family) the position options cannot be mixed at the input, and the position
+selector falls back to scaling the chosen prompt by the sample's value at the chosen index (1 in
+the forward pass, GDAS's estimator), which learns only whether the chosen position helps. On
+those backbones the embeddings are the slot vectors themselves, so the length option 0 (no
+prompt) is the zero baseline with a zero gradient while the other lengths are compared with it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +58,8 @@ class DpConfig:
     split: int = 0  # position j when it is not chosen: P[j:] + input + P[:j]
     tau: float = 1.0  # initial Gumbel-Softmax temperature
     tau_min: float = 0.5
-    anneal: float = 3e-3  # per-step decay rate of the temperature
+    anneal_until: float = 0.75  # tau reaches tau_min after this fraction of the run's steps
+    anneal: float = 0.0  # > 0: a fixed per-step decay rate of tau instead (the run's length ignored)
 
     def __post_init__(self) -> None:
         self.choose = tuple(self.choose)
@@ -71,6 +82,7 @@ class DpConfig:
             0 < self.tau_min <= self.tau, f"method.tau_min: need 0 < tau_min <= tau, got {self.tau_min}, {self.tau}"
         )
         require(self.anneal >= 0, f"method.anneal: must be >= 0, got {self.anneal}")
+        require(0 < self.anneal_until <= 1, f"method.anneal_until: must be in (0, 1], got {self.anneal_until}")
 
     def check(self, info: BackboneInfo) -> None:
         return None
@@ -83,7 +95,9 @@ class Choices:
     position: Tensor  # (B,) long, j
     length: Tensor  # (B,) long, n
     weights: Tensor  # (B, k) pool mixture
-    scale: Tensor  # (B,) 1.0 in value; carries the straight-through gradients
+    position_y: Tensor | None  # (B, L+1) straight-through one-hot of the position (None: fixed)
+    length_y: Tensor | None  # (B, L+1) straight-through one-hot of the length (None: fixed)
+    scale: Tensor  # (B,) 1.0 in value; the position's gradient where positions cannot be mixed (rotary)
 
 
 class DynamicPrompt(PromptMethod):
@@ -134,9 +148,10 @@ class DynamicPrompt(PromptMethod):
             if "length" in self.logits:
                 self.logits["length"][-1] = FULL_LENGTH_LOGIT
 
-    def on_step(self, step: int) -> None:
+    def on_step(self, step: int, steps: int) -> None:
         cfg = self.config
-        self.tau = max(cfg.tau_min, cfg.tau * math.exp(-cfg.anneal * step))
+        rate = cfg.anneal or math.log(cfg.tau / cfg.tau_min) / max(1.0, cfg.anneal_until * steps)
+        self.tau = max(cfg.tau_min, cfg.tau * math.exp(-rate * step))
 
     # ---- choices ---------------------------------------------------------------------------
     def choice_logits(self, choice: str, ctx: BatchContext) -> Tensor:
@@ -158,12 +173,15 @@ class DynamicPrompt(PromptMethod):
         cfg = self.config
         b, device = ctx.input_ids.shape[0], ctx.input_ids.device
         scale = torch.ones(b, device=device)
-        picked = {}
+        picked, samples = {}, {}
         for choice, fixed in (("position", cfg.split), ("length", cfg.length)):
+            samples[choice] = None
             if choice in cfg.choose:
                 y = self.one_hot(self.choice_logits(choice, ctx))  # (B, L+1)
                 index = y.argmax(-1)  # (B,)
-                scale = scale * y.gather(1, index[:, None]).squeeze(1)
+                samples[choice] = y
+                if choice == "position" and not self.info.positions_in_embeddings:
+                    scale = y.gather(1, index[:, None]).squeeze(1)  # GDAS fallback (see the module doc)
             else:
                 index = torch.full((b,), fixed, dtype=torch.long, device=device)
             picked[choice] = index
@@ -171,21 +189,53 @@ class DynamicPrompt(PromptMethod):
             weights = torch.softmax(self.choice_logits("pool", ctx), -1)  # (B, k)
         else:
             weights = torch.ones(b, 1, device=device)
-        return Choices(picked["position"], picked["length"], weights, scale)
+        return Choices(picked["position"], picked["length"], weights, samples["position"], samples["length"], scale)
 
     # ---- engine hooks ----------------------------------------------------------------------
     def layout(self, ctx: BatchContext) -> SlotLayout:
         self.choices = c = self.decide(ctx)
         slot = torch.arange(self.length, device=ctx.input_ids.device)[None, :]  # (1, L)
-        live = slot < c.length[:, None]  # (B, L): P[:n] kept
+        live = torch.ones(c.length.shape[0], self.length, dtype=torch.bool, device=slot.device)  # zeros stay visible
         after = slot < c.position[:, None]  # (B, L): P[:j] after the input
         start = torch.zeros_like(c.length)
         return SlotLayout(live, after, start)
+
+    def mixed_prompt(self) -> Tensor:
+        """(B, L, d): the pool mixture of the prompt sets for each row."""
+        c = self.choices
+        assert c is not None, "layout() runs before inject()"
+        return torch.einsum("bk,kld->bld", c.weights, self.prompts)
 
     def inject(self, layer: int, slots: Tensor | None, text: Tensor, ctx: BatchContext) -> Tensor | None:
         if layer != 0:
             return None
         c = self.choices
         assert c is not None, "layout() runs before inject()"
-        prompt = torch.einsum("bk,kld->bld", c.weights, self.prompts)  # (B, L, d)
+        slot = torch.arange(self.length, device=text.device)[None, :]  # (1, L)
+        kept = (slot < c.length[:, None]).to(torch.float32)  # (B, L): P[:n], zeros after it
+        prompt = self.mixed_prompt() * kept[..., None]  # (B, L, d)
         return (prompt * c.scale[:, None, None]).to(text.dtype)
+
+    def embed_input(self, embed: Callable[..., Tensor], after: Tensor) -> Tensor:
+        """sum_j y_j * embed(option j) per chosen dimension: the chosen arrangement's embeddings
+        in value, and a gradient for every option's y_j (the module doc says why and where not)."""
+        c = self.choices
+        assert c is not None, "layout() runs before embed_input()"
+        chosen = embed(after)  # (B, L+T, d)
+        if not self.training:
+            return chosen
+        mixed = chosen
+        slot = torch.arange(self.length, device=after.device)[None, :]  # (1, L)
+        if c.position_y is not None and self.info.positions_in_embeddings:
+            options = [embed((slot < j).expand_as(after)) for j in range(self.length + 1)]
+            mixed = mixed + _mix(c.position_y, options) - chosen
+        if c.length_y is not None:
+            prompt = self.mixed_prompt() * c.scale[:, None, None]  # (B, L, d)
+            options = [embed(after, (prompt * (slot < n)[..., None]).to(chosen.dtype)) for n in range(self.length + 1)]
+            mixed = mixed + _mix(c.length_y, options) - chosen
+        return mixed
+
+
+def _mix(y: Tensor, options: list[Tensor]) -> Tensor:
+    """sum_j y[:, j] * options[j]: y (B, J) one-hot in value, options J x (B, S, d)."""
+    return torch.einsum("bj,jbsd->bsd", y.to(options[0].dtype), torch.stack(options))
