@@ -50,8 +50,24 @@ def load_training_state(directory: str | Path) -> TrainingState | None:
     path = Path(directory)
     if not (path / TRAINING_TENSORS).is_file() or not (path / TRAINING_META).is_file():
         return None
-    meta = json.loads((path / TRAINING_META).read_text(encoding="utf-8"))
-    return TrainingState(load_file(str(path / TRAINING_TENSORS)), meta)
+    try:
+        meta = json.loads((path / TRAINING_META).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"checkpoint: {path / TRAINING_META} is not valid JSON; the checkpoint is corrupt (delete it to start over)"
+        ) from exc
+    return TrainingState(read_safetensors(path / TRAINING_TENSORS, "checkpoint"), meta)
+
+
+def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a truncated or corrupt one is a one-line ConfigError."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{what}: {path} is not a readable safetensors file ({reason}); the file is corrupt") from exc
 
 
 def save_run(result: TrainResult, directory: str | Path) -> Path:
@@ -92,8 +108,8 @@ def read_run(directory: str | Path) -> dict[str, Any]:
         raise ConfigError(f"run: {str(path)!r} not found; give a directory written by `autoprompt train`")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"run: {path} is not valid JSON ({exc.msg}); the run directory is corrupt") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"run: {path} is not valid JSON; the run directory is corrupt") from exc
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise ConfigError(
             f"run: {path} has no 'config' section; give a directory written by `autoprompt train` or `export` "
@@ -115,7 +131,7 @@ def load_weights(model: torch.nn.Module, directory: str | Path) -> None:
                 "(a pickle file can run code); save them with safetensors.torch.save_file"
             )
         raise ConfigError(f"run: {str(path)!r} not found; the run directory has no weights")
-    state = load_file(str(path))
+    state = read_safetensors(path, "run")
     expected = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
     found = {n: tuple(t.shape) for n, t in state.items()}
     if found != expected:

@@ -21,16 +21,12 @@ from .backbones import Backbone, BackboneInfo, load_backbone, resolve_model
 from .config import ExperimentConfig
 from .data import TaskData, TokenizedSplit, load_task_data, tokenize
 from .engine import Batch, PromptedModel, concat_batches
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
 from .fused import FusedModel
 from .heads import ClassifierHead, LabelWordHead, label_word_ids
 from .metrics import COLLAPSED, classification_metrics
 from .prefix_cache import PrefixFeeder, cache_dtype, cache_root
 from .prompts import build_method
-
-
-class TrainingError(RuntimeError):
-    """A trial that cannot go on (NaN loss); the message says why."""
 
 
 @dataclass

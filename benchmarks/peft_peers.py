@@ -92,7 +92,7 @@ def main() -> None:
 
     from autoprompt_search.backbones import resolve_model
     from autoprompt_search.data import DataConfig, load_task_data, tokenize
-    from autoprompt_search.trainer import load_tokenizer, lr_lambda, train_batches
+    from autoprompt_search.trainer import load_tokenizer, lr_lambda, param_groups, train_batches
 
     data_cfg = DataConfig(task=args.task, data_dir=args.data_dir, max_length=args.max_length)
     data = load_task_data(data_cfg)
@@ -102,8 +102,10 @@ def main() -> None:
 
     torch.manual_seed(args.seed)  # the head's (and peft's) initialisation
     model = build(args.arm, resolve_model(args.model).path, num_classes, args.length).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = list(named.values())
+    # Our groups (no decay on biases and norm weights, as transformers' Trainer): the same recipe.
+    optimizer = torch.optim.AdamW(param_groups(named, args.weight_decay), lr=args.lr, weight_decay=args.weight_decay)
     steps = args.time_steps + 5 if args.time_steps else args.steps
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps, 0.06))
     train = splits["train"]

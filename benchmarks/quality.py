@@ -46,6 +46,10 @@ def our_arms(num_layers: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]
             {"name": "late", "layer": num_layers // 2, "length": 5, "generator": "npg", "bottleneck": 128},
             {"lr": 3e-3, "weight_decay": 0.1},
         ),
+        # instance-level dynamic prompting: position, length and a 4-set pool chosen per input
+        "dp": ({"name": "dp", "length": 20, "pool": 4, "level": "instance"}, {"lr": 3e-2}),
+        # SPT-DARTS: gates over layers 1..N-1 learned bi-level, then the derived layer set retrained
+        "spt-darts": ({"name": "spt", "search": True, "length": 5, "bottleneck": 128}, {"lr": 3e-3}),
     }
 
 

@@ -95,6 +95,13 @@ def make_sandbox(root: Path, model_dir: str, sst_dir: str) -> Sandbox:
     cfg = ExperimentConfig(model=model_dir, data=DataConfig(task="sst2", data_dir=sst_dir), method=DeepConfig())
     (root / "pickled_run" / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
     torch.save({"w": torch.zeros(1)}, root / "pickled_run" / "prompt.bin")
+    # A run whose weights file was cut short, and a study whose results table is not parquet.
+    (root / "truncated_run").mkdir()
+    (root / "truncated_run" / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    (root / "truncated_run" / "prompt.safetensors").write_bytes(b'\x40\x00\x00\x00\x00\x00\x00\x00{"w":')
+    (results / "corrupt_table").mkdir(parents=True)
+    StudyOptions(name="corrupt_table", space={"methods": {"deep": {}}}).save(results / "corrupt_table")
+    (results / "corrupt_table" / "trials.parquet").write_bytes(b"PAR1 not really")
     # A config file that tries to build a Python object on load.
     (root / "evil.yaml").write_text("!!python/object/apply:os.system ['echo pwned']\n")
     return box
@@ -133,6 +140,10 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str]] = [
     ("study: name taken", lambda b: b.search("--name", "no_trials"), "already exists; continue it with --resume"),
     ("study: zero trials", lambda b: b.search("--num-samples", "0"), "study.num_samples: must be >= 1"),
     ("study: fuse 0", lambda b: b.search("--fuse", "0"), "study.fuse: must be >= 1"),
+    ("study: negative finalists", lambda b: b.search("--finalists", "-1"), "study.finalists: must be >= 0"),
+    ("study: zero seeds", lambda b: b.search("--seeds", "0"), "study.seeds: must be >= 1 seed per finalist"),
+    ("status: corrupt trials.parquet", lambda b: ["status", f"{b.results}/corrupt_table"],
+     "trials.parquet is not a readable parquet table"),
     ("study: unknown objective", lambda b: b.search("--objective", "accuracy:max"), "'accuracy' is not a reported"),
     ("study: NSGA-II with one objective", lambda b: b.search("--sampler", "nsga2"), "nsga2 is for several objectives"),
     ("study: unknown scheduler", lambda b: b.search("--scheduler", "hyperband"), "study.scheduler: 'hyperband'"),
@@ -155,6 +166,8 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str]] = [
     ("predict: weights that are not safetensors", lambda b: ["predict", b.path("pickled_run")],
      "weights load only from safetensors"),
     ("predict: a model directory, not a run", lambda b: ["predict", b.model], "has no 'config' section"),
+    ("predict: truncated weights", lambda b: ["predict", b.path("truncated_run")],
+     "prompt.safetensors is not a readable safetensors file"),
 ]  # fmt: skip
 
 

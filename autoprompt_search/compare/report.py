@@ -12,6 +12,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..study.options import Objective
+from ..study.ranking import pareto_front
+
 RUNS_FILE = "runs.parquet"
 SCHEMA = pa.schema(
     [
@@ -91,12 +94,10 @@ def describe_method(method: dict[str, Any]) -> str:
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of points not dominated by another (fewer-or-equal params and higher-or-equal accuracy)."""
-    keep = []
-    for i, (px, py) in enumerate(points):
-        if not any((qx <= px and qy >= py) and (qx, qy) != (px, py) for qx, qy in points):
-            keep.append(i)
-    return sorted(keep, key=lambda i: points[i][0])
+    """Indices of points (params or compute, accuracy) that no other beats on both, by the first."""
+    rows = [{"trial_id": str(i), "number": i, "cost": x, "score": y} for i, (x, y) in enumerate(points)]
+    front = pareto_front(rows, [Objective("score", "max"), Objective("cost", "min")])
+    return sorted((r["number"] for r in front), key=lambda i: points[i][0])
 
 
 def write_report(

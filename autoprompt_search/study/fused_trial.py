@@ -186,7 +186,8 @@ def _train_group_and_report(loop_config: dict[str, Any]) -> None:
 
 def _alone(cfg: ExperimentConfig, ws: Any, on_eval: Any) -> Any:
     """A member that cannot be fused (SPT-DARTS) trained by itself, as a one-member result."""
-    from ..trainer import TrainingError, train
+    from ..errors import TrainingError
+    from ..trainer import train
 
     try:
         return train(cfg, ws, lambda record, state, trained: on_eval(0, record, state, trained))

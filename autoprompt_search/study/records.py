@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.tune import Callback
 
+from ..errors import ConfigError
 from ..metrics import COLLAPSED
 from .trial import COLLAPSED_RUN
 
@@ -84,7 +85,13 @@ def read_trials(study_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(study_dir) / TRIALS_FILE
     if not path.is_file():
         return []
-    return pq.read_table(path).to_pylist()
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowException) as exc:
+        raise ConfigError(
+            f"study: {path} is not a readable parquet table ({str(exc).splitlines()[0][:120]}); the study "
+            "directory is corrupt"
+        ) from exc
 
 
 def extend_history(history_json: str | None, entry: dict[str, Any]) -> list[dict[str, Any]]:

@@ -85,8 +85,7 @@ def raise_trial_error(run_dir: Path) -> None:
     the configuration itself (NaN loss, a bad option) would only fail again, so a worker writes
     it beside the run's checkpoints and the Tune trial raises it here, once.
     """
-    from ..errors import ConfigError
-    from ..trainer import TrainingError
+    from ..errors import ConfigError, TrainingError
 
     path = run_dir / TRIAL_ERROR_FILE
     if path.is_file():
@@ -233,13 +232,12 @@ def configuration_failures(loop_config: dict[str, Any]) -> Iterator[None]:
     `raise_trial_error` instead of raising: Ray Train would restart the run, only to fail again."""
     import ray.train
 
-    from ..errors import ConfigError
-    from ..trainer import TrainingError
+    from ..errors import AutopromptError
 
     try:
         yield
-    except (TrainingError, ConfigError, RuntimeError) as exc:
-        if not isinstance(exc, (TrainingError, ConfigError)) and not is_out_of_memory(exc):
+    except (AutopromptError, RuntimeError, MemoryError) as exc:
+        if not isinstance(exc, AutopromptError) and not is_out_of_memory(exc):
             raise  # anything else may be the machine's fault: let FailureConfig retry it
         if ray.train.get_context().get_world_rank() == 0:
             run_dir = Path(loop_config["study"]["train_storage"]) / loop_config["trial_id"]
@@ -249,18 +247,19 @@ def configuration_failures(loop_config: dict[str, Any]) -> Iterator[None]:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """torch's CUDA OOM, or the CPU allocator refusing a tensor."""
+    """torch's accelerator OOM or Python's MemoryError, by type; the CPU allocator refusing a
+    tensor raises a plain RuntimeError, recognised by its message ("can't allocate memory")."""
     import torch
 
-    text = str(exc)
-    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc)
 
 
 def failure_message(exc: BaseException) -> str:
-    from ..errors import ConfigError
-    from ..trainer import TrainingError
+    from ..errors import AutopromptError
 
-    if not isinstance(exc, (TrainingError, ConfigError)) and is_out_of_memory(exc):
+    if not isinstance(exc, AutopromptError) and is_out_of_memory(exc):
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         return (
             f"out of memory ({first}); lower --batch-size or the prompt/generator size, or pack fewer "
