@@ -77,9 +77,7 @@ class SearchSpace:
 
     @staticmethod
     def load(path: str | Path) -> SearchSpace:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"search space: {str(p)!r} does not exist; see search_spaces/ for examples")
+        p = space_path(str(path))
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
@@ -256,6 +254,19 @@ class SpaceSampler:
                 chosen.append(i)
         chosen = sorted(chosen)[-high:]
         return sorted(chosen)
+
+
+def space_path(spec: str) -> Path:
+    """A search-space file, or the YAML of a shipped space named `spec` (all, layers, lpt, ...)."""
+    from search_spaces import shipped
+
+    path = Path(spec)
+    if path.is_file():
+        return path
+    spaces = shipped()
+    if spec in spaces:
+        return spaces[spec]
+    raise ConfigError(f"--space: {spec!r} is neither a file nor a shipped space ({', '.join(spaces)})")
 
 
 def preview(path: str | Path, num_layers: int, samples: int, seed: int = 0) -> list[dict[str, Any]]:

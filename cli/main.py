@@ -125,7 +125,7 @@ def predict(
 
 @app.command()
 def space(
-    path: Annotated[str, typer.Argument(help="search-space YAML, e.g. search_spaces/layers.yaml")],
+    path: Annotated[str, typer.Argument(help="search-space YAML, or a shipped one: all, layers, lpt, learned, ...")],
     model: Annotated[str, Opt(help="model whose depth resolves layer fractions")] = "minilm-l6",
     samples: Annotated[int, Opt(help="random configurations to print")] = 5,
     seed: Annotated[int, Opt()] = 0,

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import ConfigError
 from ..runs import TrainOptions, experiment_from_options
-from ..search_space import SearchSpace, SearchSpaceError
+from ..search_space import SearchSpace, SearchSpaceError, space_path
 from .options import Objective, StudyOptions
 from .ranking import best_row, finalist_groups, searched_rows
-
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 def resolve_space(spec: str) -> tuple[dict[str, Any], str]:
     """A search-space file path, or the name of a shipped one (all, layers, lpt); returns (mapping, path)."""
-    path = Path(spec)
-    if not path.is_file() and (SPACES_DIR / f"{spec}.yaml").is_file():
-        path = SPACES_DIR / f"{spec}.yaml"
-    if not path.is_file():
-        shipped = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
-        raise ConfigError(f"--space: {spec!r} is neither a file nor a shipped space ({', '.join(shipped)})")
+    path = space_path(spec)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
