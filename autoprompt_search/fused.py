@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import BackboneInfo, KvPrefix
-from .engine import Batch, PromptedModel, spans
+from .batch import Batch, spans
+from .engine import PromptedModel
 from .prompts import BatchContext, PromptMethod, SlotLayout
 
 

@@ -35,7 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .engine import Batch, PromptedModel, frozen_eval
+from .batch import Batch
+from .cache_paths import cache_dir
+from .engine import PromptedModel, frozen_eval
+from .precision import uses_bf16
 
 #: torch dtype -> (safetensors name, numpy storage dtype used for the memory map)
 _DTYPES: dict[torch.dtype, tuple[str, Any]] = {
@@ -46,8 +49,7 @@ _DTYPES: dict[torch.dtype, tuple[str, Any]] = {
 
 
 def cache_root() -> Path:
-    root = os.environ.get("AUTOPROMPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "autoprompt-search")
-    return Path(root) / "prefix"
+    return cache_dir("prefix")
 
 
 def _digest(*parts: bytes | str) -> str:
@@ -184,7 +186,7 @@ def make_room(root: Path, needed: int, limit: int, keep: Path) -> bool:
 
 def cache_dtype(device: torch.device, precision: str) -> torch.dtype:
     """bf16 where the trial computes under bf16 autocast, else fp32 (exact)."""
-    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else torch.float32
+    return torch.bfloat16 if uses_bf16(device, precision) else torch.float32
 
 
 @dataclass

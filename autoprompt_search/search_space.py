@@ -256,6 +256,15 @@ class SpaceSampler:
         return sorted(chosen)
 
 
+def fix_steps(mapping: dict[str, Any], steps: int, if_searched: str) -> dict[str, Any]:
+    """The space mapping with `train.steps` fixed to `steps`; ConfigError(if_searched) when the
+    space searches the steps (a budget given from outside cannot fix a searched dimension)."""
+    train = dict(mapping.get("train") or {})
+    if isinstance(train.get("steps"), dict):
+        raise ConfigError(if_searched)
+    return {**mapping, "train": {**train, "steps": steps}}
+
+
 def space_path(spec: str) -> Path:
     """A search-space file, or the YAML of a shipped space named `spec` (all, layers, lpt, ...)."""
     from search_spaces import shipped

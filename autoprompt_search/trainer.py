@@ -18,13 +18,15 @@ import torch
 from torch import Tensor
 
 from .backbones import Backbone, BackboneInfo, load_backbone, resolve_model
+from .batch import Batch, concat_batches
 from .config import ExperimentConfig
 from .data import TaskData, TokenizedSplit, load_task_data, tokenize
-from .engine import Batch, PromptedModel, concat_batches
+from .engine import PromptedModel
 from .errors import ConfigError, TrainingError
 from .fused import FusedModel
 from .heads import ClassifierHead, LabelWordHead, label_word_ids
 from .metrics import COLLAPSED, classification_metrics
+from .precision import uses_bf16
 from .prefix_cache import PrefixFeeder, cache_dtype, cache_root
 from .prompts import build_method
 
@@ -152,8 +154,7 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
+    if uses_bf16(device, precision):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

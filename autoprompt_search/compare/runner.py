@@ -26,7 +26,7 @@ from ..config import ExperimentConfig
 from ..errors import ConfigError
 from ..prompts import SptConfig, method_from_dict, method_to_dict
 from ..runs import TrainOptions, experiment_from_options, parse_method_options
-from ..search_space import SearchSpace
+from ..search_space import SearchSpace, fix_steps
 from ..trainer import Workspace, prepare_workspace, train
 from .arms import Arm, CompareOptions, baseline_arms, check_overrides
 from .report import write_report, write_runs
@@ -65,11 +65,11 @@ def load_workspace(options: CompareOptions) -> tuple[ExperimentConfig, Workspace
 
 def search_space(options: CompareOptions, base: ExperimentConfig, num_layers: int) -> dict[str, Any]:
     """The discrete search's space with the comparison's step count (the matched budget)."""
-    space = dict(options.space)
-    train = dict(space.get("train") or {})
-    if isinstance(train.get("steps"), dict):
-        raise ConfigError("compare: the space searches train.steps; fix it so every arm trains the same steps")
-    space["train"] = {**train, "steps": base.train.steps}
+    space = fix_steps(
+        options.space,
+        base.train.steps,
+        "compare: the space searches train.steps; fix it so every arm trains the same steps",
+    )
     SearchSpace.from_dict(space, options.space_file or "<space>").check_model(num_layers)
     return space
 

@@ -11,20 +11,15 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..engine import Batch
+from ..batch import Batch
+from ..cache_paths import cache_dir
 from .sources import Examples
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("AUTOPROMPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "autoprompt-search")
-    return Path(root) / "tokens"
 
 
 @dataclass
@@ -84,7 +79,7 @@ def tokenize(
     ).hexdigest()[:32]
     if key in _MEMO:
         return _MEMO[key]
-    path = cache_dir() / f"{key}.safetensors"
+    path = cache_dir("tokens") / f"{key}.safetensors"
     if use_cache and path.is_file():
         split = _from_tensors(load_file(str(path)))
     else:

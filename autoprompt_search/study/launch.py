@@ -8,7 +8,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..runs import TrainOptions, experiment_from_options
-from ..search_space import SearchSpace, SearchSpaceError, space_path
+from ..search_space import SearchSpace, SearchSpaceError, fix_steps, space_path
 from .options import Objective, StudyOptions
 from .ranking import best_row, finalist_groups, searched_rows
 
@@ -32,11 +32,12 @@ def make_options(space: str, base: TrainOptions, **study: Any) -> StudyOptions:
         # ASHA's rungs and a trial's "trained to the end" are counted in steps.
         raise ConfigError("train.epochs: a study budgets trials in steps; use --steps (or train.steps)")
     fixed = (mapping.get("train") or {}).get("steps")
-    if base.steps is not None and fixed is not None:
-        # An explicit --steps beats the space's fixed value; a searched one cannot be fixed from outside.
-        if isinstance(fixed, dict):
-            raise ConfigError(f"--steps {base.steps}: {path} searches train.steps; drop --steps or fix it in the space")
-        mapping = {**mapping, "train": {**mapping["train"], "steps": base.steps}}
+    if base.steps is not None and fixed is not None:  # an explicit --steps beats the space's fixed value
+        mapping = fix_steps(
+            mapping,
+            base.steps,
+            f"--steps {base.steps}: {path} searches train.steps; drop --steps or fix it in the space",
+        )
     return StudyOptions(space=mapping, space_file=path, experiment=experiment.to_dict(), **study)
 
 
