@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .backbones import Backbone
+from .backbones import Backbone, BackboneInfo
 from .batch import Batch
-from .prompts import BatchContext, PromptMethod, SlotLayout
+from .prompts import BatchContext, LinearProbe, PromptMethod
 
 
 class Layout(NamedTuple):
@@ -72,19 +72,19 @@ def frozen_eval(module: nn.Module) -> Iterator[None]:
 
 
 class PromptedModel(nn.Module):
-    """Frozen backbone + prompt method (None = linear probe) + head."""
+    """Frozen backbone + prompt method + head (a method of None is the linear probe)."""
 
     def __init__(self, backbone: Backbone, method: PromptMethod | None, head: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
-        self.method = method
+        self.method: PromptMethod = method if method is not None else LinearProbe(None, BackboneInfo.of(backbone))
         self.head = head
 
     # ---- modes and parameters ----------------------------------------------------------
     @property
     def first_layer(self) -> int:
         """Lowest block the method can prompt (num_layers for a linear probe)."""
-        return self.backbone.num_layers if self.method is None else self.method.start_layer
+        return self.method.start_layer
 
     def train(self, mode: bool = True) -> PromptedModel:
         super().train(mode)
@@ -124,15 +124,12 @@ class PromptedModel(nn.Module):
         ids, text_mask = batch.input_ids, batch.text_mask
         n_layers = bb.num_layers
         ctx = BatchContext(ids, text_mask, groups=batch.groups)
-        if method is not None and method.needs_summary:
+        if method.needs_summary:
             ctx.summary = self._summary(batch)
 
-        length = method.length if method is not None else 0
+        length = method.length
         empty = text_mask.new_zeros(ids.shape[0], length)  # (B, L) bool
-        if method is None:
-            layout = SlotLayout(empty, empty, torch.full_like(ids[:, 0], n_layers))
-        else:
-            layout = method.layout(ctx)
+        layout = method.layout(ctx)
         # Two layouts: before a row's prompt starts (slots dead) and after.
         pre = sequence_layout(empty, empty, text_mask, bb.causal)
         post = sequence_layout(layout.live, layout.after, text_mask, bb.causal, layout.offset)
@@ -143,7 +140,7 @@ class PromptedModel(nn.Module):
         if first == 0:
             with torch.no_grad():
                 word = bb.word_embeddings(ids)  # (B, T, d)
-            slots = method.inject(0, None, word, ctx)  # type: ignore[union-attr]  # (B, L, d)
+            slots = method.inject(0, None, word, ctx)  # (B, L, d)
             slot_types = None if types is None else torch.cat([types.new_zeros(ids.shape[0], length), types], 1)
 
             def embed(after: Tensor, values: Tensor | None = None) -> Tensor:  # (B, L) bool -> (B, L+T, d)
@@ -151,19 +148,19 @@ class PromptedModel(nn.Module):
                 positions = _RowLayouts(bb, layout.start, pre, placed).at(0).positions
                 return bb.embed(torch.cat([slots if values is None else values, word], 1), positions, slot_types)
 
-            h = method.embed_input(embed, layout.after)  # type: ignore[union-attr]  # (B, L+T, d)
+            h = method.embed_input(embed, layout.after)  # (B, L+T, d)
         else:
             h = self.text_states(batch, min(first, n_layers))  # (B, T, d)
             if first < n_layers:
-                slots = method.inject(first, None, h, ctx)  # type: ignore[union-attr]
+                slots = method.inject(first, None, h, ctx)
                 h = torch.cat([slots, h], 1)  # (B, L+T, d)
 
         for i in range(first, n_layers):
             if i > first:
-                new = method.inject(i, h[:, :length], h[:, length:], ctx)  # type: ignore[union-attr]
+                new = method.inject(i, h[:, :length], h[:, length:], ctx)
                 if new is not None:
                     h = torch.cat([new, h[:, length:]], 1)
-            prefix = method.kv_prefix(i, ctx)  # type: ignore[union-attr]
+            prefix = method.kv_prefix(i, ctx)
             h = bb.run_block(i, h, layouts.inputs(i, h), prefix)  # (B, L+T, d)
         if first >= n_layers:  # linear probe: no slots were ever added
             return bb.final_norm(h), sequence_layout(empty[:, :0], empty[:, :0], text_mask, bb.causal)

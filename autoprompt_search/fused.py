@@ -5,7 +5,7 @@ members' prompt methods and heads are ordinary modules; `FusedMethod` runs each 
 and pads its slots to the group's longest prompt (the padding slots are dead: hidden from
 attention), so members may differ in prompt length, position, layer set, first prompted layer
 (rows start at their own block, as the engine's per-row layouts allow), LPT generator and
-initialisation. A member without a prompt (linear probe) keeps its rows unprompted.
+initialisation. A linear-probe member's prompt has no slots: its rows stay unprompted.
 
 Rows never mix inside a transformer (attention stays within a row, norms are per token), so each
 member's loss depends on its own parameters alone: the group's loss is the sum of the members'
@@ -32,15 +32,14 @@ class FusedMethod(PromptMethod):
     name = "fused"
     config_class = type(None)
 
-    def __init__(self, methods: list[PromptMethod | None], info: BackboneInfo) -> None:
+    def __init__(self, methods: list[PromptMethod], info: BackboneInfo) -> None:
         nn.Module.__init__(self)
         self.info = info
-        self.members = nn.ModuleList([m if m is not None else nn.Identity() for m in methods])
-        self.present = [m is not None for m in methods]
+        self.members = nn.ModuleList(methods)
         self._layout_ctx: BatchContext | None = None  # this forward pass's (embed_input reads its rows)
 
-    def member(self, index: int) -> PromptMethod | None:
-        return self.members[index] if self.present[index] else None  # type: ignore[return-value]
+    def member(self, index: int) -> PromptMethod:
+        return self.members[index]  # type: ignore[return-value]
 
     @property
     def length(self) -> int:
@@ -55,22 +54,18 @@ class FusedMethod(PromptMethod):
         return any(m.needs_summary for m in self._methods())
 
     def _methods(self) -> list[PromptMethod]:
-        return [m for m in (self.member(i) for i in range(len(self.members))) if m is not None]
+        return [self.member(i) for i in range(len(self.members))]
 
-    def _spans(self, ctx: BatchContext) -> list[tuple[PromptMethod | None, int, int]]:
+    def _spans(self, ctx: BatchContext) -> list[tuple[PromptMethod, int, int]]:
         assert ctx.groups is not None, "a fused batch names its members' rows (Batch.groups)"
         return [(self.member(m), lo, hi) for m, lo, hi in spans(ctx.groups)]
 
     def layout(self, ctx: BatchContext) -> SlotLayout:
         self._layout_ctx = ctx
-        length, n = self.length, self.info.num_layers
+        length = self.length
         parts = []
         for method, lo, hi in self._spans(ctx):
             zero = torch.zeros_like(ctx.input_ids[lo:hi, 0])  # (b,) long
-            if method is None:
-                dead = ctx.text_mask.new_zeros(hi - lo, length)
-                parts.append(SlotLayout(dead, dead, zero + n, zero))
-                continue
             own = method.layout(ctx.rows(lo, hi))
             pad = length - own.live.shape[1]
             live = nn.functional.pad(own.live, (0, pad))  # (b, L): the member's slots, then dead ones
@@ -89,10 +84,8 @@ class FusedMethod(PromptMethod):
         outs, fresh = [], False
         for method, lo, hi in self._spans(ctx):
             own = slots[lo:hi] if slots is not None else None  # (b, L, d)
-            new = None
-            if method is not None:
-                mine = None if own is None else own[:, : method.length]
-                new = method.inject(layer, mine, text[lo:hi], ctx.rows(lo, hi))
+            mine = None if own is None else own[:, : method.length]
+            new = method.inject(layer, mine, text[lo:hi], ctx.rows(lo, hi))
             if new is None:
                 outs.append(own if own is not None else text.new_zeros(hi - lo, length, text.shape[-1]))
                 continue
@@ -102,9 +95,7 @@ class FusedMethod(PromptMethod):
 
     def kv_prefix(self, layer: int, ctx: BatchContext) -> KvPrefix | None:
         """The members' prefixes at `layer`, padded to the longest with dead slots (none for the rest)."""
-        own = [
-            (m.kv_prefix(layer, ctx.rows(lo, hi)) if m is not None else None, lo, hi) for m, lo, hi in self._spans(ctx)
-        ]
+        own = [(m.kv_prefix(layer, ctx.rows(lo, hi)), lo, hi) for m, lo, hi in self._spans(ctx)]
         present = [p for p, _, _ in own if p is not None]
         if not present:
             return None
@@ -129,7 +120,7 @@ class FusedMethod(PromptMethod):
         h = embed(after)
         assert self._layout_ctx is not None, "layout() runs before embed_input()"
         for method, lo, hi in self._spans(self._layout_ctx):
-            if method is None or type(method).embed_input is PromptMethod.embed_input:
+            if type(method).embed_input is PromptMethod.embed_input:
                 continue
 
             def own(part: Tensor, values: Tensor | None = None, lo: int = lo, hi: int = hi) -> Tensor:

@@ -157,13 +157,13 @@ def validate(data: Any) -> list[str]:
         if not isinstance(options, dict):
             problems.append(f"methods.{method}: needs a mapping of options")
             continue
-        fields = {f.name for f in dataclasses.fields(METHODS[method][0])}
+        fields = {f.name for f in dataclasses.fields(METHODS[method].config_class)}
         for name, spec in options.items():
             if name == "train":  # this method's own recipe dimensions, over the shared `train:`
                 _check_train(f"methods.{method}.train", spec, problems)
                 continue
             if name not in fields:
-                owner = [m for m, (c, _) in METHODS.items() if name in {f.name for f in dataclasses.fields(c)}]
+                owner = [m for m, e in METHODS.items() if name in {f.name for f in dataclasses.fields(e.config_class)}]
                 hint = f" (it is a {owner[0]} option: put it under methods.{owner[0]})" if owner else ""
                 problems.append(f"methods.{method}.{name}: not a {method} option{hint}")
                 continue
@@ -232,7 +232,8 @@ class SpaceSampler:
             return trial.suggest_categorical(name, spec["choices"])
         allowed = depth_range(tuple(spec.get("depth", (0.0, 1.0))), self.num_layers)
         # Generator methods (late, spt) start at block 1: a generator at 0 reads word embeddings.
-        config_class = METHODS.get(name.split(".")[0], (None,))[0]
+        entry = METHODS.get(name.split(".")[0])
+        config_class = entry.config_class if entry is not None else None
         first = getattr(config_class, "first_layer", 0)
         allowed = range(max(allowed.start, first), max(allowed.stop, first + 1))
         if kind == "layer":

@@ -110,8 +110,7 @@ def build_model(cfg: ExperimentConfig, ws: Workspace) -> PromptedModel:
     else:
         head = ClassifierHead(ws.backbone, num_classes, cfg.head.pooler, mean=cfg.head.pooling == "mean")
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    if method is not None:
-        method.init_parameters(ws.backbone.word_embeddings, generator)
+    method.init_parameters(ws.backbone.word_embeddings, generator)
     head.init_parameters(generator)
     return PromptedModel(ws.backbone, method, head)
 
@@ -121,7 +120,7 @@ def prefix_feeder(
 ) -> PrefixFeeder | None:
     """A frozen-prefix cache for this model, or None where it is off or nothing is frozen."""
     layer = min(model.first_layer, model.backbone.num_layers)
-    if layer == 0 and model.method is not None and model.method.needs_summary:
+    if layer == 0 and model.method.needs_summary:
         layer = model.backbone.num_layers  # dynamic prompting's frozen summary pass
     if not cfg.train.prefix_cache or layer == 0:
         return None
@@ -324,7 +323,7 @@ def partition(
 
     def shape(i: int) -> tuple[int, int]:
         method = build_method(cfgs[i].method, info)
-        return (info.num_layers, 0) if method is None else (method.start_layer, method.length)
+        return (method.start_layer, method.length)
 
     groups: list[list[int]] = []
     by_key: dict[tuple[Any, ...], list[int]] = {}
@@ -485,8 +484,7 @@ def train_group(
         parts = [(m.index, fetch["train"](m.next_rows(n_train))) for m in active]
         batch = parts[0][1] if len(members) == 1 else concat_batches(parts)
         for m in active:
-            if m.model.method is not None:
-                m.model.method.on_step(step, m.cfg.train.steps)
+            m.model.method.on_step(step, m.cfg.train.steps)
         with autocast(device, tc0.precision):
             logits = model(batch)
         losses = []

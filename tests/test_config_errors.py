@@ -97,3 +97,35 @@ def test_config_file_round_trip_and_bad_yaml(tmp_path) -> None:
     (tmp_path / "evil.yaml").write_text("!!python/object/apply:os.system ['true']\n")
     with pytest.raises(ValueError, match="not valid YAML"):  # safe loading only
         load_config_file(tmp_path / "evil.yaml")
+
+
+def test_a_method_registers_itself_and_probe_is_one_of_them() -> None:
+    from dataclasses import dataclass
+
+    from autoprompt_search.backbones import BackboneInfo
+    from autoprompt_search.prompts import METHODS, LinearProbe, ProbeConfig, build_method, register_method
+    from autoprompt_search.prompts.probe import LinearProbe as Registered
+
+    info = BackboneInfo(num_layers=4, hidden_size=8, max_positions=64, causal=False)
+    probe = build_method(ProbeConfig(), info)
+    assert isinstance(probe, LinearProbe) and probe.start_layer == 4 and probe.length == 0
+    assert list(METHODS)[:5] == ["probe", "deep", "late", "spt", "dp"]
+
+    @dataclass
+    class EchoConfig:
+        length: int = 1
+
+        def check(self, info: BackboneInfo) -> None:
+            return None
+
+    @register_method("echo-test", EchoConfig)
+    class Echo(Registered):
+        pass
+
+    try:
+        assert isinstance(build_method(method_config("echo-test", {"length": 2}), info), Echo)
+        assert Echo.name == "echo-test" and Echo.config_class is EchoConfig
+        with pytest.raises(ValueError, match="registered twice"):
+            register_method("echo-test", EchoConfig)(type("Other", (Registered,), {}))
+    finally:
+        METHODS.pop("echo-test")

@@ -1,56 +1,43 @@
-"""Prompt methods, registered by name. `probe` means no prompt at all (head-only linear probe)."""
+"""Prompt methods, registered by name next to their code (`registry.py`); `probe` is the head-only linear probe."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ..backbones import BackboneInfo
 from ..dataclass_io import from_dict, to_dict
 from ..errors import ConfigError
 from .base import BatchContext, PromptMethod, SlotLayout
-from .deep import DeepConfig, DeepPrompt, prompt_tuning, ptuning_v2
-from .dynamic import DpConfig, DynamicPrompt
+from .registry import METHODS, MethodEntry, register_method
+
+# Importing a method's module registers it; this order is the order users see.
+# isort: off
+from .probe import LinearProbe, ProbeConfig
+from .deep import DeepConfig, DeepPrompt
 from .late import LateConfig, LatePrompt
 from .selective import SelectivePrompt, SptConfig
-
-
-@dataclass
-class ProbeConfig:
-    """No prompt: the frozen model and a trained head (the linear-probe baseline)."""
-
-    def check(self, info: BackboneInfo) -> None:
-        return None
-
-
-METHODS: dict[str, tuple[type, type[PromptMethod] | None]] = {
-    "probe": (ProbeConfig, None),
-    "deep": (DeepConfig, DeepPrompt),
-    "late": (LateConfig, LatePrompt),
-    "spt": (SptConfig, SelectivePrompt),
-    "dp": (DpConfig, DynamicPrompt),
-}
+from .dynamic import DpConfig, DynamicPrompt
+# isort: on
 
 
 def method_config(name: str, options: dict[str, Any] | None = None) -> Any:
     """Validated config of method `name` from a plain dict of its options."""
     if name not in METHODS:
         raise ConfigError(f"method: {name!r} unknown; use one of {', '.join(METHODS)}")
-    return from_dict(METHODS[name][0], options or {}, "method")
+    return from_dict(METHODS[name].config_class, options or {}, "method")
 
 
 def method_name(config: Any) -> str:
-    for name, (config_class, _) in METHODS.items():
-        if isinstance(config, config_class):
-            return name
+    for entry in METHODS.values():
+        if isinstance(config, entry.config_class):
+            return entry.name
     raise ConfigError(f"method: no method takes a {type(config).__name__}")
 
 
-def build_method(config: Any, info: BackboneInfo) -> PromptMethod | None:
-    """The method module for `config`, validated against the backbone (None for `probe`)."""
+def build_method(config: Any, info: BackboneInfo) -> PromptMethod:
+    """The method module for `config`, validated against the backbone."""
     config.check(info)
-    module_class = METHODS[method_name(config)][1]
-    return None if module_class is None else module_class(config, info)
+    return METHODS[method_name(config)].module_class(config, info)
 
 
 def method_to_dict(config: Any) -> dict[str, Any]:
@@ -74,6 +61,8 @@ __all__ = [
     "DynamicPrompt",
     "LateConfig",
     "LatePrompt",
+    "LinearProbe",
+    "MethodEntry",
     "ProbeConfig",
     "PromptMethod",
     "SelectivePrompt",
@@ -84,6 +73,5 @@ __all__ = [
     "method_from_dict",
     "method_name",
     "method_to_dict",
-    "prompt_tuning",
-    "ptuning_v2",
+    "register_method",
 ]

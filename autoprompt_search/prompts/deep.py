@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..backbones import BackboneInfo, KvPrefix
 from ..errors import require
 from .base import BatchContext, PromptMethod, SlotLayout, check_layers
+from .registry import register_method
 
 POSITIONS = ("prefix", "split")
 FORMS = ("hidden", "kv")
@@ -64,20 +65,8 @@ class DeepConfig:
         check_layers(self.layers, info)
 
 
-def prompt_tuning(length: int = 20) -> DeepConfig:
-    """Lester et al.: one prompt at the input embeddings."""
-    return DeepConfig(layers=(0,), length=length)
-
-
-def ptuning_v2(num_layers: int, length: int = 20, reparam: int = 0) -> DeepConfig:
-    """P-tuning v2 / peft prefix tuning: key/value prefixes in every block's attention."""
-    return DeepConfig(layers=tuple(range(num_layers)), length=length, reparam=reparam, form="kv")
-
-
+@register_method("deep", DeepConfig)
 class DeepPrompt(PromptMethod):
-    name = "deep"
-    config_class = DeepConfig
-
     def __init__(self, config: DeepConfig, info: BackboneInfo) -> None:
         super().__init__(config, info)
         d, n, length = info.hidden_size, len(config.layers), config.length

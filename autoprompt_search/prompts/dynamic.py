@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from ..backbones import BackboneInfo
 from ..errors import require
 from .base import BatchContext, PromptMethod, SlotLayout
+from .registry import register_method
 
 LEVELS = ("instance", "task")
 CHOICES = ("position", "length", "pool")
@@ -100,10 +101,8 @@ class Choices:
     scale: Tensor  # (B,) 1.0 in value; the position's gradient where positions cannot be mixed (rotary)
 
 
+@register_method("dp", DpConfig)
 class DynamicPrompt(PromptMethod):
-    name = "dp"
-    config_class = DpConfig
-
     def __init__(self, config: DpConfig, info: BackboneInfo) -> None:
         super().__init__(config, info)
         d, length, k = info.hidden_size, config.length, config.pool

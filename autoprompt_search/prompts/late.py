@@ -15,7 +15,7 @@ the prompt, so they run under no_grad. Generators:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -23,12 +23,23 @@ from torch import Tensor, nn
 from ..backbones import BackboneInfo
 from ..errors import ConfigError, require
 from .base import BatchContext, PromptMethod, SlotLayout
+from .registry import register_method
 
 GENERATORS = ("npg", "appg", "mppg")
 GENERATOR_AT_0 = (
     "{field}: a prompt generator at layer 0 reads word embeddings (the same prompt for every instance); "
     "use layers >= 1, or `deep --layers 0` for an input prompt"
 )
+
+
+def check_generator_options(cfg: Any) -> None:
+    """The options LPT and SPT share: a generated prompt's length, generator kind, bottleneck, dropout."""
+    require(isinstance(cfg.length, int) and cfg.length > 0, f"method.length: must be > 0, got {cfg.length}")
+    require(
+        cfg.generator in GENERATORS, f"method.generator: {cfg.generator!r} unknown; use one of {', '.join(GENERATORS)}"
+    )
+    require(cfg.bottleneck > 0, f"method.bottleneck: must be > 0, got {cfg.bottleneck}")
+    require(0.0 <= cfg.dropout < 1.0, f"method.dropout: must be in [0, 1), got {cfg.dropout}")
 
 
 @dataclass
@@ -44,13 +55,7 @@ class LateConfig:
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        require(isinstance(self.length, int) and self.length > 0, f"method.length: must be > 0, got {self.length}")
-        require(
-            self.generator in GENERATORS,
-            f"method.generator: {self.generator!r} unknown; use one of {', '.join(GENERATORS)}",
-        )
-        require(self.bottleneck > 0, f"method.bottleneck: must be > 0, got {self.bottleneck}")
-        require(0.0 <= self.dropout < 1.0, f"method.dropout: must be in [0, 1), got {self.dropout}")
+        check_generator_options(self)
         require(self.layer != 0, GENERATOR_AT_0.format(field="method.layer"))
 
     def check(self, info: BackboneInfo) -> None:
@@ -113,10 +118,8 @@ class PromptGenerator(nn.Module):
         return self.dropout(self.up(torch.relu(pooled)))  # (B, L, d)
 
 
+@register_method("late", LateConfig)
 class LatePrompt(PromptMethod):
-    name = "late"
-    config_class = LateConfig
-
     def __init__(self, config: LateConfig, info: BackboneInfo) -> None:
         super().__init__(config, info)
         self.generator = PromptGenerator(

@@ -25,7 +25,8 @@ from ..backbones import BackboneInfo
 from ..errors import ConfigError, require
 from .base import BatchContext, PromptMethod, SlotLayout, check_layers
 from .deep import DeepConfig
-from .late import GENERATOR_AT_0, GENERATORS, PromptGenerator
+from .late import GENERATOR_AT_0, PromptGenerator, check_generator_options
+from .registry import register_method
 
 GATES = ("sigmoid", "relaxed")
 DERIVE_RULES = ("topk", "threshold")
@@ -63,12 +64,7 @@ class SptConfig:
         require(len(set(self.layers)) == len(self.layers), f"method.layers: duplicate index in {list(self.layers)}")
         require(self.search or len(self.layers) > 0, "method.layers: give the prompted layers when search is false")
         require(0 not in self.layers, GENERATOR_AT_0.format(field="method.layers"))
-        require(isinstance(self.length, int) and self.length > 0, f"method.length: must be > 0, got {self.length}")
-        require(
-            self.generator in GENERATORS, f"method.generator: {self.generator!r} unknown; use {', '.join(GENERATORS)}"
-        )
-        require(self.bottleneck > 0, f"method.bottleneck: must be > 0, got {self.bottleneck}")
-        require(0.0 <= self.dropout < 1.0, f"method.dropout: must be in [0, 1), got {self.dropout}")
+        check_generator_options(self)
         require(self.gate in GATES, f"method.gate: {self.gate!r} unknown; use {' or '.join(GATES)}")
         require(self.gate_temperature > 0, f"method.gate_temperature: must be > 0, got {self.gate_temperature}")
         require(self.arch_lr > 0, f"method.arch_lr: must be > 0, got {self.arch_lr}")
@@ -93,10 +89,8 @@ class SptConfig:
         return self.layers or tuple(range(1, num_layers))  # generators read a block's output: from 1
 
 
+@register_method("spt", SptConfig)
 class SelectivePrompt(PromptMethod):
-    name = "spt"
-    config_class = SptConfig
-
     def __init__(self, config: SptConfig, info: BackboneInfo) -> None:
         super().__init__(config, info)
         d, length = info.hidden_size, config.length
