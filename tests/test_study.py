@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from autoprompt_search.checkpoint import predict_run
 from autoprompt_search.config import load_config_file
@@ -502,10 +501,20 @@ def test_exposing_the_dashboard_says_the_risk() -> None:
 
 def test_space_yaml_files_load() -> None:
     from autoprompt_search.study.launch import resolve_space
+    from search_spaces import shipped
 
+    assert {"all", "layers", "lpt", "learned"} <= set(shipped())
     for name in ("all", "layers", "lpt", "learned"):
         data, path = resolve_space(name)
-        assert Path(path).name == f"{name}.yaml" and data == yaml.safe_load(Path(path).read_text())
+        assert Path(path) == shipped()[name] and Path(path).parent.name == "search_spaces"
+        assert data["methods"], name  # validated by resolve_space itself (it raises otherwise)
+    data, _ = resolve_space("all")
+    assert set(data["methods"]) == {"probe", "deep", "late"}
+    assert (
+        data["methods"]["deep"]["form"]["choices"] == ["hidden", "kv"]
+        and data["methods"]["deep"]["length"]["high"] == 128
+    )
+    assert data["methods"]["late"]["train"]["lr"] == {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
     with pytest.raises(ConfigError, match="neither a file nor a shipped space"):
         resolve_space("nonexistent")
 
