@@ -209,3 +209,29 @@ def test_sandbox_is_valid_when_nothing_is_wrong(sandbox: Sandbox) -> None:
     res = runner.invoke(app, ["space", sandbox.path("space.yaml"), "--model", sandbox.model, "--samples", "2"])
     assert res.exit_code == 0, res.output
     assert yaml.safe_load(Path(sandbox.path("space.yaml")).read_text())["methods"]["deep"]["length"] == 2
+
+
+@pytest.mark.slow
+def test_the_fault_free_search_and_train_commands_succeed(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The control: the exact search and train commands the cases break, without a fault, run to the end."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    results = tmp_path / "results"
+    args = [
+        a if a != sandbox.results else str(results) for a in sandbox.search("--num-samples", "1", "--finalists", "0")
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args, "--num-cpus", "2"], capture_output=True, text=True, env=env,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (results / "default" / "trials.parquet").is_file()
+    run = tmp_path / "run"
+    train = [a if a != sandbox.path("run") else str(run) for a in sandbox.train()]
+    res = runner.invoke(app, train)
+    assert res.exit_code == 0, res.output
+    assert (run / "prompt.safetensors").is_file()
