@@ -195,3 +195,20 @@ def test_a_run_resumed_from_its_training_state_ends_as_if_never_stopped(
     # One configuration alone through train(), resumed the same way.
     alone = train(cfgs[2], ws, resume=load_training_state(tmp_path / "2"))
     assert_same(alone, whole[2])
+
+
+def test_a_dynamic_prompting_member_trains_fused_as_alone(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    """DP mixes every arrangement's input embeddings on its own rows inside the group (its Gumbel
+    samples come from the global generator, which the deep member does not draw from)."""
+    from autoprompt_search.prompts import DpConfig
+
+    dp = DpConfig(length=3, pool=2, level="task", choose=("position", "length", "pool"))
+    cfgs = [
+        experiment(tiny_model_dir, tiny_sst_dir, dp, lr=5e-2, seed=1, steps=6, eval_every=3, prefix_cache=False),
+        experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(1,), length=2), lr=1e-1, seed=1, steps=6,
+                   eval_every=3, prefix_cache=False),
+    ]  # fmt: skip
+    ws = prepare_workspace(cfgs[0])
+    fused = train_group(cfgs, ws)
+    for f, cfg in zip(fused, cfgs, strict=True):
+        assert_same(f, train(cfg, ws))

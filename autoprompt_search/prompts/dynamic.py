@@ -117,6 +117,10 @@ class DynamicPrompt(PromptMethod):
                 self.logits[choice] = nn.Parameter(torch.zeros(sizes[choice]))
         self.tau = config.tau
         self.choices: Choices | None = None  # the last forward pass's (read by tests and logs)
+        # The Gumbel noise has its own seeded stream, so a member samples the same noise in a
+        # fused group as alone (torch's global stream is also drawn by other members' modules).
+        self.noise_seed = 0
+        self._noise: torch.Generator | None = None
 
     @property
     def needs_summary(self) -> bool:  # type: ignore[override]
@@ -135,6 +139,8 @@ class DynamicPrompt(PromptMethod):
         k, length, _ = self.prompts.shape
         with torch.no_grad():
             ids = torch.randint(0, vocab.shape[0], (k, length), generator=generator)
+            self.noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            self._noise = None
             self.prompts.copy_(vocab[ids].float())  # vocabulary init, as for prompt tuning
             for m in self.selectors.values():
                 bound = m.in_features**-0.5
@@ -163,10 +169,16 @@ class DynamicPrompt(PromptMethod):
         return torch.tanh(logits) if choice == "pool" else logits
 
     def one_hot(self, logits: Tensor) -> Tensor:
-        """(B, options) hard one-hot: a straight-through Gumbel sample in training, the argmax in eval."""
-        if self.training:
-            return F.gumbel_softmax(logits.float(), tau=self.tau, hard=True)
-        return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(torch.float32)
+        """(B, options) hard one-hot: a straight-through Gumbel sample in training (one-hot in
+        value, the tempered softmax's gradient), the argmax in eval."""
+        if not self.training:
+            return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(torch.float32)
+        if self._noise is None or self._noise.device != logits.device:
+            self._noise = torch.Generator(device=logits.device).manual_seed(self.noise_seed)
+        gumbel = -torch.empty_like(logits, dtype=torch.float32).exponential_(generator=self._noise).log()
+        soft = ((logits.float() + gumbel) / self.tau).softmax(-1)  # (B, options)
+        hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
+        return hard - soft.detach() + soft
 
     def decide(self, ctx: BatchContext) -> Choices:
         cfg = self.config
