@@ -197,7 +197,7 @@ class BilevelSearch:
                     "step": step,
                     "train_loss": sums["train"] / sums["n"],
                     "arch_loss": sums["arch"] / sums["n"],
-                    "dev_score": float(dev["score"]),
+                    "eval_score": float(dev["score"]),
                     "gate_probs": [round(float(p), 5) for p in probs],
                     "expected_layers": float(probs.sum()),
                 }

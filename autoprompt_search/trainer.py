@@ -528,7 +528,7 @@ def train_group(
                 record = {
                     "step": step,
                     "train_loss": m.loss_sum / m.loss_n,
-                    **{f"dev_{k}": v for k, v in metrics.items()},
+                    **{f"eval_{k}": v for k, v in metrics.items()},  # this evaluation (dev split)
                 }
                 m.loss_sum, m.loss_n = 0.0, 0
                 # A one-class prediction never becomes the best: on an imbalanced task scored by F1 a
@@ -537,7 +537,7 @@ def train_group(
                 if improved:
                     m.best_score, m.best_state = float(metrics["score"]), _snapshot(m.model)
                     m.best_metrics = dict(metrics, step=step)
-                record["best_dev_score"] = m.best_score
+                record["best_score"] = m.best_score  # best so far (-inf: only collapsed evaluations)
                 m.history.append(record)
                 given = dict(record, improved=improved, training_state=m.training_state)
                 stop = on_eval is not None and on_eval(m.index, given, m.best_state, m.cfg)
@@ -551,7 +551,7 @@ def train_group(
             # Only collapsed evaluations: keep the last one's state and metrics, for the record.
             last = m.history[-1]
             m.best_state = _snapshot(m.model)
-            m.best_metrics = {k[4:]: v for k, v in last.items() if k.startswith("dev_")} | {"step": last["step"]}
+            m.best_metrics = {k[5:]: v for k, v in last.items() if k.startswith("eval_")} | {"step": last["step"]}
             m.status, m.error = "collapsed", COLLAPSED
         m.model.load_state_dict(m.best_state, strict=False)
         if m.status == "running":

@@ -29,7 +29,7 @@ def assert_same(fused: TrainResult, alone: TrainResult) -> None:
     assert fused.best_state.keys() == alone.best_state.keys()
     for name, value in alone.best_state.items():
         torch.testing.assert_close(fused.best_state[name], value, rtol=1e-4, atol=1e-5)
-    assert [h["dev_score"] for h in fused.history] == [h["dev_score"] for h in alone.history]
+    assert [h["eval_score"] for h in fused.history] == [h["eval_score"] for h in alone.history]
     assert fused.metrics["test"]["score"] == alone.metrics["test"]["score"]
 
 
@@ -157,7 +157,7 @@ def test_two_ddp_ranks_train_a_group_as_one_process_does(tiny_model_dir: str, ti
         assert status == one.status in ("finished", "collapsed")
         for name, value in one.best_state.items():
             torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5)
-        assert [h["dev_score"] for h in history] == [h["dev_score"] for h in one.history]
+        assert [h["eval_score"] for h in history] == [h["eval_score"] for h in one.history]
         # The reported training loss is the whole batch's, not rank 0's share.
         assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in one.history], rel=1e-5)
 

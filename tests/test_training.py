@@ -87,10 +87,10 @@ def test_a_collapsed_evaluation_never_becomes_the_best(tiny_model_dir: str, tiny
         tiny_model_dir, tiny_sst_dir, ProbeConfig(), steps=6, eval_every=2, lr=10.0, warmup_ratio=0.0, grad_clip=0.0
     )
     result = train(cfg, prepare_workspace(cfg))
-    collapsed = [h["dev_collapsed"] for h in result.history]
+    collapsed = [h["eval_collapsed"] for h in result.history]
     assert collapsed == [True, False, True]
     assert (
-        max(h["dev_score"] for h in result.history) == result.history[0]["dev_score"] > result.metrics["dev"]["score"]
+        max(h["eval_score"] for h in result.history) == result.history[0]["eval_score"] > result.metrics["dev"]["score"]
     )
     assert result.status == "finished" and result.metrics["best_step"] == 4 and not result.metrics["collapsed"]
 
@@ -100,10 +100,10 @@ def test_a_run_that_only_collapsed_ends_collapsed(tiny_model_dir: str, tiny_sst_
         tiny_model_dir, tiny_sst_dir, ProbeConfig(), steps=6, eval_every=2, lr=1000.0, warmup_ratio=0.0, grad_clip=0.0
     )
     result = train(cfg, prepare_workspace(cfg))
-    assert [h["dev_collapsed"] for h in result.history] == [True, True, True]
+    assert [h["eval_collapsed"] for h in result.history] == [True, True, True]
     assert result.status == "collapsed" and "every evaluation predicted a single class" in result.error
     assert result.metrics["collapsed"] and result.metrics["best_step"] == 6  # the last evaluation, for the record
-    assert all(h["best_dev_score"] == float("-inf") for h in result.history)  # no best to report
+    assert all(h["best_score"] == float("-inf") for h in result.history)  # no best to report
 
 
 def test_nan_loss_fails_the_trial_with_a_reason(tiny_model_dir: str, tiny_sst_dir: str) -> None:

@@ -141,14 +141,12 @@ def _train_group_and_report(loop_config: dict[str, Any]) -> None:
             prune = False
             if optuna_study is not None and prune_enabled:  # Optuna's pruners (and report) are single-objective
                 trial = _optuna_trial(optuna_study, members[index]["number"])
-                trial.report(record["dev_score"], evaluations[index])
+                trial.report(record["eval_score"], evaluations[index])
                 prune = trial.should_prune()
             if rank == 0:
                 if record["improved"]:
                     path = out / str(index)
-                    save_state(
-                        state, trained, path, {"dev_score": record["best_dev_score"], "step": record["step"]}, []
-                    )
+                    save_state(state, trained, path, {"dev_score": record["best_score"], "step": record["step"]}, [])
                     metrics["member_checkpoint"] = str(path)
                 save_training_state(record["training_state"](), out / str(index))  # resumable after a crash
             last[index] = metrics

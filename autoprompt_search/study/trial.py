@@ -191,10 +191,10 @@ def evaluation_metrics(record: dict[str, Any], state: dict[str, Any], trained: E
     return {
         "step": record["step"],
         "train_loss": record["train_loss"],
-        "eval_score": record["dev_score"],
-        "eval_accuracy": record["dev_accuracy"],
-        "eval_collapsed": bool(record["dev_collapsed"]),
-        "dev_score": record["best_dev_score"],  # -inf until an evaluation that did not collapse
+        "eval_score": record["eval_score"],
+        "eval_accuracy": record["eval_accuracy"],
+        "eval_collapsed": bool(record["eval_collapsed"]),
+        "dev_score": record["best_score"],  # the objective: best so far, -inf until one did not collapse
         "trainable_params": sum(t.numel() for t in state.values()),
         "trained_to_end": record["step"] == trained.train.steps,
     }
@@ -208,10 +208,10 @@ def restored_history(state: Any) -> str:
             {
                 "step": h["step"],
                 "train_loss": h["train_loss"],
-                "eval_score": h["dev_score"],
-                "eval_accuracy": h["dev_accuracy"],
-                "eval_collapsed": bool(h.get("dev_collapsed")),
-                "dev_score": h["best_dev_score"] if math.isfinite(h["best_dev_score"]) else None,
+                "eval_score": h["eval_score"],
+                "eval_accuracy": h["eval_accuracy"],
+                "eval_collapsed": bool(h.get("eval_collapsed")),
+                "dev_score": h["best_score"] if math.isfinite(h["best_score"]) else None,
             }
             for h in state.meta["history"]
         ]
@@ -303,7 +303,7 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            save_state(best_state, trained, tmp, {"dev_score": record["best_dev_score"], "step": record["step"]}, [])
+            save_state(best_state, trained, tmp, {"dev_score": record["best_score"], "step": record["step"]}, [])
             save_training_state(record["training_state"](), tmp)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
