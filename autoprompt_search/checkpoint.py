@@ -18,16 +18,10 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import ExperimentConfig
 from .errors import ConfigError
+from .evaluation import predict_split
 from .metrics import classification_metrics
-from .trainer import (
-    TrainingState,
-    TrainResult,
-    Workspace,
-    build_model,
-    predict_split,
-    prepare_workspace,
-    resolve_device,
-)
+from .trainer import TrainingState, TrainResult
+from .workspace import Workspace, build_model, prepare_workspace, resolve_device
 
 WEIGHTS = "prompt.safetensors"
 CONFIG = "config.json"

@@ -28,20 +28,12 @@ from torch import Tensor
 
 from .config import ExperimentConfig
 from .engine import Batch, PromptedModel
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
+from .evaluation import evaluate
+from .precision import autocast
 from .prompts import SelectivePrompt, SptConfig, method_to_dict
-from .trainer import (
-    TrainingError,
-    TrainResult,
-    Workspace,
-    autocast,
-    build_model,
-    evaluate,
-    lr_lambda,
-    resolve_device,
-    seed_everything,
-    train_batches,
-)
+from .trainer import TrainResult, lr_lambda, seed_everything, train_batches
+from .workspace import Workspace, build_model, resolve_device
 
 
 @dataclass

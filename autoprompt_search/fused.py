@@ -22,8 +22,9 @@ from torch import Tensor, nn
 
 from .backbones import BackboneInfo, KvPrefix
 from .batch import Batch, spans
+from .config import ExperimentConfig
 from .engine import PromptedModel
-from .prompts import BatchContext, PromptMethod, SlotLayout
+from .prompts import BatchContext, PromptMethod, SlotLayout, build_method
 
 
 class FusedMethod(PromptMethod):
@@ -163,3 +164,51 @@ class FusedModel(PromptedModel):
         states = self.head_states(batch)  # (B, d)
         heads: Any = self.head
         return torch.cat([heads[m](states[lo:hi]) for m, lo, hi in spans(batch.groups)])
+
+
+def fusable(cfg: ExperimentConfig) -> bool:
+    """Whether `cfg` can train inside a fused group (SPT-DARTS runs its own bi-level loop)."""
+    return not getattr(cfg.method, "search", False)
+
+
+def fusion_key(cfg: ExperimentConfig) -> tuple[Any, ...]:
+    """Configurations with equal keys can share a fused batch (same head, batching and precision)."""
+    tc = cfg.train
+    return (cfg.head.kind, tuple(cfg.head.label_words), cfg.head.pooler, cfg.head.pooling, tc.batch_size, tc.eval_batch_size,
+            tc.device, tc.precision, tc.prefix_cache, tc.prefix_cache_gb)  # fmt: skip
+
+
+def partition(
+    cfgs: list[ExperimentConfig], info: BackboneInfo, size: int, text_tokens: float = 0.0, pad_tolerance: float = 0.25
+) -> list[list[int]]:
+    """Indices of `cfgs` in fused groups of at most `size`.
+
+    Only configurations with equal `fusion_key`s and the same first prompted layer share a group:
+    blocks below a member's first layer then run frozen (eval mode, no dropout, cached) exactly as
+    they would alone, and the group shares one frozen-prefix cache. A group pads every prompt to its
+    longest, so members are taken in order of prompt length and a group closes before its longest
+    row (prompt + `text_tokens`, the mean text length) would exceed its shortest by more than
+    `pad_tolerance`. SPT-DARTS searches run alone.
+    """
+
+    def shape(i: int) -> tuple[int, int]:
+        method = build_method(cfgs[i].method, info)
+        return (method.start_layer, method.length)
+
+    groups: list[list[int]] = []
+    by_key: dict[tuple[Any, ...], list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        if fusable(cfg):
+            by_key.setdefault((*fusion_key(cfg), shape(i)[0]), []).append(i)
+        else:
+            groups.append([i])
+    for indices in by_key.values():
+        current: list[int] = []
+        for i in sorted(indices, key=lambda i: (shape(i)[1], i)):
+            shortest = shape(current[0])[1] + text_tokens if current else 0.0
+            if current and (len(current) == size or shape(i)[1] + text_tokens > (1 + pad_tolerance) * shortest):
+                groups.append(current)
+                current = []
+            current.append(i)
+        groups.append(current)
+    return sorted(groups)

@@ -18,7 +18,8 @@ from .dataclass_io import to_dict
 from .errors import ConfigError, require
 from .prompts import method_config
 from .staging import staged_directory
-from .trainer import TrainResult, prepare_workspace, resolve_device, train
+from .trainer import TrainResult, train
+from .workspace import prepare_workspace, resolve_device
 
 
 @dataclass

@@ -1,204 +1,38 @@
-"""Train and evaluate one configuration (one trial) end to end.
+"""The training loop: one configuration (`train`) or a fused group of them (`train_group`).
 
 AdamW with linear warmup and decay, bf16 autocast on GPU, seeded everything, evaluation every
-N steps keeping the best trainable state, throughput, NaN and collapse detection.
+N steps keeping the best trainable state, throughput, NaN and collapse detection. The workspace
+(model + data) is `workspace.py`, evaluation `evaluation.py`, fused partitioning `fused.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .backbones import Backbone, BackboneInfo, load_backbone, resolve_model
-from .batch import Batch, concat_batches
+from .backbones import BackboneInfo
+from .batch import concat_batches
 from .config import ExperimentConfig
-from .data import TaskData, TokenizedSplit, load_task_data, tokenize
 from .engine import PromptedModel
 from .errors import ConfigError, TrainingError
-from .fused import FusedModel
-from .heads import ClassifierHead, LabelWordHead, label_word_ids
-from .metrics import COLLAPSED, classification_metrics
-from .precision import uses_bf16
-from .prefix_cache import PrefixFeeder, cache_dtype, cache_root
-from .prompts import build_method
-
-
-@dataclass
-class Workspace:
-    """Everything a trial needs that does not change with the prompt config: reuse it across trials."""
-
-    backbone: Backbone
-    tokenizer: Any
-    data: TaskData
-    splits: dict[str, TokenizedSplit] = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device: {name} requested but no GPU is visible here; use --device cpu")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device: {name} does not exist ({torch.cuda.device_count()} GPUs); pick another")
-        return torch.device(name)
-    if name != "cpu":
-        raise ConfigError(f"train.device: {name!r} unknown; use auto, cpu, cuda or cuda:N")
-    return torch.device("cpu")
-
-
-def load_tokenizer(model: str) -> Any:
-    from transformers import AutoTokenizer
-
-    source = resolve_model(model)
-    try:
-        return AutoTokenizer.from_pretrained(source.path, **source.kwargs)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"model: cannot load a tokenizer from {source.path!r}; give a model directory with one"
-        ) from exc
-
-
-def prepare_workspace(cfg: ExperimentConfig, backbone: Backbone | None = None, tokenizer: Any = None) -> Workspace:
-    """Load model, tokenizer and data, validate the config against them, and tokenise (cached)."""
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
-    backbone = backbone if backbone is not None else load_backbone(cfg.model, lm_head=cfg.head.kind == "label_words")
-    check_fits(cfg, BackboneInfo.of(backbone))
-    info = BackboneInfo.of(backbone)
-    data = load_task_data(cfg.data)
-    ws = Workspace(backbone, tokenizer, data)
-    append_mask = cfg.head.kind == "label_words" and not info.causal
-    if append_mask and tokenizer.mask_token_id is None:
-        raise ConfigError("head.kind: label_words on an encoder needs a tokenizer with a mask token")
-    for name, examples in data.splits.items():
-        ws.splits[name] = tokenize(tokenizer, examples, cfg.data.max_length, append_mask)
-    return ws
-
-
-def check_fits(cfg: ExperimentConfig, info: BackboneInfo) -> None:
-    """The method fits the model: layer indices exist, text + prompt fit its positions."""
-    cfg.method.check(info)
-    length = getattr(cfg.method, "length", 0)
-    if info.max_positions is not None and cfg.data.max_length + length > info.max_positions:
-        raise ConfigError(
-            f"data.max_length: {cfg.data.max_length} + prompt length {length} exceeds the model's "
-            f"{info.max_positions} positions; lower --max-length"
-        )
-
-
-def build_model(cfg: ExperimentConfig, ws: Workspace) -> PromptedModel:
-    """The trainable model for `cfg`, parameters initialised from `cfg.train.seed`."""
-    info = BackboneInfo.of(ws.backbone)
-    num_classes = len(ws.data.task.labels)
-    method = build_method(cfg.method, info)
-    if cfg.head.kind == "label_words":
-        words = cfg.head.label_words or ws.data.task.label_words
-        if len(words) != num_classes:
-            raise ConfigError(f"head.label_words: {len(words)} words for {num_classes} classes; give one per class")
-        head = LabelWordHead(ws.backbone, label_word_ids(ws.tokenizer, tuple(words)))
-        if not info.causal:
-            head.mask_token_id = ws.tokenizer.mask_token_id  # read the appended mask token
-    else:
-        head = ClassifierHead(ws.backbone, num_classes, cfg.head.pooler, mean=cfg.head.pooling == "mean")
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    method.init_parameters(ws.backbone.word_embeddings, generator)
-    head.init_parameters(generator)
-    return PromptedModel(ws.backbone, method, head)
-
-
-def prefix_feeder(
-    cfg: ExperimentConfig, ws: Workspace, model: PromptedModel, device: torch.device
-) -> PrefixFeeder | None:
-    """A frozen-prefix cache for this model, or None where it is off or nothing is frozen."""
-    layer = min(model.first_layer, model.backbone.num_layers)
-    if layer == 0 and model.method.needs_summary:
-        layer = model.backbone.num_layers  # dynamic prompting's frozen summary pass
-    if not cfg.train.prefix_cache or layer == 0:
-        return None
-    precision = cfg.train.precision
-    return PrefixFeeder(
-        model,
-        ws.splits,
-        layer,
-        device,
-        cache_dtype(device, precision),
-        int(cfg.train.prefix_cache_gb * 2**30),
-        cache_root(),
-        lambda: autocast(device, precision),
-    )
-
-
-def batch_fetcher(
-    feeder: PrefixFeeder | None, ws: Workspace, name: str, device: torch.device
-) -> Callable[[Tensor], Batch]:
-    """rows (B,) -> the device batch of split `name`, through the cache when there is one."""
-    if feeder is not None:
-        return lambda rows: feeder.batch(name, rows)
-    split = ws.splits[name]
-    return lambda rows: split.batch(rows).to(device)
+from .evaluation import evaluate_members
+from .fused import FusedModel, fusable, fusion_key
+from .metrics import COLLAPSED
+from .precision import autocast
+from .prefix_cache import PrefixFeeder
+from .workspace import Workspace, batch_fetcher, build_model, check_fits, prefix_feeder, resolve_device
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if uses_bf16(device, precision):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def eval_batches(split: TokenizedSplit, batch_size: int) -> Iterator[Tensor]:
-    """Fixed, length-sorted row batches: cheap padding and the same batches every time."""
-    order = torch.argsort(split.lengths, stable=True)
-    yield from order.split(batch_size)
-
-
-@torch.no_grad()
-def predict_split(
-    model: PromptedModel,
-    split: TokenizedSplit,
-    batch_size: int,
-    device: torch.device,
-    precision: str,
-    fetch: Callable[[Tensor], Batch] | None = None,
-) -> Tensor:
-    """Predicted class ids (N,) in the split's original order; `fetch(rows)` builds device batches
-    (a frozen-prefix cache), else the split's own."""
-    was_training = model.training
-    model.eval()
-    preds = torch.empty(len(split), dtype=torch.long)
-    for rows in eval_batches(split, batch_size):
-        batch = fetch(rows) if fetch is not None else split.batch(rows).to(device)
-        with autocast(device, precision):
-            logits = model(batch)
-        preds[rows] = logits.argmax(-1).cpu()
-    model.train(was_training)
-    return preds
-
-
-def evaluate(
-    model: PromptedModel,
-    split: TokenizedSplit,
-    task_metric: str,
-    num_classes: int,
-    batch_size: int,
-    device: torch.device,
-    precision: str,
-    fetch: Callable[[Tensor], Batch] | None = None,
-) -> dict[str, Any]:
-    preds = predict_split(model, split, batch_size, device, precision, fetch)
-    return classification_metrics(preds, split.labels, num_classes, task_metric)
 
 
 def train_batches(rows: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
@@ -294,54 +128,6 @@ def train(
     if result.status == "failed":
         raise TrainingError(result.error)
     return result
-
-
-def fusable(cfg: ExperimentConfig) -> bool:
-    """Whether `cfg` can train inside a fused group (SPT-DARTS runs its own bi-level loop)."""
-    return not getattr(cfg.method, "search", False)
-
-
-def fusion_key(cfg: ExperimentConfig) -> tuple[Any, ...]:
-    """Configurations with equal keys can share a fused batch (same head, batching and precision)."""
-    tc = cfg.train
-    return (cfg.head.kind, tuple(cfg.head.label_words), cfg.head.pooler, cfg.head.pooling, tc.batch_size, tc.eval_batch_size,
-            tc.device, tc.precision, tc.prefix_cache, tc.prefix_cache_gb)  # fmt: skip
-
-
-def partition(
-    cfgs: list[ExperimentConfig], info: BackboneInfo, size: int, text_tokens: float = 0.0, pad_tolerance: float = 0.25
-) -> list[list[int]]:
-    """Indices of `cfgs` in fused groups of at most `size`.
-
-    Only configurations with equal `fusion_key`s and the same first prompted layer share a group:
-    blocks below a member's first layer then run frozen (eval mode, no dropout, cached) exactly as
-    they would alone, and the group shares one frozen-prefix cache. A group pads every prompt to its
-    longest, so members are taken in order of prompt length and a group closes before its longest
-    row (prompt + `text_tokens`, the mean text length) would exceed its shortest by more than
-    `pad_tolerance`. SPT-DARTS searches run alone.
-    """
-
-    def shape(i: int) -> tuple[int, int]:
-        method = build_method(cfgs[i].method, info)
-        return (method.start_layer, method.length)
-
-    groups: list[list[int]] = []
-    by_key: dict[tuple[Any, ...], list[int]] = {}
-    for i, cfg in enumerate(cfgs):
-        if fusable(cfg):
-            by_key.setdefault((*fusion_key(cfg), shape(i)[0]), []).append(i)
-        else:
-            groups.append([i])
-    for indices in by_key.values():
-        current: list[int] = []
-        for i in sorted(indices, key=lambda i: (shape(i)[1], i)):
-            shortest = shape(current[0])[1] + text_tokens if current else 0.0
-            if current and (len(current) == size or shape(i)[1] + text_tokens > (1 + pad_tolerance) * shortest):
-                groups.append(current)
-                current = []
-            current.append(i)
-        groups.append(current)
-    return sorted(groups)
 
 
 class _Member:
@@ -523,7 +309,7 @@ def train_group(
 
         due = [m for m in active if m.status == "running" and m.evaluates_at(step)]
         if due:
-            dev = _evaluate_members(model, due, ws.splits["dev"], fetch["dev"], task.metric, num_classes, device)
+            dev = evaluate_members(model, due, ws.splits["dev"], fetch["dev"], task.metric, num_classes, device)
             for m, metrics in zip(due, dev, strict=True):
                 record = {
                     "step": step,
@@ -559,7 +345,7 @@ def train_group(
         results[m.index] = _member_result(m, device, train_time, wall, len(members), feeder)
     if "test" in ws.splits:
         scored = [m for m in members if m.status != "failed" and m.best_metrics]
-        tests = _evaluate_members(model, scored, ws.splits["test"], fetch["test"], task.metric, num_classes, device)
+        tests = evaluate_members(model, scored, ws.splits["test"], fetch["test"], task.metric, num_classes, device)
         for m, metrics in zip(scored, tests, strict=True):
             results[m.index].metrics["test"] = metrics
     for i, error in unfit:
@@ -587,36 +373,6 @@ def _member_result(
         "group_size": group,
     }
     return TrainResult(m.model, metrics, m.history, m.best_state, m.cfg, m.status, m.error)
-
-
-def _evaluate_members(
-    model: PromptedModel,
-    members: list[_Member],
-    split: TokenizedSplit,
-    fetch: Callable[[Tensor], Batch],
-    task_metric: str,
-    num_classes: int,
-    device: torch.device,
-) -> list[dict[str, Any]]:
-    """Metrics of each member on `split`, all members in one pass (each batch repeated per member)."""
-    if not members:
-        return []
-    if len(members) == 1 and model is members[0].model:
-        tc = members[0].cfg.train
-        return [evaluate(model, split, task_metric, num_classes, tc.eval_batch_size, device, tc.precision, fetch)]
-    tc = members[0].cfg.train
-    was_training = model.training
-    model.eval()
-    preds = torch.empty(len(members), len(split), dtype=torch.long)
-    with torch.no_grad():
-        for rows in eval_batches(split, tc.eval_batch_size):
-            part = fetch(rows)
-            batch = concat_batches([(m.index, part) for m in members])
-            with autocast(device, tc.precision):
-                logits = model(batch)
-            preds[:, rows] = logits.argmax(-1).view(len(members), -1).cpu()
-    model.train(was_training)
-    return [classification_metrics(p, split.labels, num_classes, task_metric) for p in preds]
 
 
 def _world() -> tuple[int, int]:

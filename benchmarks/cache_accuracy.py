@@ -20,7 +20,8 @@ from typing import Any
 from study_overhead import machine
 
 from autoprompt_search.runs import TrainOptions, experiment_from_options
-from autoprompt_search.trainer import prepare_workspace, train
+from autoprompt_search.trainer import train
+from autoprompt_search.workspace import prepare_workspace
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from study_overhead import machine, measure
 from autoprompt_search.runs import TrainOptions, experiment_from_options
 from autoprompt_search.study.launch import make_options
 from autoprompt_search.study.runner import run_study
-from autoprompt_search.trainer import prepare_workspace
+from autoprompt_search.workspace import prepare_workspace
 
 VARIANTS = {"naive (no cache)": False, "ours (prefix cache)": True}
 

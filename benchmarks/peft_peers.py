@@ -58,8 +58,8 @@ def logits_of(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: TokenizedSplit, metric: str, num_classes: int) -> dict:
+    from autoprompt_search.evaluation import eval_batches
     from autoprompt_search.metrics import classification_metrics
-    from autoprompt_search.trainer import eval_batches
 
     model.eval()
     preds = torch.empty(len(split), dtype=torch.long)
@@ -92,7 +92,8 @@ def main() -> None:
 
     from autoprompt_search.backbones import resolve_model
     from autoprompt_search.data import DataConfig, load_task_data, tokenize
-    from autoprompt_search.trainer import load_tokenizer, lr_lambda, param_groups, train_batches
+    from autoprompt_search.trainer import lr_lambda, param_groups, train_batches
+    from autoprompt_search.workspace import load_tokenizer
 
     data_cfg = DataConfig(task=args.task, data_dir=args.data_dir, max_length=args.max_length)
     data = load_task_data(data_cfg)

@@ -38,9 +38,9 @@ from torch import Tensor, nn
 from autoprompt_search.backbones import Backbone, BackboneInfo, backbone_from_config, load_backbone
 from autoprompt_search.engine import Batch, PromptedModel
 from autoprompt_search.heads import ClassifierHead
+from autoprompt_search.precision import autocast
 from autoprompt_search.prefix_cache import PrefixFeeder, cache_dtype
 from autoprompt_search.prompts import DeepConfig, LateConfig, build_method
-from autoprompt_search.trainer import autocast
 
 MODES = ("full-ft", "deep-all", "lpt", "lpt-cached")
 

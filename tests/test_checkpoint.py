@@ -10,7 +10,8 @@ from test_training import experiment
 
 from autoprompt_search.checkpoint import load_run, predict_run, save_run
 from autoprompt_search.prompts import DeepConfig, LateConfig
-from autoprompt_search.trainer import prepare_workspace, train
+from autoprompt_search.trainer import train
+from autoprompt_search.workspace import prepare_workspace
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ from autoprompt_search.backbones import backbone_from_config
 from autoprompt_search.config import ExperimentConfig
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig
-from autoprompt_search.trainer import TrainResult, prepare_workspace, train, train_group
+from autoprompt_search.trainer import TrainResult, train, train_group
+from autoprompt_search.workspace import prepare_workspace
 
 
 def members(model_dir: str, data_dir: str, **kw: object) -> list[ExperimentConfig]:
@@ -106,8 +107,8 @@ def test_members_that_cannot_share_a_batch_are_refused(tiny_model_dir: str, tiny
 
 def test_partition_groups_by_key_then_first_layer_and_length(tiny_model_dir: str, tiny_sst_dir: str) -> None:
     from autoprompt_search.backbones import BackboneInfo
+    from autoprompt_search.fused import partition
     from autoprompt_search.prompts import SptConfig
-    from autoprompt_search.trainer import partition
 
     cfgs = [
         experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=3, length=2)),  # 0

@@ -12,7 +12,8 @@ from autoprompt_search.checkpoint import load_run, predict_run, save_run
 from autoprompt_search.darts import BilevelSearch, split_rows
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.prompts import DeepConfig, DpConfig, LateConfig, SptConfig, method_config
-from autoprompt_search.trainer import prepare_workspace, train
+from autoprompt_search.trainer import train
+from autoprompt_search.workspace import prepare_workspace
 
 # ---- SPT --------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from autoprompt_search.backbones import BackboneInfo, load_backbone
 from autoprompt_search.engine import Batch, PromptedModel
 from autoprompt_search.heads import ClassifierHead
 from autoprompt_search.prompts import DeepConfig, LateConfig, build_method
-from autoprompt_search.trainer import load_tokenizer
+from autoprompt_search.workspace import load_tokenizer
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,10 @@ from conftest import tiny_configs
 from autoprompt_search.backbones import backbone_from_config
 from autoprompt_search.config import ExperimentConfig, TrainConfig
 from autoprompt_search.data import DataConfig
+from autoprompt_search.errors import TrainingError
 from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig
-from autoprompt_search.trainer import TrainingError, build_model, prepare_workspace, train
+from autoprompt_search.trainer import train
+from autoprompt_search.workspace import build_model, prepare_workspace
 
 
 def experiment(model_dir: str, data_dir: str, method: object, **train_kw: object) -> ExperimentConfig:
@@ -116,7 +118,7 @@ def test_nan_loss_fails_the_trial_with_a_reason(tiny_model_dir: str, tiny_sst_di
 def test_gpu_requested_without_gpu_is_a_clear_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    from autoprompt_search.trainer import resolve_device
+    from autoprompt_search.workspace import resolve_device
 
     with pytest.raises(
         ValueError, match=r"^train.device: cuda requested but no GPU is visible here; use --device cpu$"

@@ -27,7 +27,8 @@ from ..errors import ConfigError
 from ..prompts import SptConfig, method_from_dict, method_to_dict
 from ..runs import TrainOptions, experiment_from_options, parse_method_options
 from ..search_space import SearchSpace, fix_steps
-from ..trainer import Workspace, prepare_workspace, train
+from ..trainer import train
+from ..workspace import Workspace, prepare_workspace
 from .arms import Arm, CompareOptions, baseline_arms, check_overrides
 from .report import write_report, write_runs
 

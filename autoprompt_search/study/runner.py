@@ -43,7 +43,7 @@ def check_study(options: StudyOptions) -> tuple[SearchSpace, ExperimentConfig, i
     """Everything that can be checked before Ray starts: space, model depth, data, tokens (cached)."""
     from ..data import load_task_data, tokenize
     from ..runs import num_layers_of
-    from ..trainer import load_tokenizer
+    from ..workspace import load_tokenizer
 
     space = SearchSpace.from_dict(options.space, options.space_file or "<study>")
     base = options.base_experiment()

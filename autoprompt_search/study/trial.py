@@ -273,7 +273,8 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     import torch
 
     from ..checkpoint import save_state, save_training_state
-    from ..trainer import prepare_workspace, train
+    from ..trainer import train
+    from ..workspace import prepare_workspace
 
     started, started_at = time.perf_counter(), time.time()
     cfg = experiment_for(loop_config["base"], loop_config["sampled"])
