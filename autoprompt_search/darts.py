@@ -32,7 +32,7 @@ from .errors import ConfigError, TrainingError
 from .evaluation import evaluate
 from .precision import autocast
 from .prompts import SelectivePrompt, SptConfig, method_to_dict
-from .trainer import TrainResult, lr_lambda, seed_everything, train_batches
+from .trainer import lr_lambda, seed_everything, train_batches
 from .workspace import Workspace, build_model, resolve_device
 
 
@@ -207,18 +207,13 @@ class BilevelSearch:
         )
 
 
-def search_then_retrain(
-    cfg: ExperimentConfig,
-    ws: Workspace,
-    on_eval: Callable[[dict[str, Any], dict[str, Tensor], ExperimentConfig], None] | None = None,
-) -> TrainResult:
-    """SPT-DARTS end to end: gate search, derive, retrain the derived config from scratch."""
-    from .trainer import train
-
+def gate_search(cfg: ExperimentConfig, ws: Workspace) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """SPT-DARTS' first stage: learn the gates, derive a layer set; returns the configuration to
+    retrain from scratch and the search's metrics (the training loop adds them to its result)."""
     search = BilevelSearch(cfg, ws).run()
     retrain_cfg = replace(cfg, method=search.derived)
-    result = train(retrain_cfg, ws, on_eval)
-    result.metrics["spt_search"] = {
+    metrics: dict[str, Any] = {}
+    metrics["spt_search"] = {
         "candidates": list(search.layers),
         "gate_probs": search.probabilities,
         "derived": method_to_dict(search.derived),
@@ -228,8 +223,8 @@ def search_then_retrain(
         "history": search.history,
         "search_config": method_to_dict(cfg.method),
     }
-    result.metrics["steps_total"] = search.steps + retrain_cfg.train.steps
-    return result
+    metrics["steps_total"] = search.steps + retrain_cfg.train.steps
+    return retrain_cfg, metrics
 
 
 def describe_search(found: dict[str, Any]) -> str:

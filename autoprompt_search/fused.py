@@ -24,7 +24,7 @@ from .backbones import BackboneInfo, KvPrefix
 from .batch import Batch, spans
 from .config import ExperimentConfig
 from .engine import PromptedModel
-from .prompts import BatchContext, PromptMethod, SlotLayout, build_method
+from .prompts import METHODS, BatchContext, PromptMethod, SlotLayout, build_method, method_name
 
 
 class FusedMethod(PromptMethod):
@@ -168,7 +168,7 @@ class FusedModel(PromptedModel):
 
 def fusable(cfg: ExperimentConfig) -> bool:
     """Whether `cfg` can train inside a fused group (SPT-DARTS runs its own bi-level loop)."""
-    return not getattr(cfg.method, "search", False)
+    return not METHODS[method_name(cfg.method)].module_class.trains_alone(cfg.method)
 
 
 def fusion_key(cfg: ExperimentConfig) -> tuple[Any, ...]:

@@ -27,6 +27,7 @@ from .fused import FusedModel, fusable, fusion_key
 from .metrics import COLLAPSED
 from .precision import autocast
 from .prefix_cache import PrefixFeeder
+from .prompts import METHODS, method_name
 from .workspace import Workspace, batch_fetcher, build_model, check_fits, prefix_feeder, resolve_device
 
 
@@ -119,14 +120,14 @@ def train(
     that collapsed never becomes the best.
     `resume` continues a run from the TrainingState of one of its evaluations.
     """
-    if getattr(cfg.method, "search", False):
-        from .darts import search_then_retrain
-
-        return search_then_retrain(cfg, ws, on_eval)
+    # A method's own first stage (SPT-DARTS: the gate search) decides what is trained. A resumed
+    # run's configuration is the one its checkpoint trained (already derived): nothing to redo.
+    cfg, stage_metrics = METHODS[method_name(cfg.method)].module_class.before_training(cfg, ws)
     member_eval = None if on_eval is None else (lambda _i, record, state, c: on_eval(record, state, c))
     result = train_group([cfg], ws, member_eval, None if resume is None else {0: resume})[0]
     if result.status == "failed":
         raise TrainingError(result.error)
+    result.metrics.update(stage_metrics)
     return result
 
 
