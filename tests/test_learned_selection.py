@@ -95,6 +95,11 @@ def test_budget_pushes_the_expected_number_of_layers_down(tiny_model_dir: str, t
     assert result.history[0]["expected_layers"] < 3 * torch.sigmoid(torch.tensor(2.0)).item()  # candidates 1..3
     assert result.history[-1]["expected_layers"] < result.history[0]["expected_layers"]
     assert [len(h["gate_probs"]) for h in result.history] == [3, 3]
+    # The control: the same search without a budget keeps more layers open.
+    free = SptConfig(length=2, bottleneck=8, budget=0.0, gate_init=2.0, arch_lr=0.2)
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, free, steps=10, eval_every=5)
+    control = BilevelSearch(cfg, prepare_workspace(cfg)).run()
+    assert control.history[-1]["expected_layers"] > result.history[-1]["expected_layers"] + 0.5
 
 
 def test_weight_and_architecture_rows_are_disjoint() -> None:
