@@ -357,20 +357,7 @@ def test_resume_after_interruption_runs_no_trial_twice(
 ) -> None:
     opts = options(tiny_model_dir, tiny_sst_dir, max_concurrent=1, sampler="random", seed=5)
     marker = str(tmp_path / "interrupted")
-    from autoprompt_search.study import runner
-
-    original = runner.build_tuner
-
-    def with_interrupt(*args: Any, **kw: Any) -> Any:
-        tuner = original(*args, **kw)
-        tuner._local_tuner.get_run_config().callbacks.append(InterruptAfter(2, marker))
-        return tuner
-
-    runner.build_tuner = with_interrupt
-    try:
-        run_study(opts, tmp_path / "r")
-    finally:
-        runner.build_tuner = original
+    run_study(opts, tmp_path / "r", callbacks=[InterruptAfter(2, marker)])
     # 6 tiny steps: a trial may predict one class at every evaluation and end COLLAPSED instead
     ended = ("TERMINATED", "COLLAPSED")
     first = {r["trial_id"]: r for r in read_trials(tmp_path / "r" / "s") if r["status"] in ended}
@@ -420,20 +407,7 @@ def test_fused_study_writes_a_row_per_member_resumes_and_exports(
     # interrupted after the first group, then resumed.
     opts = options(tiny_model_dir, tiny_sst_dir, fuse=2, max_concurrent=1, scheduler="asha", sampler="random", seed=2)
     marker = str(tmp_path / "interrupted")
-    from autoprompt_search.study import runner
-
-    original = runner.build_tuner
-
-    def with_interrupt(*args: Any, **kw: Any) -> Any:
-        tuner = original(*args, **kw)
-        tuner._local_tuner.get_run_config().callbacks.append(InterruptAfter(1, marker))
-        return tuner
-
-    runner.build_tuner = with_interrupt
-    try:
-        run_study(opts, tmp_path)
-    finally:
-        runner.build_tuner = original
+    run_study(opts, tmp_path, callbacks=[InterruptAfter(1, marker)])
     first = {r["trial_id"]: r for r in read_trials(tmp_path / "s")}
     assert os.path.exists(marker) and len(first) == 2 and len({r["group_id"] for r in first.values()}) == 1
     assert all(r["status"] in ("TERMINATED", "STOPPED", "COLLAPSED") for r in first.values())

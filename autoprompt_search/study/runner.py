@@ -181,7 +181,12 @@ def devices_per_trial(options: StudyOptions) -> float:
 
 
 def build_tuner(
-    options: StudyOptions, study_dir: Path, space: SearchSpace, base: ExperimentConfig, num_layers: int
+    options: StudyOptions,
+    study_dir: Path,
+    space: SearchSpace,
+    base: ExperimentConfig,
+    num_layers: int,
+    callbacks: list[Any] | None = None,
 ) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -200,6 +205,7 @@ def build_tuner(
     callbacks = [
         TrialRecorder(str(study_dir), devices_per_trial(options)),
         ProgressBar(tune_trials(options), objectives[0].metric, objectives[0].mode),
+        *(callbacks or []),
     ]
     return tune.Tuner(
         trainable(options, study_dir),
@@ -270,8 +276,10 @@ def run_study(
     overwrite: bool = False,
     ray_settings: RaySettings | None = None,
     on_connect: Any = None,
+    callbacks: list[Any] | None = None,
 ) -> StudyRun:
-    """Validate everything, start or join Ray, and run the study to the end."""
+    """Validate everything, start or join Ray, and run the study to the end. `callbacks`: more
+    Ray Tune callbacks for the search (the study's recorder and progress bar always run)."""
     study_dir = prepare_study_dir(results_dir, options.name, overwrite)
     space, base, num_layers = check_study(options)
     check_writable(study_dir)
@@ -279,7 +287,7 @@ def run_study(
     def fit() -> None:
         study_dir.mkdir(parents=True, exist_ok=True)
         options.save(study_dir)
-        build_tuner(options, study_dir, space, base, num_layers).fit()
+        build_tuner(options, study_dir, space, base, num_layers, callbacks).fit()
         run_finalists(options, study_dir)
 
     return _on_ray(options, study_dir, fit, ray_settings, on_connect)
