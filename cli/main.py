@@ -327,17 +327,18 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
                 g["method"] or "-",
                 f"{g['scored']}/{g['seeds']}",
                 _number(g[metric]),
-                f"{_number(g[metric + '_min'])}-{_number(g[metric + '_max'])}",
+                _range(g[metric + "_min"], g[metric + "_max"]),
                 _number(g["test_median"]),
-                f"{_number(g['test_min'])}-{_number(g['test_max'])}",
+                _range(g["test_min"], g["test_max"]),
             )
         console.print(finals)
     best = summary["best"]
     if best is not None and best.get("finalist_of"):
+        source = next(r for r in rows if r["trial_id"] == best["finalist_of"])
         console.print(
             f"best {summary['objective']}: median {_number(best[metric])} over {best['scored']}/{best['seeds']} seeds "
-            f"(range {_number(best[metric + '_min'])}-{_number(best[metric + '_max'])}), finalist of trial "
-            f"{best['finalist_of']}: {best['config']}"
+            f"(range {_range(best[metric + '_min'], best[metric + '_max'])}), the configuration of trial "
+            f"{best['finalist_of']}: {source['config']}"
         )
     elif best is not None:
         console.print(f"best {summary['objective']}: trial {best['trial_id']} {best['config']}")
@@ -345,6 +346,10 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
 
 def _number(value: float | None, fmt: str = "{:.4f}") -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def _range(low: float | None, high: float | None) -> str:
+    return "-" if low is None else f"{low:.4f}-{high:.4f}"
 
 
 @app.command()

@@ -181,7 +181,11 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
     expected = max(sorted(sources), key=lambda s: medians[s])
     assert best["finalist_of"] == expected
     res = runner.invoke(app, ["status", str(study)])
-    assert res.exit_code == 0 and "finalists: median over seeds" in res.stdout and "finalist of trial" in res.stdout
+    assert (
+        res.exit_code == 0
+        and "finalists: median over seeds" in res.stdout
+        and "the configuration of trial" in res.stdout
+    )
     res = runner.invoke(app, ["export", str(study), "--top", "1"])
     assert res.exit_code == 0, res.output
     (summary,) = json.loads((study / "export" / "exported.json").read_text())
