@@ -24,6 +24,7 @@ from .heads import ClassifierHead, LabelWordHead, label_word_ids
 from .precision import autocast
 from .prefix_cache import PrefixFeeder, cache_dtype, cache_root
 from .prompts import build_method
+from .prompts.noise import seed_noise
 
 
 @dataclass
@@ -106,6 +107,7 @@ def build_model(cfg: ExperimentConfig, ws: Workspace) -> PromptedModel:
         head = ClassifierHead(ws.backbone, num_classes, cfg.head.pooler, mean=cfg.head.pooling == "mean")
     generator = torch.Generator().manual_seed(cfg.train.seed)
     method.init_parameters(ws.backbone.word_embeddings, generator)
+    seed_noise(method, cfg.train.seed)  # dropout masks and Gumbel noise: streams of the run's own
     head.init_parameters(generator)
     return PromptedModel(ws.backbone, method, head)
 

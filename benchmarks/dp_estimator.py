@@ -26,6 +26,7 @@ from autoprompt_search.backbones import BackboneInfo, backbone_from_config
 from autoprompt_search.engine import Batch, PromptedModel
 from autoprompt_search.heads import ClassifierHead
 from autoprompt_search.prompts import DpConfig, build_method
+from autoprompt_search.prompts.noise import seed_noise
 
 TEXT = 4  # T text tokens
 PROMPT = 3  # L prompt slots; the answer needs position j = L
@@ -62,6 +63,7 @@ def train_position_task(mixing: bool, steps: int, seed: int, lr: float = 0.05) -
     method = build_method(DpConfig(length=PROMPT, pool=1, level="task", choose=("position",)), info)
     assert method is not None
     method.init_parameters(bb.word_embeddings, torch.Generator().manual_seed(seed))
+    seed_noise(method, seed)
     model = PromptedModel(bb, method, ClassifierHead(bb, 2, pooler=False, mean=True))
     optimizer = torch.optim.Adam(list(model.trainable_parameters().values()), lr=lr)
     data = torch.Generator().manual_seed(seed)

@@ -213,3 +213,17 @@ def test_a_dynamic_prompting_member_trains_fused_as_alone(tiny_model_dir: str, t
     fused = train_group(cfgs, ws)
     for f, cfg in zip(fused, cfgs, strict=True):
         assert_same(f, train(cfg, ws))
+
+
+def test_members_with_dropout_train_fused_as_alone(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    """Prompt and generator dropout draw from each member's own seeded stream (prompts/noise.py),
+    so even with dropout on a member trains fused exactly as alone (same tolerance as without)."""
+    cfgs = [
+        experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0, 2), length=3, dropout=0.2), lr=1e-1, seed=1,
+                   steps=6, eval_every=3, prefix_cache=False),
+        experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=2, length=3, bottleneck=8, dropout=0.3), lr=5e-3,
+                   seed=2, steps=6, eval_every=3, prefix_cache=False),
+    ]  # fmt: skip
+    ws = prepare_workspace(cfgs[0])
+    for f, cfg in zip(train_group(cfgs, ws), cfgs, strict=True):
+        assert_same(f, train(cfg, ws))

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..backbones import BackboneInfo, KvPrefix
 from ..errors import require
 from .base import BatchContext, PromptMethod, SlotLayout, check_layers
+from .noise import SeededDropout
 from .registry import register_method
 
 POSITIONS = ("prefix", "split")
@@ -72,7 +73,7 @@ class DeepPrompt(PromptMethod):
         d, n, length = info.hidden_size, len(config.layers), config.length
         self.slot_of = {layer: i for i, layer in enumerate(config.layers)}
         self.kv = config.form == "kv"
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = SeededDropout(config.dropout)
         if self.kv:
             heads, head_dim = info.kv_shape
             width = heads * head_dim

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from ..backbones import BackboneInfo
 from ..errors import require
 from .base import BatchContext, PromptMethod, SlotLayout
+from .noise import NoiseSource
 from .registry import register_method
 
 LEVELS = ("instance", "task")
@@ -117,10 +118,7 @@ class DynamicPrompt(PromptMethod):
                 self.logits[choice] = nn.Parameter(torch.zeros(sizes[choice]))
         self.tau = config.tau
         self.choices: Choices | None = None  # the last forward pass's (read by tests and logs)
-        # The Gumbel noise has its own seeded stream, so a member samples the same noise in a
-        # fused group as alone (torch's global stream is also drawn by other members' modules).
-        self.noise_seed = 0
-        self._noise: torch.Generator | None = None
+        self.noise = NoiseSource()  # the Gumbel noise (noise.py says why not torch's global stream)
 
     @property
     def needs_summary(self) -> bool:  # type: ignore[override]
@@ -139,8 +137,6 @@ class DynamicPrompt(PromptMethod):
         k, length, _ = self.prompts.shape
         with torch.no_grad():
             ids = torch.randint(0, vocab.shape[0], (k, length), generator=generator)
-            self.noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            self._noise = None
             self.prompts.copy_(vocab[ids].float())  # vocabulary init, as for prompt tuning
             for m in self.selectors.values():
                 bound = m.in_features**-0.5
@@ -173,9 +169,8 @@ class DynamicPrompt(PromptMethod):
         value, the tempered softmax's gradient), the argmax in eval."""
         if not self.training:
             return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(torch.float32)
-        if self._noise is None or self._noise.device != logits.device:
-            self._noise = torch.Generator(device=logits.device).manual_seed(self.noise_seed)
-        gumbel = -torch.empty_like(logits, dtype=torch.float32).exponential_(generator=self._noise).log()
+        noise = self.noise.generator(logits.device)
+        gumbel = -torch.empty_like(logits, dtype=torch.float32).exponential_(generator=noise).log()
         soft = ((logits.float() + gumbel) / self.tau).softmax(-1)  # (B, options)
         hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
         return hard - soft.detach() + soft

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..backbones import BackboneInfo
 from ..errors import ConfigError, require
 from .base import BatchContext, PromptMethod, SlotLayout
+from .noise import SeededDropout
 from .registry import register_method
 
 GENERATORS = ("npg", "appg", "mppg")
@@ -87,7 +88,7 @@ class PromptGenerator(nn.Module):
         self.kind, self.length, self.read_last = kind, length, read_last  # decoders read the last real token
         self.down = nn.Linear(hidden, bottleneck)
         self.up = nn.Linear(bottleneck, length * hidden) if kind == "npg" else nn.Linear(bottleneck, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SeededDropout(dropout)
 
     def init_parameters(self, generator: torch.Generator) -> None:
         with torch.no_grad():
