@@ -112,7 +112,17 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         "train_seconds": m["train_seconds"],
         "ms_per_step": 1000 * m["train_seconds"] / steps,
         "config": cfg.to_dict(),
+        "code": code_version(),
     }
+
+
+def code_version() -> str:
+    """The checkout's commit, '+' when it has uncommitted changes (results name the code that made them)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def command(arm: str, seed: int, args: argparse.Namespace) -> list[str]:
