@@ -63,9 +63,9 @@ def train(
         Optional[str], Opt(help="classifier input: token (first; decoders: last real) | mean (of the text)")
     ] = None,
     label_words: Annotated[Optional[str], Opt(help="comma-separated, one per class")] = None,
-    steps: Annotated[Optional[int], Opt()] = None,
+    steps: Annotated[Optional[int], Opt("--steps", "--max-steps")] = None,
     epochs: Annotated[Optional[float], Opt(help="instead of --steps: passes over the training set")] = None,
-    lr: Annotated[Optional[float], Opt()] = None,
+    lr: Annotated[Optional[float], Opt("--lr", "--learning-rate")] = None,
     weight_decay: Annotated[Optional[float], Opt()] = None,
     warmup_ratio: Annotated[Optional[float], Opt()] = None,
     batch_size: Annotated[Optional[int], Opt()] = None,
@@ -76,7 +76,7 @@ def train(
     prefix_cache: Annotated[
         Optional[bool], Opt("--prefix-cache/--no-prefix-cache", help="reuse frozen-block outputs (default on)")
     ] = None,
-    output: Annotated[str, Opt(help="run directory to write")] = "runs/train",
+    output: Annotated[str, Opt("--output", "--output-dir", help="run directory to write")] = "runs/train",
     overwrite: Annotated[bool, Opt(help="replace an existing run directory")] = False,
 ) -> None:
     """Train and evaluate one prompt configuration; saves safetensors weights and config.json."""
@@ -423,38 +423,41 @@ def compare(
 
 @app.command()
 def status(
-    study: Annotated[str, typer.Argument(help="study directory (RESULTS_DIR/NAME) or a name under results/")],
+    study: Annotated[str, typer.Argument(help="study directory, or a study name under --results-dir")],
+    results_dir: Annotated[str, Opt(help="where study directories live (for a study given by name)")] = "results",
 ) -> None:
-    """Show a study's trials: best so far, running, stopped, failed."""
+    """Show a study's trials: best so far, running, stopped, failed; finalists' medians."""
     try:
-        _print_status(_study_dir(study))
+        _print_status(_study_dir(study, results_dir))
     except ConfigError as exc:
         fail(exc)
 
 
 @app.command()
 def export(
-    study: Annotated[str, typer.Argument(help="study directory (RESULTS_DIR/NAME) or a name under results/")],
+    study: Annotated[str, typer.Argument(help="study directory, or a study name under --results-dir")],
     top: Annotated[int, Opt(help="export the k best: finalists by their median over seeds, else trials")] = 1,
     pareto: Annotated[bool, Opt(help="export the Pareto front over all objectives instead")] = False,
-    output: Annotated[str, Opt(help="directory to write (default: STUDY/export)")] = "",
+    output: Annotated[str, Opt("--output", "--output-dir", help="directory to write (default: STUDY/export)")] = "",
     overwrite: Annotated[bool, Opt()] = False,
+    results_dir: Annotated[str, Opt(help="where study directories live (for a study given by name)")] = "results",
 ) -> None:
     """Export chosen trials as run directories: config.yaml (retrain) + safetensors weights (serve)."""
     from autoprompt_search.study.export import export_study
 
     try:
-        runs = export_study(_study_dir(study), output or None, top, pareto, overwrite)
+        runs = export_study(_study_dir(study, results_dir), output or None, top, pareto, overwrite)
     except ConfigError as exc:
         fail(exc)
     for run in runs:
         typer.echo(f"{run}  (autoprompt predict {run} | autoprompt train --config {run}/config.yaml)")
 
 
-def _study_dir(study: str) -> str:
+def _study_dir(study: str, results_dir: str) -> str:
+    """A study directory given as a path, or by name under `results_dir`."""
     from pathlib import Path
 
-    return study if Path(study).is_dir() or "/" in study else str(Path("results") / study)
+    return study if Path(study).is_dir() or "/" in study else str(Path(results_dir) / study)
 
 
 def quiet_libraries() -> None:

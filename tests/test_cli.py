@@ -138,3 +138,30 @@ def test_bad_method_options_exit_2(tiny_model_dir: str, tiny_sst_dir: str, tmp_p
     res = runner.invoke(app, train_args(tiny_model_dir, tiny_sst_dir, str(tmp_path / "r"), *extra))
     assert res.exit_code == 2 and message in res.stderr, res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_hf_style_aliases_and_studies_by_name_under_results_dir(
+    tiny_model_dir: str, tiny_sst_dir: str, tmp_path
+) -> None:
+    out = tmp_path / "run"
+    args = [
+        "train", "--model", tiny_model_dir, "--task", "sst2", "--data-dir", tiny_sst_dir, "--max-length", "32",
+        "--max-steps", "3", "--eval-every", "3", "--learning-rate", "0.02", "--device", "cpu", "--output-dir", str(out),
+    ]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    train = json.loads((out / "config.json").read_text())["config"]["train"]
+    assert train["steps"] == 3 and train["lr"] == 0.02
+
+    from autoprompt_search.study.options import StudyOptions
+    from autoprompt_search.study.records import SCHEMA, write_trials
+
+    study = tmp_path / "elsewhere" / "named"
+    study.mkdir(parents=True)
+    StudyOptions(name="named", space={"methods": {"deep": {}}}).save(study)
+    row = {c: None for c in SCHEMA.names} | {"trial_id": "t1", "number": 0, "status": "TERMINATED", "dev_score": 0.5}
+    write_trials(study, [row])
+    res = runner.invoke(app, ["status", "named", "--results-dir", str(tmp_path / "elsewhere")])
+    assert res.exit_code == 0 and "study named: 1 trials" in res.stdout, res.output
+    res = runner.invoke(app, ["status", "named", "--results-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "named/study.json' not found" in res.stderr
