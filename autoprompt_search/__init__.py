@@ -1,3 +1,18 @@
-"""autoprompt-search: find where and how to prompt-tune a frozen transformer."""
+"""autoprompt-search: find where and how to prompt-tune a frozen transformer.
+
+`from autoprompt_search import search, train, load` is the Python API (`api.py`); it is imported on
+first use, so `import autoprompt_search` stays light.
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["Predictor", "SearchResult", "__version__", "load", "search", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("search", "train", "load", "Predictor", "SearchResult"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'autoprompt_search' has no attribute {name!r}")

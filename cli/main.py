@@ -203,9 +203,8 @@ def search(
     ] = None,
 ) -> None:
     """Run a search study on Ray: Optuna proposes configurations, each trial is a Ray Train run."""
-    from autoprompt_search.runs import TrainOptions
-    from autoprompt_search.study.launch import make_options
-    from autoprompt_search.study.runner import resume_study, run_study
+    from autoprompt_search import api
+    from autoprompt_search.study.runner import resume_study
 
     def announce(cluster, study_dir) -> None:  # type: ignore[no-untyped-def]
         where = f"joined {cluster.address}" if cluster.address != "local" else "started a local Ray"
@@ -228,43 +227,18 @@ def search(
         if resume:
             run = resume_study(resume, results_dir, **connect)
         else:
-            base = TrainOptions(
-                config_file=config,
-                model=model,
-                task=task,
-                source=source,
-                data_dir=data_dir,
-                columns=columns or [],
-                max_length=max_length,
-                max_train=max_train,
-                metric=metric,
-                steps=steps,
-                batch_size=batch_size,
-                eval_every=eval_every,
-                seed=seed,
-                precision=precision,
-                prefix_cache=prefix_cache,
-            )
-            options = make_options(
-                space,
-                base,
-                name=name,
-                num_samples=num_samples,
-                max_concurrent=max_concurrent,
-                fuse=fuse,
-                objectives=objective or ["dev_score:max"],
-                finalists=finalists,
-                seeds=seeds,
-                sampler=sampler,
-                scheduler=scheduler,
-                grace_period=grace_period,
-                cpus_per_trial=cpus_per_trial,
-                gpus_per_trial=gpus_per_trial,
-                workers_per_trial=workers_per_trial,
-                max_failures=max_failures,
-                seed=search_seed,
-            )
-            run = run_study(options, results_dir, overwrite=overwrite, **connect)
+            run = api.search(
+                space, name=name, results_dir=results_dir, overwrite=overwrite, search_seed=search_seed, **connect,
+                # the study's knobs
+                num_samples=num_samples, max_concurrent=max_concurrent, fuse=fuse,
+                objectives=objective or ["dev_score:max"], finalists=finalists, seeds=seeds, sampler=sampler,
+                scheduler=scheduler, grace_period=grace_period, cpus_per_trial=cpus_per_trial,
+                gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial, max_failures=max_failures,
+                # the base experiment (flags over --config over the embedded default)
+                config_file=config, model=model, task=task, source=source, data_dir=data_dir, columns=columns or [],
+                max_length=max_length, max_train=max_train, metric=metric, steps=steps, batch_size=batch_size,
+                eval_every=eval_every, seed=seed, precision=precision, prefix_cache=prefix_cache,
+            )  # fmt: skip
     except ConfigError as exc:
         fail(exc)
     _print_status(run.study_dir)

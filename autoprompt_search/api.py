@@ -1,0 +1,136 @@
+"""The Python API: `search`, `train` and `load`, the same paths the `autoprompt` commands take.
+
+    from autoprompt_search import load, search, train
+
+    result = search("all", task="trec", steps=150, num_samples=6, finalists=2, seeds=2)
+    result.table            # pandas DataFrame of trials.parquet (finalist runs included)
+    result.best_config      # {'method': {...}, 'train': {...}} of the study's best
+    run = train(output="runs/best", task="trec", method="late", layer=3, steps=300)
+    model = load("runs/best")
+    model.predict(["How far is the moon?"])   # -> ['NUM']
+
+Keyword arguments of the experiment are the command line's (`TrainOptions`: model, task,
+data_dir, steps, lr, method, layers, ...); a study's knobs are `StudyOptions`' fields.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+from .runs import TrainOptions, experiment_from_options, train_to_directory
+from .trainer import TrainResult
+
+STUDY_KNOBS = ("num_samples", "max_concurrent", "fuse", "objectives", "sampler", "scheduler", "grace_period",
+               "cpus_per_trial", "gpus_per_trial", "workers_per_trial", "max_failures", "reuse_actors",
+               "finalists", "seeds", "reduction_factor")  # fmt: skip
+
+
+@dataclass
+class SearchResult:
+    """A finished (or interrupted) study: where it is, its rows, and its best configuration."""
+
+    study_dir: Path
+    rows: list[dict[str, Any]]
+    best: dict[str, Any] | None  # the best finalist (median over seeds) or trial row, see study.ranking
+    best_config: dict[str, Any] | None  # the best's sampled {'method': ..., 'train': ...}
+    wall_seconds: float
+
+    @property
+    def table(self) -> Any:
+        """trials.parquet as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+
+def _train_options(experiment: dict[str, Any]) -> TrainOptions:
+    known = {f.name for f in fields(TrainOptions)}
+    unknown = sorted(set(experiment) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not an experiment option; use one of {', '.join(sorted(known))}")
+    return TrainOptions(**experiment)
+
+
+def search(
+    space: str = "all",
+    *,
+    name: str = "default",
+    results_dir: str | Path = "results",
+    overwrite: bool = False,
+    search_seed: int = 0,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    callbacks: list[Any] | None = None,
+    ray_settings: Any = None,
+    on_connect: Any = None,
+    **options: Any,
+) -> SearchResult:
+    """Run a study on Ray (a local one unless `address`) and return its result. `options`: the
+    study's knobs (num_samples, finalists, seeds, objectives, ...) and the experiment's (model,
+    task, steps, seed: the training seed, ...); `search_seed` seeds the sampler. `ray_settings` (a
+    RaySettings) replaces address/num_cpus; `on_connect(cluster, study_dir)` runs once Ray is up."""
+    from .study.cluster import RaySettings
+    from .study.launch import make_options
+    from .study.ranking import best_row
+    from .study.runner import run_study
+
+    study = {k: options.pop(k) for k in list(options) if k in STUDY_KNOBS} | {"seed": search_seed}
+    options_ = make_options(space, _train_options(options), name=name, **study)
+    settings = ray_settings if ray_settings is not None else RaySettings(address=address, num_cpus=num_cpus)
+    run = run_study(options_, results_dir, overwrite, settings, on_connect, callbacks)
+    best = best_row(run.rows, options_.parsed_objectives)
+    config = None
+    if best is not None:
+        source = best.get("finalist_of") or best["trial_id"]
+        config = next(r for r in run.rows if r["trial_id"] == source)["config"]
+    return SearchResult(run.study_dir, run.rows, best, None if config is None else json.loads(config), run.wall_seconds)
+
+
+def train(output: str | Path = "runs/train", overwrite: bool = False, **options: Any) -> TrainResult:
+    """Train one configuration (the `autoprompt train` options) and save it to `output`."""
+    return train_to_directory(experiment_from_options(_train_options(options)), output, overwrite)
+
+
+class Predictor:
+    """A trained run, ready to label texts."""
+
+    def __init__(self, model: Any, cfg: Any, tokenizer: Any, labels: tuple[str, ...], device: torch.device) -> None:
+        self.model, self.cfg, self.tokenizer, self.labels, self.device = model, cfg, tokenizer, labels, device
+
+    def predict(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> list[str]:
+        """The predicted label of each text (or text pair, for pair tasks)."""
+        from .data import Examples, tokenize
+        from .evaluation import predict_split
+
+        pairs = [t if isinstance(t, tuple) else (t,) for t in texts]
+        text_b = [p[1] for p in pairs] if pairs and len(pairs[0]) > 1 else None
+        examples = Examples([p[0] for p in pairs], text_b, [0] * len(pairs))
+        append_mask = self.cfg.head.kind == "label_words" and not self.model.backbone.causal
+        split = tokenize(self.tokenizer, examples, self.cfg.data.max_length, append_mask, use_cache=False)
+        preds = predict_split(self.model, split, self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision)
+        return [self.labels[int(i)] for i in preds]
+
+
+def load(run_dir: str | Path, device: str = "auto") -> Predictor:
+    """A run directory (`autoprompt train` or `export`) as a Predictor; its data files are not needed."""
+    from .backbones import load_backbone
+    from .checkpoint import load_weights, read_run
+    from .config import ExperimentConfig
+    from .data import TaskData, get_task
+    from .workspace import Workspace, build_model, load_tokenizer, resolve_device
+
+    cfg = ExperimentConfig.from_dict(read_run(run_dir)["config"])
+    task = get_task(cfg.data.task)
+    backbone = load_backbone(cfg.model, lm_head=cfg.head.kind == "label_words")
+    ws = Workspace(backbone, load_tokenizer(cfg.model), TaskData(task, {}, {}))
+    model = build_model(cfg, ws)
+    load_weights(model, run_dir)
+    target = resolve_device(device)
+    return Predictor(model.to(target).eval(), cfg, ws.tokenizer, tuple(task.labels), target)
