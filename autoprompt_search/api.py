@@ -29,7 +29,7 @@ from .trainer import TrainResult
 
 STUDY_KNOBS = ("num_samples", "max_concurrent", "fuse", "objectives", "sampler", "scheduler", "grace_period",
                "cpus_per_trial", "gpus_per_trial", "workers_per_trial", "max_failures", "reuse_actors",
-               "finalists", "seeds", "reduction_factor")  # fmt: skip
+               "finalists", "seeds", "reduction_factor", "enqueue", "warm_start")  # fmt: skip
 
 
 @dataclass
@@ -77,11 +77,18 @@ def search(
     task, steps, seed: the training seed, ...); `search_seed` seeds the sampler. `ray_settings` (a
     RaySettings) replaces address/num_cpus; `on_connect(cluster, study_dir)` runs once Ray is up."""
     from .study.cluster import RaySettings
-    from .study.launch import make_options
+    from .study.launch import make_options, read_enqueued
     from .study.ranking import best_row
     from .study.runner import run_study
 
     study = {k: options.pop(k) for k in list(options) if k in STUDY_KNOBS} | {"seed": search_seed}
+    # enqueue: files of configurations to try first; warm_start: a study directory, or a name under results_dir
+    study["enqueue"] = read_enqueued([str(p) for p in study.get("enqueue") or []])
+    if study.get("warm_start"):
+        given = Path(study["warm_start"])
+        study["warm_start"] = str(
+            (given if given.is_dir() or "/" in str(given) else Path(results_dir) / given).resolve()
+        )
     options_ = make_options(space, _train_options(options), name=name, **study)
     settings = ray_settings if ray_settings is not None else RaySettings(address=address, num_cpus=num_cpus)
     run = run_study(options_, results_dir, overwrite, settings, on_connect, callbacks)

@@ -218,6 +218,58 @@ class SpaceSampler:
         }
         return {"method": {"name": method, **options}, "train": train}
 
+    def params_of(self, config: dict[str, Any], where: str = "--enqueue") -> dict[str, Any]:
+        """The Optuna parameters under which this sampler draws `config` ({'method': ...,
+        'train': ...}, say an exported trial): what a study asks its sampler to try first.
+        Searched dimensions the config does not name stay free; fixed ones are not parameters."""
+        method_cfg, train_cfg = dict(config.get("method") or {}), dict(config.get("train") or {})
+        method = method_cfg.get("name")
+        names = list(self.space.methods)
+        if method not in names:
+            raise ConfigError(f"{where}: method {method!r} is not in the search space ({', '.join(names)})")
+        params: dict[str, Any] = {} if len(names) == 1 else {"method": method}
+        specs = dict(self.space.methods[method] or {})
+        own_train = specs.pop("train", None) or {}
+        for name, spec in specs.items():
+            if name in method_cfg:
+                self._param(params, f"{method}.{name}", spec, method_cfg[name], where)
+        if method_cfg.get("position") == "split" and "split" not in specs and "split" in method_cfg:
+            params[f"{method}.split"] = method_cfg["split"]
+        for name, spec in (self.space.train | own_train).items():
+            if name in train_cfg:
+                key = f"{method}.train.{name}" if name in own_train else f"train.{name}"
+                self._param(params, key, spec, train_cfg[name], where)
+        return params
+
+    def _param(self, params: dict[str, Any], name: str, spec: Any, value: Any, where: str) -> None:
+        if not isinstance(spec, dict):
+            return  # a fixed value, not a dimension
+        kind = spec["type"]
+        if kind == "categorical":
+            if value not in spec["choices"]:
+                raise ConfigError(f"{where}: {name} {value!r} is not one of the space's choices {spec['choices']}")
+            params[name] = value
+            return
+        if kind in ("int", "float"):
+            if not spec["low"] <= value <= spec["high"]:
+                raise ConfigError(f"{where}: {name} {value} is outside the space's {spec['low']}..{spec['high']}")
+            params[name] = value
+            return
+        allowed = depth_range(tuple(spec.get("depth", (0.0, 1.0))), self.num_layers)
+        entry = METHODS.get(name.split(".")[0])
+        first = getattr(entry.config_class if entry is not None else None, "first_layer", 0)
+        allowed = range(max(allowed.start, first), max(allowed.stop, first + 1))
+        chosen = [value] if kind == "layer" else list(value)
+        outside = [i for i in chosen if i not in allowed]
+        if outside:
+            raise ConfigError(
+                f"{where}: {name} layer {outside[0]} is outside the space's {allowed.start}..{allowed.stop - 1}"
+            )
+        if kind == "layer":
+            params[name] = value
+        else:
+            params.update({f"{name}.{i}": i in chosen for i in allowed})
+
     def _draw(self, trial: Any, name: str, spec: Any) -> Any:
         if not isinstance(spec, dict):
             return list(spec) if isinstance(spec, tuple) else spec

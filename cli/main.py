@@ -162,6 +162,12 @@ def search(
         int, Opt(help="after the search, retrain its top K configurations over --seeds fresh seeds (0 = none)")
     ] = 3,
     seeds: Annotated[int, Opt(help="seeds per finalist; the study's best is the best median")] = 3,
+    enqueue: Annotated[
+        Optional[list[str]], Opt(help="a config (exported config.yaml, or method/train) to try first; repeatable")
+    ] = None,
+    warm_start: Annotated[
+        str, Opt(help="a study (name under --results-dir, or directory) whose finished trials the sampler learns from")
+    ] = "",
     sampler: Annotated[str, Opt(help="auto | tpe | nsga2 | random")] = "auto",
     scheduler: Annotated[str, Opt(help="asha (early stopping, one objective) | fifo")] = "asha",
     grace_period: Annotated[int, Opt(help="ASHA: evaluations before a trial may be stopped")] = 1,
@@ -232,6 +238,7 @@ def search(
                 # the study's knobs
                 num_samples=num_samples, max_concurrent=max_concurrent, fuse=fuse,
                 objectives=objective or ["dev_score:max"], finalists=finalists, seeds=seeds, sampler=sampler,
+                enqueue=enqueue or [], warm_start=warm_start,
                 scheduler=scheduler, grace_period=grace_period, cpus_per_trial=cpus_per_trial,
                 gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial, max_failures=max_failures,
                 # the base experiment (flags over --config over the embedded default)

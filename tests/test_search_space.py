@@ -10,6 +10,7 @@ import pytest
 
 from autoprompt_search.backbones import BackboneInfo
 from autoprompt_search.config import ExperimentConfig
+from autoprompt_search.errors import ConfigError
 from autoprompt_search.search_space import SearchSpace, SearchSpaceError, depth_range
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -141,3 +142,30 @@ def test_a_method_can_have_its_own_training_dimensions() -> None:
     assert {"late", "deep"} <= seen
     with pytest.raises(SearchSpaceError, match="methods.late.train.lr2: unknown"):
         SearchSpace.from_dict({"methods": {"late": {"train": {"lr2": 0.1}}}})
+
+
+@pytest.mark.parametrize("name", ["all", "layers", "lpt", "learned"])
+def test_a_drawn_configuration_is_drawn_again_from_its_parameters(name: str) -> None:
+    """params_of inverts the sampler: what `--enqueue` gives Optuna makes the sampler return that
+    configuration (checked on 20 random draws of each shipped space)."""
+    from autoprompt_search.search_space import space_path
+
+    sampler = SearchSpace.load(space_path(name)).sampler(6)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(20):
+        trial = study.ask()
+        drawn = sampler(trial)
+        study.tell(trial, 0.0)
+        assert sampler(optuna.trial.FixedTrial(sampler.params_of(drawn))) == drawn
+
+
+def test_params_of_refuses_what_the_space_cannot_draw() -> None:
+    from autoprompt_search.search_space import space_path
+
+    sampler = SearchSpace.load(space_path("all")).sampler(6)
+    with pytest.raises(ConfigError, match="method 'dp' is not in the search space"):
+        sampler.params_of({"method": {"name": "dp"}})
+    with pytest.raises(ConfigError, match="deep.length 300 is outside the space's 2..128"):
+        sampler.params_of({"method": {"name": "deep", "length": 300}})
+    with pytest.raises(ConfigError, match="late.layer layer 0 is outside the space's 1..5"):
+        sampler.params_of({"method": {"name": "late", "layer": 0}})

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from autoprompt_search.checkpoint import predict_run
 from autoprompt_search.config import load_config_file
@@ -529,3 +530,36 @@ def test_a_study_refuses_an_epoch_budget(tiny_model_dir: str, tiny_sst_dir: str)
     base = TrainOptions(model=tiny_model_dir, task="sst2", data_dir=tiny_sst_dir, epochs=1.0)
     with pytest.raises(ConfigError, match="train.epochs: a study budgets trials in steps; use --steps"):
         make_options("layers", base, name="s")
+
+
+@pytest.mark.slow
+def test_enqueue_and_warm_start_seed_a_new_study(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    """--enqueue: the given configuration is the first trial; --warm-start: the source study's
+    completed trials are in the new study's Optuna history (as told trials, not run again)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from autoprompt_search.study.launch import read_enqueued
+
+    first = run_study(options(tiny_model_dir, tiny_sst_dir, name="a", num_samples=2, sampler="random"), tmp_path)
+    done = [r for r in first.rows if r["status"] == "TERMINATED"]
+    wanted = tmp_path / "wanted.yaml"
+    wanted.write_text(yaml.safe_dump({"method": {"name": "late", "layer": 2, "length": 2, "bottleneck": 8},
+                                      "train": {"lr": 0.05}}))  # fmt: skip
+    opts = options(
+        tiny_model_dir, tiny_sst_dir, name="b", num_samples=1, enqueue=read_enqueued([str(wanted)]),
+        warm_start=str(tmp_path / "a"),
+    )  # fmt: skip
+    (row,) = run_study(opts, tmp_path).rows
+    assert json.loads(row["config"]) == {"method": {"name": "late", "layer": 2, "length": 2, "bottleneck": 8},
+                                         "train": {"lr": 0.05}}  # fmt: skip
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "b" / "optuna.journal")))
+    trials = optuna.load_study(study_name="b", storage=storage).trials
+    told = [t for t in trials if "warm_start_from" in t.user_attrs]
+    assert len(told) == len(done) and len(trials) == len(told) + 1
+    with pytest.raises(ConfigError, match="optimised"):
+        run_study(options(tiny_model_dir, tiny_sst_dir, name="c", objectives=["dev_score:max", "trainable_params:min"],
+                          scheduler="fifo", warm_start=str(tmp_path / "a")), tmp_path)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -39,6 +40,25 @@ def make_options(space: str, base: TrainOptions, **study: Any) -> StudyOptions:
             f"--steps {base.steps}: {path} searches train.steps; drop --steps or fix it in the space",
         )
     return StudyOptions(space=mapping, space_file=path, experiment=experiment.to_dict(), **study)
+
+
+def read_enqueued(paths: list[str]) -> list[dict[str, Any]]:
+    """`--enqueue` files: an exported config.yaml (a whole experiment) or a hand-written
+    {'method': {...}, 'train': {...}}; returns their method and train sections."""
+    configs = []
+    for path in paths:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(
+                f"--enqueue {path}: cannot read it ({exc.strerror}); give an exported config.yaml"
+            ) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--enqueue {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("method"), dict):
+            raise ConfigError(f"--enqueue {path}: no 'method' section; give an exported config.yaml or method/train")
+        configs.append({"method": data["method"], "train": data.get("train") or {}})
+    return configs
 
 
 def summarize(rows: list[dict[str, Any]], objectives: list[Objective]) -> dict[str, Any]:

@@ -73,6 +73,8 @@ class StudyOptions:
     fuse: int = 1  # trials trained together in one Train job over one backbone (fused groups)
     finalists: int = 0  # after the search: its top configurations retrained over fresh seeds (0 = none)
     seeds: int = 3  # seeds per finalist
+    enqueue: list[dict[str, Any]] = field(default_factory=list)  # {'method', 'train'} configs tried first
+    warm_start: str = ""  # a finished study whose completed trials the sampler learns from first
 
     def __post_init__(self) -> None:
         self.experiment = absolute_paths(self.experiment)  # Ray workers run in other directories

@@ -48,7 +48,11 @@ def check_study(options: StudyOptions) -> tuple[SearchSpace, ExperimentConfig, i
     space = SearchSpace.from_dict(options.space, options.space_file or "<study>")
     base = options.base_experiment()
     num_layers = num_layers_of(base.model)
-    space.sampler(num_layers)  # layer indices beyond the model fail here
+    sampler = space.sampler(num_layers)  # layer indices beyond the model fail here
+    for i, config in enumerate(options.enqueue):  # a configuration the space cannot draw fails here
+        sampler.params_of(config, f"--enqueue #{i + 1}")
+    if options.warm_start:
+        warm_start_trials(options)
     tokenizer = load_tokenizer(base.model)
     data = load_task_data(base.data)  # unknown task, missing files or columns fail here
     for name, examples in data.splits.items():
@@ -81,6 +85,8 @@ def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, s
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=options.seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=options.seed),
     }[kind]()
+    if options.enqueue or options.warm_start:
+        seed_study(options, space, num_layers, study_dir)
     if options.fuse > 1:
         from .group_search import GroupSearcher
 
@@ -107,6 +113,47 @@ def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, s
         storage=storage,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
+
+
+def warm_start_trials(options: StudyOptions) -> list[Any]:
+    """The completed Optuna trials of the `--warm-start` study (checked against this one's objectives)."""
+    from optuna.trial import TrialState
+
+    from .group_search import open_study
+
+    source = Path(options.warm_start)
+    source_options = StudyOptions.load(source)
+    if not (source / OPTUNA_FILE).is_file():
+        raise ConfigError(f"--warm-start: {str(source)!r} has no {OPTUNA_FILE}; give a study directory that has run")
+    if source_options.objectives != options.objectives:
+        raise ConfigError(
+            f"--warm-start: {source_options.name} optimised {source_options.objectives}, this study "
+            f"{options.objectives}; warm-start from a study with the same objectives"
+        )
+    study = open_study(str(source / OPTUNA_FILE), source_options.name)
+    return [t for t in study.trials if t.state == TrialState.COMPLETE]
+
+
+def seed_study(options: StudyOptions, space: SearchSpace, num_layers: int, study_dir: Path) -> None:
+    """Before the search: the `--enqueue`d configurations queued first, and the `--warm-start`
+    study's completed trials added as history the sampler learns from (not run again)."""
+    import optuna
+
+    from .group_search import open_study
+
+    directions = ["maximize" if o.mode == "max" else "minimize" for o in options.parsed_objectives]
+    study = open_study(str(study_dir / OPTUNA_FILE), options.name, directions=directions)
+    sampler = space.sampler(num_layers)
+    for config in options.enqueue:
+        study.enqueue_trial(sampler.params_of(config))
+    source = Path(options.warm_start).name if options.warm_start else ""
+    for trial in warm_start_trials(options) if options.warm_start else []:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=trial.params, distributions=trial.distributions, values=trial.values,
+                user_attrs={**trial.user_attrs, "warm_start_from": f"{source}#{trial.number}"},
+            )
+        )  # fmt: skip
 
 
 class ResumableOptunaSearch(OptunaSearch):
