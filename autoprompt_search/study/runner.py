@@ -125,10 +125,10 @@ def warm_start_trials(options: StudyOptions) -> list[Any]:
     source_options = StudyOptions.load(source)
     if not (source / OPTUNA_FILE).is_file():
         raise ConfigError(f"--warm-start: {str(source)!r} has no {OPTUNA_FILE}; give a study directory that has run")
-    if source_options.objectives != options.objectives:
+    if list(source_options.objectives) != list(options.objectives):
         raise ConfigError(
-            f"--warm-start: {source_options.name} optimised {source_options.objectives}, this study "
-            f"{options.objectives}; warm-start from a study with the same objectives"
+            f"--warm-start: {source_options.name} optimised {', '.join(source_options.objectives)}, this study "
+            f"{', '.join(options.objectives)}; warm-start from a study with the same objectives"
         )
     study = open_study(str(source / OPTUNA_FILE), source_options.name)
     return [t for t in study.trials if t.state == TrialState.COMPLETE]
