@@ -114,7 +114,8 @@ def test_trials_that_raise_or_run_out_of_memory_fail_alone_and_the_study_goes_on
     for row in run.rows:
         by_bottleneck.setdefault(json.loads(row["config"])["method"]["bottleneck"], []).append(row)
     assert sorted(by_bottleneck) == [0, 8, huge], run.rows  # the seed draws every choice
-    assert {r["status"] for r in by_bottleneck[8]} == {"TERMINATED"}
+    # the good trials train to the end (a tiny one may predict one class: COLLAPSED, failed for Optuna)
+    assert {r["status"] for r in by_bottleneck[8]} <= {"TERMINATED", "COLLAPSED"}
     assert all(r["status"] == "ERROR" and "bottleneck: must be > 0" in r["error"] for r in by_bottleneck[0])
     assert all(r["status"] == "ERROR" and "out of memory" in r["error"] for r in by_bottleneck[huge])
     for row in by_bottleneck[0] + by_bottleneck[huge]:  # failed once, not restarted by FailureConfig
@@ -125,7 +126,7 @@ def test_trials_that_raise_or_run_out_of_memory_fail_alone_and_the_study_goes_on
 
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "r" / "optuna.journal")))
     states = sorted(t.state.name for t in optuna.load_study(study_name="r", storage=storage).trials)
-    failed = len(by_bottleneck[0]) + len(by_bottleneck[huge])
+    failed = len(by_bottleneck[0]) + len(by_bottleneck[huge]) + sum(r["status"] == "COLLAPSED" for r in run.rows)
     assert states.count("FAIL") == failed and states.count("COMPLETE") == 4 - failed
 
 
