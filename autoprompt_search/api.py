@@ -50,6 +50,12 @@ class SearchResult:
         return pd.DataFrame(self.rows)
 
 
+def study_path(study: str | Path, results_dir: str | Path) -> Path:
+    """A study given as a directory, or by name under `results_dir`."""
+    given = Path(study)
+    return given if given.is_dir() or "/" in str(study) else Path(results_dir) / given
+
+
 def _train_options(experiment: dict[str, Any]) -> TrainOptions:
     known = {f.name for f in fields(TrainOptions)}
     unknown = sorted(set(experiment) - known)
@@ -85,10 +91,7 @@ def search(
     # enqueue: files of configurations to try first; warm_start: a study directory, or a name under results_dir
     study["enqueue"] = read_enqueued([str(p) for p in study.get("enqueue") or []])
     if study.get("warm_start"):
-        given = Path(study["warm_start"])
-        study["warm_start"] = str(
-            (given if given.is_dir() or "/" in str(given) else Path(results_dir) / given).resolve()
-        )
+        study["warm_start"] = str(study_path(study["warm_start"], results_dir).resolve())
     options_ = make_options(space, _train_options(options), name=name, **study)
     settings = ray_settings if ray_settings is not None else RaySettings(address=address, num_cpus=num_cpus)
     run = run_study(options_, results_dir, overwrite, settings, on_connect, callbacks)

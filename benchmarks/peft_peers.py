@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -71,18 +69,9 @@ def evaluate(model: torch.nn.Module, split: TokenizedSplit, metric: str, num_cla
     return classification_metrics(preds, split.labels, num_classes, metric)
 
 
-def code_version() -> str:
-    """The checkout's commit, '+' when it has uncommitted changes (results name the code that made them)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], capture_output=True, text=True, cwd=Path(__file__).resolve().parent
-        ).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
 def main() -> None:
+    from quality import code_version  # this script's directory is on sys.path
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--arm", choices=ARMS, required=True)
     ap.add_argument("--seed", type=int, required=True)
@@ -151,7 +140,7 @@ def main() -> None:
         "trainable_params": sum(p.numel() for p in params),
         "total_params": sum(p.numel() for p in model.parameters()),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
-        "code": code_version(),
+        "code": code_version(),  # quality.py's, beside this script
     }
     if args.time_steps:
         row["ms_per_step"] = 1000 * sorted(times[5:])[len(times[5:]) // 2]

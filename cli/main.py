@@ -435,10 +435,9 @@ def export(
 
 
 def _study_dir(study: str, results_dir: str) -> str:
-    """A study directory given as a path, or by name under `results_dir`."""
-    from pathlib import Path
+    from autoprompt_search.api import study_path
 
-    return study if Path(study).is_dir() or "/" in study else str(Path(results_dir) / study)
+    return str(study_path(study, results_dir))
 
 
 def quiet_libraries() -> None:
