@@ -17,6 +17,8 @@ model's depth so one file serves any model size:
     train:
       lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
       steps: 300            # a plain value is fixed
+    head:                   # the classifier head's options (heads.HeadConfig)
+      pooling: {type: categorical, choices: [token, mean]}
 
 Every problem in a file is reported at once (`SearchSpaceError.problems`). Sampling is a
 picklable callable taking an Optuna trial, so `optuna.trial.FixedTrial` tests a space without
@@ -34,6 +36,7 @@ import yaml
 
 from .config import TrainConfig
 from .errors import ConfigError
+from .heads import HeadConfig
 from .prompts import METHODS
 
 KINDS = ("int", "float", "categorical", "layer", "layer_set")
@@ -45,6 +48,18 @@ KIND_KEYS = {
     "layer_set": {"type", "depth", "min_layers", "max_layers"},
 }
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"device", "eval_every", "eval_batch_size"}
+HEAD_KEYS = {f.name for f in dataclasses.fields(HeadConfig)} - {"label_words"}
+SECTIONS = ("methods", "train", "head")
+SAMPLED = ("method", "train", "head")  # the sections of one drawn configuration
+
+
+def sampled_of(mapping: dict[str, Any]) -> dict[str, Any]:
+    """The drawn part of a configuration (a Tune trial's config, a fused member, a table row's
+    `config`): its method, recipe and head options; sections a space does not draw are absent."""
+    out = {"method": dict(mapping.get("method") or {}), "train": dict(mapping.get("train") or {})}
+    if mapping.get("head"):
+        out["head"] = dict(mapping["head"])
+    return out
 
 
 class SearchSpaceError(ConfigError):
@@ -67,13 +82,14 @@ class SearchSpace:
     methods: dict[str, dict[str, Any]]  # method -> option -> fixed value or dimension dict
     train: dict[str, Any]  # train option -> fixed value or dimension dict
     where: str = "<dict>"
+    head: dict[str, Any] = dataclasses.field(default_factory=dict)  # head option -> value or dimension
 
     @staticmethod
     def from_dict(data: Any, where: str = "<dict>") -> SearchSpace:
         problems = validate(data)
         if problems:
             raise SearchSpaceError(where, problems)
-        return SearchSpace(dict(data["methods"]), dict(data.get("train") or {}), where)
+        return SearchSpace(dict(data["methods"]), dict(data.get("train") or {}), where, dict(data.get("head") or {}))
 
     @staticmethod
     def load(path: str | Path) -> SearchSpace:
@@ -142,8 +158,8 @@ def _check_dimension(path: str, spec: Any, problems: list[str]) -> None:
 def validate(data: Any) -> list[str]:
     """Every problem in a search-space mapping, as one-line strings naming the key and the fix."""
     if not isinstance(data, dict):
-        return ["the file must be a mapping with `methods:` (and optionally `train:`)"]
-    problems = [f"{k}: unknown section; use methods and train" for k in sorted(set(data) - {"methods", "train"})]
+        return ["the file must be a mapping with `methods:` (and optionally `train:` and `head:`)"]
+    problems = [f"{k}: unknown section; use methods, train or head" for k in sorted(set(data) - set(SECTIONS))]
     methods = data.get("methods")
     if not isinstance(methods, dict) or not methods:
         problems.append("methods: needs at least one method, e.g. `methods: {deep: {}}`")
@@ -174,22 +190,27 @@ def validate(data: Any) -> list[str]:
             if name == "layer" and kind not in (None, "layer", "int"):
                 problems.append(f"methods.{method}.layer: use type layer (a depth fraction range)")
     _check_train("train", data.get("train") or {}, problems)
+    _check_options("head", data.get("head") or {}, HEAD_KEYS, "head options", problems)
     return problems
 
 
 def _check_train(path: str, train: Any, problems: list[str]) -> None:
-    if not isinstance(train, dict):
-        problems.append(f"{path}: needs a mapping of training options")
+    _check_options(path, train, TRAIN_KEYS, "training options", problems)
+
+
+def _check_options(path: str, options: Any, known: set[str], what: str, problems: list[str]) -> None:
+    if not isinstance(options, dict):
+        problems.append(f"{path}: needs a mapping of {what}")
         return
-    for name, spec in train.items():
-        if name not in TRAIN_KEYS:
-            problems.append(f"{path}.{name}: unknown; use one of {', '.join(sorted(TRAIN_KEYS))}")
+    for name, spec in options.items():
+        if name not in known:
+            problems.append(f"{path}.{name}: unknown; use one of {', '.join(sorted(known))}")
         else:
             _check_dimension(f"{path}.{name}", spec, problems)
 
 
 class SpaceSampler:
-    """Optuna define-by-run: trial -> {'method': {...}, 'train': {...}} (picklable)."""
+    """Optuna define-by-run: trial -> {'method': {...}, 'train': {...}[, 'head': {...}]} (picklable)."""
 
     def __init__(self, space: SearchSpace, num_layers: int) -> None:
         self.space = space
@@ -216,13 +237,15 @@ class SpaceSampler:
             name: self._draw(trial, f"{method}.train.{name}" if name in own_train else f"train.{name}", spec)
             for name, spec in (self.space.train | own_train).items()
         }
-        return {"method": {"name": method, **options}, "train": train}
+        head = {name: self._draw(trial, f"head.{name}", spec) for name, spec in self.space.head.items()}
+        return {"method": {"name": method, **options}, "train": train} | ({"head": head} if head else {})
 
     def params_of(self, config: dict[str, Any], where: str = "--enqueue") -> dict[str, Any]:
         """The Optuna parameters under which this sampler draws `config` ({'method': ...,
         'train': ...}, say an exported trial): what a study asks its sampler to try first.
         Searched dimensions the config does not name stay free; fixed ones are not parameters."""
         method_cfg, train_cfg = dict(config.get("method") or {}), dict(config.get("train") or {})
+        head_cfg = dict(config.get("head") or {})
         method = method_cfg.get("name")
         names = list(self.space.methods)
         if method not in names:
@@ -239,6 +262,9 @@ class SpaceSampler:
             if name in train_cfg:
                 key = f"{method}.train.{name}" if name in own_train else f"train.{name}"
                 self._param(params, key, spec, train_cfg[name], where)
+        for name, spec in self.space.head.items():
+            if name in head_cfg:
+                self._param(params, f"head.{name}", spec, head_cfg[name], where)
         return params
 
     def _param(self, params: dict[str, Any], name: str, spec: Any, value: Any, where: str) -> None:

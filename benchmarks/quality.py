@@ -10,6 +10,10 @@ skips what is there) and `<out>.md` is rewritten after each.
 
     python benchmarks/quality.py --task sst2 --data-dir ../shared/data/glue/SST-2 --steps 1000 \\
         --seeds 1 2 3 --jobs 2 --peer-python ../peers-venv/bin/python --out results/quality/sst2_minilm_cpu
+    # the `study` arm: one `autoprompt search` (space `all`, P-tuning v2 enqueued first), its best
+    # finalist's seeds are the rows; its compute (search + finalists) is set against full fine-tuning:
+    python benchmarks/quality.py --task sst2 --data-dir ../shared/data/glue/SST-2 --steps 1000 \
+        --arms study --study-trials 8 --study-dir ../bench-studies --out results/quality/sst2_minilm_cpu
     # step time on the same batches, arms one at a time, interleaved over rounds:
     python benchmarks/quality.py --task sst2 --data-dir ../shared/data/glue/SST-2 --time-steps 40 \\
         --rounds 3 --threads 2 --arms peft-prefix deep-kv deep-hidden peft-prompt prompt-tuning \\
@@ -136,6 +140,77 @@ def command(arm: str, seed: int, args: argparse.Namespace) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--one", arm, *shared]
 
 
+def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The `study` arm, as a user runs it: `autoprompt search` over the shipped `all` space with the
+    benchmark's recipe, P-tuning v2 (kv prefixes at every layer, L=20, lr 1e-2: the peft-prefix
+    peer's setting) enqueued as the first trial, ASHA, then finalists over fresh seeds. The base
+    seed is 0 so the finalists train with seeds 1..S, the same batches as the other arms' seeds.
+    Rows: one per seed of the best finalist (best median dev), with the whole study's compute."""
+    import pyarrow.parquet as pq
+
+    from autoprompt_search.backbones import load_backbone
+
+    started = time.perf_counter()
+    name = f"{args.task}-{args.model}-{args.steps}"
+    enqueue = Path(args.study_dir) / f"{name}-ptuning-v2.yaml"
+    enqueue.parent.mkdir(parents=True, exist_ok=True)
+    backbone = load_backbone(args.model)
+    layers = list(range(backbone.num_layers))
+    enqueue.write_text(json.dumps({"method": {"name": "deep", "form": "kv", "layers": layers, "length": 20},
+                                   "train": {"lr": 1e-2}}))  # fmt: skip
+    cmd = [str(Path(sys.executable).with_name("autoprompt")), "search", "--space", "all", "--name", name]
+    cmd += ["--results-dir", args.study_dir, "--overwrite", "--model", args.model, "--task", args.task]
+    cmd += ["--data-dir", args.data_dir, "--max-length", str(args.max_length), "--batch-size", str(args.batch_size)]
+    cmd += ["--steps", str(args.steps), "--eval-every", str(args.steps // 5), "--seed", "0"]
+    cmd += ["--num-samples", str(args.study_trials), "--max-concurrent", str(args.jobs), "--scheduler", "asha"]
+    cmd += ["--finalists", str(args.study_finalists), "--seeds", str(len(args.seeds)), "--enqueue", str(enqueue)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return [{"arm": "study", "seed": 0, "error": proc.stderr.strip().splitlines()[-1:]}]
+    rows = pq.read_table(Path(args.study_dir) / name / "trials.parquet").to_pylist()
+    searched = [r for r in rows if not r["finalist_of"]]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["finalist_of"]:
+            runs.setdefault(r["finalist_of"], []).append(r)
+
+    def median_dev(trial: str) -> float:  # a collapsed or failed seed counts as the worst value
+        return statistics.median(r["dev_score"] if r["status"] == "TERMINATED" else 0.0 for r in runs[trial])
+
+    best = max(runs, key=median_dev)
+    chosen = next(r for r in searched if r["trial_id"] == best)
+    study = {
+        "trials": len(searched),
+        "statuses": {s: sum(r["status"] == s for r in searched) for s in {r["status"] for r in searched}},
+        "search_worker_seconds": sum(r["worker_seconds"] or 0.0 for r in searched),
+        "search_steps": sum(r["last_step"] or 0 for r in searched),
+        "finalist_worker_seconds": sum(r["worker_seconds"] or 0.0 for rs in runs.values() for r in rs),
+        "finalist_steps": sum(r["last_step"] or 0 for rs in runs.values() for r in rs),
+        "best_trial": best,
+        "best_search_dev": chosen["dev_score"],
+        "finalists": {t: [r["dev_score"] for r in rs] for t, rs in runs.items()},
+        "wall_seconds": time.perf_counter() - started,
+    }
+    frozen = sum(p.numel() for p in backbone.parameters())
+    return [
+        {
+            "arm": "study",
+            "seed": r["seed"],
+            "dev": {"score": r["dev_score"]},
+            "test": {"score": r["test_score"]} if r["test_score"] is not None else None,
+            "collapsed": r["status"] == "COLLAPSED",
+            "trainable_params": r["trainable_params"],
+            "total_params": r["trainable_params"] + frozen,
+            "train_seconds": r["worker_seconds"],
+            "ms_per_step": 1000 * (r["worker_seconds"] or 0.0) / max(1, r["last_step"] or 1),
+            "config": json.loads(r["config"]),
+            "study": study,
+            "code": code_version(),
+        }
+        for r in runs[best]
+    ]
+
+
 def run_one(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     proc = subprocess.run(command(arm, seed, args), capture_output=True, text=True, check=False)
@@ -162,6 +237,9 @@ def main() -> None:
     ap.add_argument("--time-steps", type=int, default=0, help="step-time mode: time this many steps per run")
     ap.add_argument("--rounds", type=int, default=3, help="step-time mode: interleaved rounds over the arms")
     ap.add_argument("--peer-python", default="")
+    ap.add_argument("--study-trials", type=int, default=8, help="study arm: trials in the search")
+    ap.add_argument("--study-finalists", type=int, default=1, help="study arm: configurations retrained over --seeds")
+    ap.add_argument("--study-dir", default="../bench-studies", help="study arm: where the study directory goes")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     if args.one:
@@ -188,9 +266,13 @@ def main() -> None:
                 record(run_one(arm, 1, args))
         return
     done = {(r["arm"], r["seed"]) for r in rows if "error" not in r}
-    todo = [(arm, seed) for seed in args.seeds for arm in args.arms if (arm, seed) not in done]
+    arms = [arm for arm in args.arms if arm != "study"]
+    todo = [(arm, seed) for seed in args.seeds for arm in arms if (arm, seed) not in done]
     with ThreadPoolExecutor(args.jobs) as pool:
         for row in pool.map(lambda job: run_one(*job, args), todo):
+            record(row)
+    if "study" in args.arms and not any(arm == "study" for arm, _ in done):  # one study: its own --jobs trials
+        for row in run_study(args):
             record(row)
 
 
@@ -253,10 +335,33 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {arm} | {side} | {len(rs)} | {spread(dev)} | {spread(test)} | {trainable:,} | {share} | {ms:.0f} "
             f"| {sum(bool(r['collapsed']) for r in rs)}/{len(rs)} |"
         )
+    study = next((r["study"] for r in rows if r.get("study")), None)
+    if study:
+        lines += ["", study_paragraph(study, by_arm.get("full-ft", []))]
     errors = [r for r in rows if "error" in r]
     if errors:
         lines += ["", "Failed runs: " + "; ".join(f"{r['arm']} seed {r['seed']}: {r['error']}" for r in errors)]
     return "\n".join(lines) + "\n"
+
+
+def study_paragraph(study: dict[str, Any], full_ft: list[dict[str, Any]]) -> str:
+    """The study arm's search: what it tried, what it chose and what it cost against full fine-tuning."""
+    search, finalists = study["search_worker_seconds"], study["finalist_worker_seconds"]
+    text = (
+        f"The `study` row: {study['trials']} searched trials ({', '.join(f'{n} {s}' for s, n in study['statuses'].items())}; "
+        f"{study['search_steps']:,} training steps), then finalists ({study['finalist_steps']:,} steps); the row is "
+        f"the best finalist's seeds (trial {study['best_trial']}, dev {100 * study['best_search_dev']:.1f} in the "
+        f"search). Finalists' dev scores per seed: "
+        + "; ".join(f"{t}: {', '.join(f'{100 * d:.1f}' for d in ds)}" for t, ds in study["finalists"].items())
+        + f". Worker time: search {search:,.0f} s, finalists {finalists:,.0f} s."
+    )
+    if full_ft:
+        ft = statistics.median(r["train_seconds"] for r in full_ft)
+        text += (
+            f" One full fine-tuning run: {ft:,.0f} s (median); the search is {search / ft:.1f}x of it, "
+            f"search + finalists {(search + finalists) / ft:.1f}x (both measured with `--jobs` runs sharing the machine)."
+        )
+    return text
 
 
 if __name__ == "__main__":

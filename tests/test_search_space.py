@@ -23,7 +23,7 @@ def test_shipped_spaces_validate_and_sample_valid_configs(name: str) -> None:
     for _ in range(15):
         trial = study.ask()
         overlay = sampler(trial)
-        cfg = ExperimentConfig.from_dict({"method": overlay["method"], "train": overlay["train"]})
+        cfg = ExperimentConfig.from_dict(overlay)
         cfg.method.check(BackboneInfo(num_layers=6, hidden_size=32, max_positions=512, causal=False))
         study.tell(trial, 0.5)
     pickle.dumps(sampler)  # Tune checkpoints the searcher by pickling it
@@ -32,17 +32,20 @@ def test_shipped_spaces_validate_and_sample_valid_configs(name: str) -> None:
 def test_fixed_trial_gives_exactly_the_config() -> None:
     sampler = SearchSpace.load(SPACES / "all.yaml").sampler(num_layers=6)
     params = {"method": "deep", "deep.form": "hidden", "deep.length": 8, "deep.position": "split", "deep.split": 3}
-    params |= {f"deep.layers.{i}": i in (1, 4) for i in range(6)} | {"train.lr": 0.01}
+    params |= {f"deep.layers.{i}": i in (1, 4) for i in range(6)} | {"train.lr": 0.01, "head.pooling": "mean"}
     out = sampler(optuna.trial.FixedTrial(params))
     assert out == {
         "method": {"name": "deep", "form": "hidden", "layers": [1, 4], "length": 8, "position": "split", "split": 3},
         "train": {"lr": 0.01, "steps": 300},
+        "head": {"pooling": "mean"},
     }
+    assert ExperimentConfig.from_dict(out).head.pooling == "mean"
     # A kv prefix sits before the text: no position or split is drawn for it.
     kv = sampler(optuna.trial.FixedTrial(params | {"deep.form": "kv"}))
     assert kv["method"] == {"name": "deep", "form": "kv", "layers": [1, 4], "length": 8}
     late = sampler(optuna.trial.FixedTrial({"method": "late", "late.layer": 3, "late.generator": "appg",
-                                            "late.bottleneck": 64, "late.length": 5, "late.train.lr": 0.002}))  # fmt: skip
+                                            "late.bottleneck": 64, "late.length": 5, "late.train.lr": 0.002,
+                                            "head.pooling": "token"}))  # fmt: skip
     assert late["method"] == {"name": "late", "layer": 3, "generator": "appg", "bottleneck": 64, "length": 5}
 
 
@@ -51,7 +54,7 @@ def test_shipped_spaces_never_sample_generator_layer_0(name: str) -> None:
     sampler = SearchSpace.load(SPACES / name).sampler(num_layers=6)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     layers = set()
-    for _ in range(60):
+    for _ in range(120):
         trial = study.ask()
         if sampler(trial)["method"]["name"] == "late":
             layers.add(trial.params["late.layer"])
@@ -100,6 +103,8 @@ def test_three_errors_are_all_reported(tmp_path) -> None:
         ({"methods": {"deep": {"length": {"type": "uniform"}}}}, "methods.deep.length.type: 'uniform' unknown"),
         ({"methods": {"deep": {"layers": {"type": "layer_set", "depth": [0.5, 1.5]}}}}, "must satisfy 0 <= low"),
         ({"methods": {"late": {"layer": {"type": "layer", "depth": [0, 1]}}}, "trian": {}}, "trian: unknown section"),
+        ({"methods": {"deep": {}}, "head": {"pool": "mean"}}, r"head.pool: unknown; use one of kind, pooler, pooling"),
+        ({"methods": {"deep": {}}, "head": {"pooling": {"type": "categorical"}}}, "head.pooling"),
         (
             {"methods": {"deep": {"length": {"type": "float", "low": 0, "high": 1, "log": True}}}},
             "log scale needs low > 0",

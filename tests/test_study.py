@@ -103,6 +103,18 @@ def test_sampled_config_applies_over_the_base(tiny_model_dir: str, tiny_sst_dir:
     cfg = experiment_for(base, {"method": {"name": "late", "layer": 2, "length": 3}, "train": {"lr": 0.02}})
     assert cfg.method.layer == 2 and cfg.train.lr == 0.02 and cfg.train.steps == 6
     assert base["method"] == {"name": "deep"}  # the base is not mutated
+    assert cfg.head.pooling == "token"
+    pooled = experiment_for(base, {"method": {"name": "probe"}, "train": {}, "head": {"pooling": "mean"}})
+    assert pooled.head.pooling == "mean" and pooled.head.pooler == cfg.head.pooler  # drawn over the base's head
+
+
+def test_finalists_keep_the_drawn_head() -> None:
+    from autoprompt_search.study.finalists import finalist_runs
+
+    config = {"method": {"name": "probe"}, "train": {"lr": 0.1}, "head": {"pooling": "mean"}}
+    row = {"trial_id": "t", "number": 0, "status": "TERMINATED", "dev_score": 0.9, "config": json.dumps(config)}
+    runs = finalist_runs(StudyOptions(finalists=1, seeds=2), [row])
+    assert [r["head"] for r in runs] == [{"pooling": "mean"}] * 2 and [r["train"]["seed"] for r in runs] == [2, 3]
 
 
 def test_top_k_and_pareto_selection() -> None:

@@ -68,6 +68,7 @@ class Arm:
     approach: str  # baseline | discrete search | spt-darts | dynamic prompting
     method: dict[str, Any]  # final method config (for search arms: filled in after selection)
     train: dict[str, Any] = field(default_factory=dict)  # recipe overrides (lr, weight decay)
+    head: dict[str, Any] = field(default_factory=dict)  # head overrides a search chose (pooling)
     selection_passes: int = 0  # training passes spent choosing the configuration
     selection_seconds: float = 0.0
     note: str = ""

@@ -167,6 +167,7 @@ def discrete_search(
         "discrete search",
         sampled["method"],
         sampled.get("train", {}),
+        head=sampled.get("head", {}),
         selection_passes=sum(r["last_step"] or 0 for r in run.rows),
         selection_seconds=sum(r["worker_seconds"] or 0.0 for r in run.rows),
         note=f"best of {len(run.rows)} trials (trial {best['trial_id']}, dev {best['dev_score']:.4f})",
@@ -209,7 +210,12 @@ def spt_search(
 def final_run(arm: Arm, base: ExperimentConfig, ws: Workspace, seed: int) -> dict[str, Any]:
     """Train the arm's configuration with `seed`; score the best dev checkpoint on the held-out split."""
     method = method_from_dict(arm.method)
-    cfg = replace(base, method=method, train=replace(base.train, **{**arm.train, "seed": seed}))
+    cfg = replace(
+        base,
+        method=method,
+        train=replace(base.train, **{**arm.train, "seed": seed}),
+        head=replace(base.head, **arm.head),
+    )
     started = time.perf_counter()
     result = train(cfg, ws)
     m = result.metrics

@@ -36,7 +36,7 @@ def finalist_runs(options: StudyOptions, rows: list[dict[str, Any]]) -> list[dic
         sampled = json.loads(row["config"])
         for seed in finalist_seeds(base_seed, options.seeds):
             train = {**sampled.get("train", {}), "seed": seed}
-            runs.append({"method": sampled["method"], "train": train, "finalist_of": row["trial_id"]})
+            runs.append({**sampled, "train": train, "finalist_of": row["trial_id"]})
     return runs
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..runs import TrainOptions, experiment_from_options
-from ..search_space import SearchSpace, SearchSpaceError, fix_steps, space_path
+from ..search_space import SearchSpace, SearchSpaceError, fix_steps, sampled_of, space_path
 from .options import Objective, StudyOptions
 from .ranking import best_row, finalist_groups, searched_rows
 
@@ -57,7 +57,7 @@ def read_enqueued(paths: list[str]) -> list[dict[str, Any]]:
             raise ConfigError(f"--enqueue {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
         if not isinstance(data, dict) or not isinstance(data.get("method"), dict):
             raise ConfigError(f"--enqueue {path}: no 'method' section; give an exported config.yaml or method/train")
-        configs.append({"method": data["method"], "train": data.get("train") or {}})
+        configs.append(sampled_of(data))
     return configs
 
 

@@ -21,6 +21,7 @@ from ray.tune import Callback
 
 from ..errors import ConfigError
 from ..metrics import COLLAPSED
+from ..search_space import sampled_of
 from .trial import COLLAPSED_RUN
 
 TRIALS_FILE = "trials.parquet"
@@ -134,7 +135,7 @@ class TrialRecorder(Callback):
 
     def _row(self, trial: Any) -> dict[str, Any]:
         if trial.trial_id not in self.rows:
-            sampled = {"method": trial.config.get("method", {}), "train": trial.config.get("train", {})}
+            sampled = sampled_of(trial.config)
             self.rows[trial.trial_id] = {
                 **{name: None for name in SCHEMA.names},
                 "trial_id": trial.trial_id,
@@ -150,7 +151,7 @@ class TrialRecorder(Callback):
         for index, member in enumerate(trial.config["members"]):
             key = f"{trial.trial_id}-{index}"
             if key not in self.rows:
-                sampled = {"method": member.get("method", {}), "train": member.get("train", {})}
+                sampled = sampled_of(member)
                 self.rows[key] = {
                     **{name: None for name in SCHEMA.names},
                     "trial_id": key,

@@ -50,12 +50,13 @@ def worker_resources(study: dict[str, Any]) -> dict[str, float]:
 
 
 def experiment_for(base: dict[str, Any], sampled: dict[str, Any]) -> ExperimentConfig:
-    """The base experiment with a sampled {'method': {...}, 'train': {...}} applied."""
+    """The base experiment with a sampled {'method': {...}, 'train': {...}[, 'head': {...}]} applied."""
     from ..config import ExperimentConfig
 
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     data["method"] = dict(sampled["method"])
     data["train"] = {**data.get("train", {}), **sampled.get("train", {})}
+    data["head"] = {**(data.get("head") or {}), **(sampled.get("head") or {})}
     return ExperimentConfig.from_dict(data)
 
 
