@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 from ..errors import ConfigError, require
 from .tasks import METRICS, Task, get_task
 
+log = logging.getLogger(__name__)
 SOURCES = ("auto", "files", "hub", "package")
 SPLITS = ("train", "dev", "test")
 FILE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
@@ -91,20 +93,25 @@ class TaskData:
 
 
 # ---- reading rows ------------------------------------------------------------------------
-def read_rows(path: str) -> list[dict[str, Any]]:
-    """Rows of a TSV (GLUE style, no quoting), CSV, JSON lines or parquet file."""
+def read_rows(path: str, headerless: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Rows of a TSV (GLUE style, no quoting), CSV, JSON lines or parquet file. A byte-order mark
+    is dropped (Microsoft's MRPC files start with one). `headerless`: the column names of a
+    layout without a header row, used when the file's first row has as many cells and none of
+    those names (CoLA's train/dev TSVs; its test TSV has a header)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"data: file {path!r} does not exist; check the path")
     suffix = p.suffix.lower()
-    if suffix == ".tsv":
-        with p.open(encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if suffix == ".csv":
-        with p.open(encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
+    if suffix in (".tsv", ".csv"):
+        dialect: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+        with p.open(encoding="utf-8-sig", newline="") as f:
+            first = next(csv.reader(f, **dialect), [])
+            f.seek(0)
+            if headerless and len(first) == len(headerless) and not set(first) & set(headerless):
+                return list(csv.DictReader(f, fieldnames=list(headerless), **dialect))
+            return list(csv.DictReader(f, **dialect))
     if suffix in (".jsonl", ".json"):
-        with p.open(encoding="utf-8") as f:
+        with p.open(encoding="utf-8-sig") as f:
             try:
                 return [json.loads(line) for line in f if line.strip()]
             except json.JSONDecodeError as exc:
@@ -137,10 +144,18 @@ def rows_to_examples(rows: list[dict[str, Any]], task: Task, columns: dict[str, 
     fields = [*task.text_fields, "label"]
     unknown = sorted(set(columns) - set(fields))
     require(not unknown, f"data.columns: {unknown[:1]} is not a {task.name} field; map some of {fields}")
-    wanted = {f: columns.get(f, f) for f in task.text_fields}
-    wanted["label"] = columns.get("label", task.label_field)
     require(len(rows) > 0, f"data: {where} has no rows; give a file with examples")
     present = set(rows[0])
+
+    def column(name: str, default: str) -> str:  # mapped, else the field's own, else the task's own files'
+        if name in columns:
+            return columns[name]
+        if default in present:
+            return default
+        return next((c for c in task.file_columns.get(name, ()) if c in present), default)
+
+    wanted = {f: column(f, f) for f in task.text_fields}
+    wanted["label"] = column("label", task.label_field)
     missing = [f"{f} (column {c!r})" for f, c in wanted.items() if c not in present]
     if missing:
         raise ConfigError(
@@ -154,7 +169,8 @@ def rows_to_examples(rows: list[dict[str, Any]], task: Task, columns: dict[str, 
 
 
 def _find_split_file(data_dir: str, split: str) -> str:
-    names = {"train": ["train"], "dev": ["dev", "validation", "valid", "val"], "test": ["test"]}[split]
+    # dev_matched: MNLI's GLUE files (dev_mismatched is the other genre set; give it with --dev-file)
+    names = {"train": ["train"], "dev": ["dev", "validation", "valid", "val", "dev_matched"], "test": ["test"]}[split]
     for name in names:
         for suffix in FILE_SUFFIXES:
             path = os.path.join(data_dir, name + suffix)
@@ -172,10 +188,22 @@ def _from_files(cfg: DataConfig, task: Task) -> tuple[dict[str, Examples], dict[
         paths[split] = explicit or (_find_split_file(cfg.data_dir, split) if cfg.data_dir else "")
     require(bool(paths["train"]), f"data: no training file in {cfg.data_dir!r}; add train.tsv/.csv/.jsonl/.parquet")
     splits = {}
-    for split, path in paths.items():
-        if path:
-            splits[split] = rows_to_examples(read_rows(path), task, cfg.columns, path)
+    for split, path in list(paths.items()):
+        if not path:
+            continue
+        rows = read_rows(path, task.headerless)
+        if split == "test" and rows and not has_labels(rows[0], task, cfg.columns):
+            # GLUE's own test files carry no labels: nothing to score, so no test split.
+            log.warning("data: %s has no label column (an unlabelled test set); it is not used", path)
+            paths[split] = ""
+            continue
+        splits[split] = rows_to_examples(rows, task, cfg.columns, path)
     return splits, {s: p for s, p in paths.items() if p}
+
+
+def has_labels(row: dict[str, Any], task: Task, columns: dict[str, str]) -> bool:
+    names = [columns["label"]] if "label" in columns else [task.label_field, *task.file_columns.get("label", ())]
+    return any(name in row for name in names)
 
 
 def _from_hub(cfg: DataConfig, task: Task) -> tuple[dict[str, Examples], dict[str, str]]:

@@ -20,6 +20,10 @@ class Task:
     label_field: str = "label"
     label_words: tuple[str, ...] = ()  # default verbalizer for the label_words head
     packaged: str = ""  # key of an offline source that installs from the package registry
+    # The task's own distribution files (GLUE's TSVs) name fields differently from the datasets
+    # library: field -> the columns that hold it there, tried when the field's own name is absent.
+    file_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    headerless: tuple[str, ...] = ()  # column names of official files that have no header row (CoLA)
     description: str = ""
 
 
@@ -38,8 +42,22 @@ TASKS: dict[str, Task] = {
     for t in [
         _glue("sst2", ("sentence",), ("negative", "positive"), "accuracy", ("bad", "good")),
         _glue("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"), "accuracy", ("yes", "no")),
-        _glue("mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), "f1_acc", ("no", "yes")),
-        _glue("cola", ("sentence",), ("unacceptable", "acceptable"), "mcc", ("bad", "good")),
+        _glue(
+            "mrpc",
+            ("sentence1", "sentence2"),
+            ("not_equivalent", "equivalent"),
+            "f1_acc",
+            ("no", "yes"),
+            file_columns={"sentence1": ("#1 String",), "sentence2": ("#2 String",), "label": ("Quality",)},
+        ),
+        _glue(
+            "cola",
+            ("sentence",),
+            ("unacceptable", "acceptable"),
+            "mcc",
+            ("bad", "good"),
+            headerless=("source", "label", "original_label", "sentence"),
+        ),
         _glue("qnli", ("question", "sentence"), ("entailment", "not_entailment"), "accuracy", ("yes", "no")),
         _glue(
             "mnli",
@@ -48,8 +66,16 @@ TASKS: dict[str, Task] = {
             "accuracy",
             ("yes", "maybe", "no"),
             hub_splits={"train": "train", "dev": "validation_matched"},
+            file_columns={"premise": ("sentence1",), "hypothesis": ("sentence2",), "label": ("gold_label",)},
         ),
-        _glue("qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), "f1_acc", ("no", "yes")),
+        _glue(
+            "qqp",
+            ("question1", "question2"),
+            ("not_duplicate", "duplicate"),
+            "f1_acc",
+            ("no", "yes"),
+            file_columns={"label": ("is_duplicate",)},
+        ),
         _superglue("boolq", ("question", "passage"), ("False", "True"), ("no", "yes")),
         _superglue("cb", ("premise", "hypothesis"), ("entailment", "contradiction", "neutral"), ("yes", "no", "maybe")),
         _superglue("rte", ("premise", "hypothesis"), ("entailment", "not_entailment"), ("yes", "no")),
