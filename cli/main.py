@@ -422,16 +422,22 @@ def export(
     output: Annotated[str, Opt("--output", "--output-dir", help="directory to write (default: STUDY/export)")] = "",
     overwrite: Annotated[bool, Opt()] = False,
     results_dir: Annotated[str, Opt(help="where study directories live (for a study given by name)")] = "results",
+    form: Annotated[
+        str, Opt("--format", help="native | peft (also an adapter PeftModel.from_pretrained loads)")
+    ] = "native",
 ) -> None:
     """Export chosen trials as run directories: config.yaml (retrain) + safetensors weights (serve)."""
+    from autoprompt_search.peft_format import loading_code
     from autoprompt_search.study.export import export_study
 
     try:
-        runs = export_study(_study_dir(study, results_dir), output or None, top, pareto, overwrite)
+        runs = export_study(_study_dir(study, results_dir), output or None, top, pareto, overwrite, form)
     except ConfigError as exc:
         fail(exc)
     for run in runs:
         typer.echo(f"{run}  (autoprompt predict {run} | autoprompt train --config {run}/config.yaml)")
+        if form == "peft":
+            typer.echo(f"  peft: {loading_code(run)}")
 
 
 def _study_dir(study: str, results_dir: str) -> str:

@@ -186,6 +186,10 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
         and "finalists: median over seeds" in res.stdout
         and "the configuration of trial" in res.stdout
     )
+    # Input prompts: peft's prompt tuning cannot hold them (its classifier reads a virtual token).
+    res = runner.invoke(app, ["export", str(study), "--format", "peft", "--output", str(tmp_path / "peft")])
+    assert res.exit_code == 2 and "export --format peft: peft's prompt tuning puts the prompt before" in res.output
+    assert not (tmp_path / "peft").exists()
     res = runner.invoke(app, ["export", str(study), "--top", "1"])
     assert res.exit_code == 0, res.output
     (summary,) = json.loads((study / "export" / "exported.json").read_text())

@@ -150,21 +150,24 @@ class DeepPrompt(PromptMethod):
             prompt = prompt + self.reparam(prompt)
         return self.dropout(prompt.to(text.dtype).expand(text.shape[0], -1, -1))  # (B, L, d)
 
+    def layer_prefix(self, index: int) -> Tensor:
+        """The keys and values (2, L, H_kv*hd) of the `index`-th prompted layer, no dropout."""
+        if not self.config.reparam:
+            return self.prefix[index]
+        heads, head_dim = self.info.kv_shape
+        width = heads * head_dim
+        z = self.reparam(self.prefix_embedding)  # (L, r)
+        rows = slice(index * 2 * width, (index + 1) * 2 * width)  # this layer's outputs only
+        kv = nn.functional.linear(z, self.prefix_out.weight[rows], self.prefix_out.bias[rows])  # (L, 2*width)
+        return kv.view(self.config.length, 2, width).transpose(0, 1)  # (2, L, width)
+
     def kv_prefix(self, layer: int, ctx: BatchContext) -> KvPrefix | None:
         index = self.slot_of.get(layer)
         if not self.kv or index is None:
             return None
         b, length = ctx.input_ids.shape[0], self.config.length
         heads, head_dim = self.info.kv_shape
-        if self.config.reparam:
-            z = self.reparam(self.prefix_embedding)  # (L, r)
-            width = heads * head_dim
-            rows = slice(index * 2 * width, (index + 1) * 2 * width)  # this layer's outputs only
-            kv = nn.functional.linear(z, self.prefix_out.weight[rows], self.prefix_out.bias[rows])  # (L, 2*width)
-            kv = kv.view(length, 2, width).transpose(0, 1)  # (2, L, width)
-        else:
-            kv = self.prefix[index]  # (2, L, width)
-        kv = self.dropout(kv.expand(b, -1, -1, -1))  # (B, 2, L, width), a dropout mask per row
+        kv = self.dropout(self.layer_prefix(index).expand(b, -1, -1, -1))  # (B, 2, L, width), a mask per row
         kv = kv.view(b, 2, length, heads, head_dim).transpose(2, 3)  # (B, 2, H_kv, L, hd)
         live = torch.ones(b, length, dtype=torch.bool, device=kv.device)
         return KvPrefix(kv[:, 0], kv[:, 1], live)

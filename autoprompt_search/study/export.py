@@ -16,19 +16,30 @@ import yaml
 
 from ..checkpoint import CONFIG, WEIGHTS
 from ..errors import ConfigError
+from ..peft_format import run_adapter, write_peft_adapter
 from ..staging import staged_directory
 from .options import Objective, StudyOptions
 from .ranking import SELECTABLE, finalist_groups, objective_value, pareto_front, rank_top
 from .runner import study_rows
 
+FORMS = ("native", "peft")  # peft: adapter_config.json + adapter_model.safetensors beside our files
+
 
 def export_study(
-    study_dir: str | Path, output: str | Path | None = None, top: int = 1, pareto: bool = False, overwrite: bool = False
+    study_dir: str | Path,
+    output: str | Path | None = None,
+    top: int = 1,
+    pareto: bool = False,
+    overwrite: bool = False,
+    form: str = "native",
 ) -> list[Path]:
-    """Export chosen trials into `output` (default: <study>/export); returns the run directories."""
+    """Export chosen trials into `output` (default: <study>/export); returns the run directories.
+    form="peft" also writes each run as a peft adapter (every chosen one must be representable)."""
     study_dir = Path(study_dir)
     if top < 1:
         raise ConfigError(f"export: --top must be >= 1, got {top}")
+    if form not in FORMS:
+        raise ConfigError(f"export: --format {form!r} unknown; use one of {', '.join(FORMS)}")
     options = StudyOptions.load(study_dir)
     objectives = options.parsed_objectives
     every = study_rows(study_dir)
@@ -46,11 +57,15 @@ def export_study(
     missing = [r["trial_id"] for r in chosen if not (Path(r["checkpoint"]) / WEIGHTS).is_file()]
     if missing:
         raise ConfigError(f"export: the checkpoint of trial {missing[0]} is gone; was the study directory moved?")
+    # Every adapter is built before anything is written: one that peft cannot hold fails the export.
+    adapters = [run_adapter(r["checkpoint"]) for r in chosen] if form == "peft" else []
     names = []
     with staged_directory(out) as staging:
         for rank, row in enumerate(chosen, start=1):
             name = f"{rank:02d}-{row['trial_id']}"
             write_run(row, options, staging / name)
+            if adapters:
+                write_peft_adapter(*adapters[rank - 1], staging / name)
             names.append(name)
         summary = [
             {"rank": i + 1, "dir": n, **_summary(r, objectives)}

@@ -1,0 +1,118 @@
+"""A run as a peft adapter: `adapter_config.json` + `adapter_model.safetensors` that
+`PeftModel.from_pretrained` loads over `AutoModelForSequenceClassification`.
+
+peft can hold one of our configurations exactly: key/value prefixes at every layer (its prefix
+tuning) of a BERT-family encoder whose classifier reads [CLS] through the pretrained pooler
+(BertForSequenceClassification's head). The rest it cannot, and `peft_adapter` says why in one
+line: peft's prompt tuning puts the prompt before [CLS] and its classifier then reads the first
+virtual token (ours reads [CLS]); other families' sequence classifiers are not a linear layer
+on one token (RoBERTa's has a dense + tanh layer, GPT-2's has no bias); mean pooling, label-word
+heads, hidden-state prompts, layer subsets and generators have no peft counterpart.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from .errors import ConfigError
+from .prompts import method_name
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def refusal(cfg: Any, model_type: str, num_layers: int) -> str:
+    """Why peft cannot hold this configuration ('' when it can)."""
+    method, name = cfg.method, method_name(cfg.method)
+    if getattr(method, "form", None) != "kv":
+        if name == "deep" and tuple(method.layers) == (0,):
+            return (
+                "peft's prompt tuning puts the prompt before [CLS] and its classifier reads the first virtual "
+                "token; this run's head reads [CLS]"
+            )
+        return f"peft has no counterpart of this method ({name}); it holds kv prefixes at every layer"
+    if tuple(method.layers) != tuple(range(num_layers)):
+        return f"peft's prefix tuning prefixes every layer; this run prefixes layers {list(method.layers)}"
+    if model_type != "bert":
+        return (
+            f"peft's sequence classifier for {model_type} is not a linear layer on the pooled first token "
+            "(only BERT-family encoders are exported)"
+        )
+    head = cfg.head
+    if head.kind != "classifier" or head.pooling != "token" or not head.pooler:
+        return "peft's BertForSequenceClassification reads [CLS] through the pooler; this run's head does not"
+    return ""
+
+
+def peft_adapter(model: Any, cfg: Any, model_path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(adapter_config, tensors) of a built, loaded model; ConfigError when peft cannot hold it."""
+    backbone = model.backbone
+    model_type = backbone.model.config.model_type
+    why = refusal(cfg, model_type, backbone.num_layers)
+    if why:
+        raise ConfigError(f"export --format peft: {why}; export it without --format peft")
+    method = model.method
+    with torch.no_grad():
+        prefix = torch.stack([method.layer_prefix(i) for i in range(backbone.num_layers)])  # (N, 2, L, d)
+        length = prefix.shape[2]
+        # peft's PrefixEncoder: one row per virtual token holding every layer's key then value.
+        table = prefix.permute(2, 0, 1, 3).reshape(length, -1).float().contiguous()  # (L, N*2*d)
+        tensors = {
+            "prompt_embeddings": table,
+            "base_model.classifier.weight": model.head.linear.weight.detach().float().contiguous(),
+            "base_model.classifier.bias": model.head.linear.bias.detach().float().contiguous(),
+        }
+    config = backbone.model.config
+    adapter = {
+        "peft_type": "PREFIX_TUNING",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": model_path,
+        "num_virtual_tokens": length,
+        "token_dim": config.hidden_size,
+        "encoder_hidden_size": config.hidden_size,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": config.num_attention_heads,
+        "num_layers": backbone.num_layers,
+        "prefix_projection": False,  # a reparametrised prefix is exported as the table it computes
+        "inference_mode": True,
+        "modules_to_save": ["classifier", "score"],
+        "revision": None,
+    }
+    return adapter, tensors
+
+
+def run_adapter(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The peft adapter of a run directory (`autoprompt train`, a study checkpoint or export)."""
+    from .api import load
+    from .backbones import resolve_model
+
+    predictor = load(run_dir, device="cpu")
+    source = resolve_model(predictor.cfg.model)
+    return peft_adapter(
+        predictor.model, predictor.cfg, str(Path(source.path).resolve()) if Path(source.path).exists() else source.path
+    )
+
+
+def loading_code(run_dir: str | Path) -> str:
+    """The peft call that loads the adapter written in `run_dir`."""
+    from .checkpoint import read_run
+    from .data import get_task
+
+    adapter = json.loads((Path(run_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    labels = len(get_task(read_run(run_dir)["config"]["data"]["task"]).labels)
+    base = adapter["base_model_name_or_path"]
+    return (
+        f"PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained({base!r}, "
+        f"num_labels={labels}), {str(run_dir)!r})"
+    )
+
+
+def write_peft_adapter(adapter: dict[str, Any], tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(adapter, indent=2) + "\n", encoding="utf-8")

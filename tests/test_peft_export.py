@@ -1,0 +1,91 @@
+"""Runs as peft adapters: what peft can hold loads with `PeftModel.from_pretrained` and gives our
+logits; the rest is refused in one line that says why.
+
+The load test needs peft with a transformers version its prefix tuning supports (peft 0.21.2
+with transformers 5.17; with 5.24 it raises "Model does not support past key values" on BERT):
+it skips elsewhere and says why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from autoprompt_search.batch import Batch
+from autoprompt_search.config import ExperimentConfig
+from autoprompt_search.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, refusal, run_adapter, write_peft_adapter
+from autoprompt_search.runs import train_to_directory
+
+EVERY = [0, 1, 2, 3]
+
+
+def cfg_of(method: dict, head: dict | None = None) -> ExperimentConfig:
+    return ExperimentConfig.from_dict({"method": method, "head": head or {}})
+
+
+@pytest.mark.parametrize(
+    ("method", "head", "model_type", "why"),
+    [
+        ({"name": "deep", "layers": [0], "length": 4}, None, "bert", "peft's prompt tuning puts the prompt before"),
+        ({"name": "deep", "layers": [1, 3], "form": "kv"}, None, "bert", "prefixes every layer; this run prefixes layers [1, 3]"),
+        ({"name": "deep", "layers": EVERY}, None, "bert", "no counterpart of this method (deep)"),
+        ({"name": "late", "layer": 2}, None, "bert", "no counterpart of this method (late)"),
+        ({"name": "deep", "layers": EVERY, "form": "kv"}, {"pooling": "mean"}, "bert", "reads [CLS] through the pooler"),
+        ({"name": "deep", "layers": EVERY, "form": "kv"}, None, "roberta", "classifier for roberta is not a linear"),
+        ({"name": "deep", "layers": EVERY, "form": "kv"}, None, "bert", ""),  # peft's prefix tuning
+    ],
+)  # fmt: skip
+def test_what_peft_cannot_hold_is_refused_with_the_reason(method: dict, head: dict, model_type: str, why: str) -> None:
+    reason = refusal(cfg_of(method, head), model_type, num_layers=4)
+    assert (why in reason and "\n" not in reason) if why else reason == ""
+
+
+@pytest.fixture(scope="module")
+def bert_with_pooler(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny BERT saved as a BertModel with a (random) pooler, as BertForSequenceClassification uses."""
+    root = tmp_path_factory.mktemp("tiny-bert-pooler")
+    torch.manual_seed(1)
+    BertModel(BertConfig.from_pretrained(tiny_model_dir)).save_pretrained(root)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(root)
+    return str(root)
+
+
+@pytest.mark.parametrize("reparam", [0, 16])
+def test_a_kv_prefix_run_loads_in_peft_with_our_logits(
+    reparam: int, bert_with_pooler: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification
+
+    from autoprompt_search.api import load
+
+    cfg = ExperimentConfig.from_dict(
+        {
+            "model": bert_with_pooler,
+            "data": {"task": "sst2", "data_dir": tiny_sst_dir, "max_length": 16},
+            "method": {"name": "deep", "layers": EVERY, "length": 3, "form": "kv", "reparam": reparam},
+            "train": {"steps": 3, "batch_size": 8, "eval_every": 3, "device": "cpu", "lr": 0.1},
+        }
+    )
+    run = tmp_path / "run"
+    train_to_directory(cfg, run)
+    write_peft_adapter(*run_adapter(run), run)
+    assert (run / ADAPTER_CONFIG).is_file() and (run / ADAPTER_WEIGHTS).is_file()
+
+    ours = load(run, device="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(bert_with_pooler)
+    enc = tokenizer(["good fine great", "bad awful poor terrible dull"], padding=True, return_tensors="pt")
+    base = AutoModelForSequenceClassification.from_pretrained(bert_with_pooler, num_labels=2)
+    try:
+        theirs_model = peft.PeftModel.from_pretrained(base, str(run)).eval()
+        with torch.no_grad():
+            theirs = theirs_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+    except ValueError as exc:  # a transformers version peft's prefix tuning does not support
+        pytest.skip(f"peft {peft.__version__} prefix tuning unsupported here: {exc}")
+    with torch.no_grad():
+        mine = ours.model(Batch(enc.input_ids, enc.attention_mask.bool()))
+    assert mine.abs().max() > 0.05  # a trained head, not zeros
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
