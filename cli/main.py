@@ -145,10 +145,11 @@ def space(
 
 @app.command()
 def search(
+    ctx: typer.Context,
     space: Annotated[str, Opt(help="search-space YAML, or a shipped one: all | layers | lpt")] = "all",
     name: Annotated[str, Opt(help="study name: results go to RESULTS_DIR/NAME")] = "default",
     resume: Annotated[
-        str, Opt(help="continue the interrupted study of this name (other study options are ignored)")
+        str, Opt(help="continue the interrupted study of this name (its stored options hold; changing one is an error)")
     ] = "",
     num_samples: Annotated[int, Opt(help="trials in the study")] = 6,
     max_concurrent: Annotated[int, Opt(help="Train jobs running at once (each a trial, or a fused group)")] = 2,
@@ -171,8 +172,13 @@ def search(
     sampler: Annotated[str, Opt(help="auto | tpe | nsga2 | random")] = "auto",
     scheduler: Annotated[str, Opt(help="asha (early stopping, one objective) | fifo")] = "asha",
     grace_period: Annotated[int, Opt(help="ASHA: evaluations before a trial may be stopped")] = 1,
-    cpus_per_trial: Annotated[float, Opt(help="CPUs per Train worker")] = 1.0,
-    gpus_per_trial: Annotated[float, Opt(help="GPUs per Train worker; 0.25 packs 4 trials on a GPU")] = 0.0,
+    cpus_per_worker: Annotated[
+        float,
+        Opt("--cpus-per-worker", "--cpus-per-trial", help="CPUs per Train worker (a trial has --workers-per-trial)"),
+    ] = 1.0,
+    gpus_per_worker: Annotated[
+        float, Opt("--gpus-per-worker", "--gpus-per-trial", help="GPUs per Train worker; 0.25 packs 4 workers on a GPU")
+    ] = 0.0,
     workers_per_trial: Annotated[int, Opt(help="Ray Train workers (DDP ranks) per trial")] = 1,
     max_failures: Annotated[
         int, Opt(help="restarts of a trial's Train run after a worker crash (from its last checkpoint)")
@@ -231,7 +237,7 @@ def search(
     connect = {"ray_settings": ray_settings, "on_connect": announce}
     try:
         if resume:
-            run = resume_study(resume, results_dir, **connect)
+            run = resume_study(resume, results_dir, **connect, given=_given_flags(ctx, RESUME_FLAGS))
         else:
             run = api.search(
                 space, name=name, results_dir=results_dir, overwrite=overwrite, search_seed=search_seed, **connect,
@@ -239,8 +245,8 @@ def search(
                 num_samples=num_samples, max_concurrent=max_concurrent, fuse=fuse,
                 objectives=objective or ["dev_score:max"], finalists=finalists, seeds=seeds, sampler=sampler,
                 enqueue=enqueue or [], warm_start=warm_start,
-                scheduler=scheduler, grace_period=grace_period, cpus_per_trial=cpus_per_trial,
-                gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial, max_failures=max_failures,
+                scheduler=scheduler, grace_period=grace_period, cpus_per_worker=cpus_per_worker,
+                gpus_per_worker=gpus_per_worker, workers_per_trial=workers_per_trial, max_failures=max_failures,
                 # the base experiment (flags over --config over the embedded default)
                 config_file=config, model=model, task=task, source=source, data_dir=data_dir, columns=columns or [],
                 max_length=max_length, max_train=max_train, metric=metric, steps=steps, batch_size=batch_size,
@@ -250,6 +256,20 @@ def search(
         fail(exc)
     _print_status(run.study_dir)
     typer.echo(f"study wall time {run.wall_seconds:.1f} s; export with: autoprompt export {run.study_dir} --top 3")
+
+
+# What --resume may take: where the study is and how to reach Ray; the rest is the stored study's.
+RESUME_FLAGS = {"resume", "results_dir", "address", "num_cpus", "dashboard_port", "dashboard_host"}
+
+
+def _given_flags(ctx: typer.Context, allowed: set[str]) -> dict[str, object]:
+    """Parameters the user typed on the command line, other than `allowed` ones."""
+
+    def typed(name: str) -> bool:  # by name: typer may bring its own copy of click's enum
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name == "COMMANDLINE"
+
+    return {name: value for name, value in ctx.params.items() if name not in allowed and typed(name)}
 
 
 def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]

@@ -134,9 +134,9 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str]] = [
     ("data: unknown task", lambda b: [*b.search(), "--task", "sst3"], "data.task: 'sst3' unknown"),
     ("data: max length 0", lambda b: [*b.search(), "--max-length", "0"], "data.max_length: must be > 0"),
     # resources and cluster
-    ("resources: a GPU where none exists", lambda b: b.search("--gpus-per-trial", "1"),
-     "has no GPU (torch sees no CUDA device on this machine); use --gpus-per-trial 0"),
-    ("resources: more CPUs than the machine", lambda b: b.search("--cpus-per-trial", "4096"),
+    ("resources: a GPU where none exists", lambda b: b.search("--gpus-per-worker", "1"),
+     "has no GPU (torch sees no CUDA device on this machine); use --gpus-per-worker 0"),
+    ("resources: more CPUs than the machine", lambda b: b.search("--cpus-per-worker", "4096"),
      "needs 4096 CPUs but the cluster has"),
     ("cluster: unreachable --address", lambda b: b.search("--address", "127.0.0.1:1"), "--address 127.0.0.1:1"),
     # study options
@@ -160,6 +160,9 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str]] = [
                                                           b.results], "study.num_samples: expected int"),
     ("resume: study that never started", lambda b: ["search", "--resume", "no_trials", "--results-dir", b.results],
      "no Tune state to resume"),
+    ("resume: a flag that changes the stored study",
+     lambda b: ["search", "--resume", "no_trials", "--results-dir", b.results, "--num-samples", "50", "--steps", "9"],
+     "--resume no_trials: --num-samples 50 differs from the study's 8 (and 1 more); a resumed study keeps its options"),
     ("status: not a study", lambda b: ["status", b.path("alien")], "study.json' not found"),
     ("export: no trial yet", lambda b: ["export", f"{b.results}/no_trials"], "no trials.parquet yet"),
     ("export: no finished trial", lambda b: ["export", f"{b.results}/all_failed"], "no finished trial"),

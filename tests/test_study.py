@@ -67,7 +67,7 @@ def test_objectives_and_options_are_validated() -> None:
     with pytest.raises(ConfigError, match="name"):
         StudyOptions(name="../escape")
     with pytest.raises(ConfigError, match="workers-per-trial"):
-        StudyOptions(gpus_per_trial=1.5)
+        StudyOptions(gpus_per_worker=1.5)
     with pytest.raises(ConfigError, match=r"^study.fuse: must be >= 1 \(1 = one trial per Train job\), got 0$"):
         StudyOptions(fuse=0)
 
@@ -84,18 +84,18 @@ def test_relative_paths_are_pinned_for_ray_workers(tiny_model_dir: str, tmp_path
 
 def test_gpu_requests_are_checked_before_anything_runs() -> None:
     cpu_only = ClusterInfo("local", None, cpus=2, gpus=0, started_here=True)
-    with pytest.raises(ConfigError, match="has no GPU.*; use --gpus-per-trial 0"):
-        check_resources(StudyOptions(gpus_per_trial=0.25), cpu_only)
-    check_resources(StudyOptions(cpus_per_trial=2), cpu_only)
+    with pytest.raises(ConfigError, match="has no GPU.*; use --gpus-per-worker 0"):
+        check_resources(StudyOptions(gpus_per_worker=0.25), cpu_only)
+    check_resources(StudyOptions(cpus_per_worker=2), cpu_only)
     with pytest.raises(ConfigError, match="needs 3 CPUs"):
-        check_resources(StudyOptions(cpus_per_trial=1.5, workers_per_trial=2), cpu_only)
+        check_resources(StudyOptions(cpus_per_worker=1.5, workers_per_trial=2), cpu_only)
     one_gpu = ClusterInfo("local", None, cpus=2, gpus=1, started_here=True)
-    check_resources(StudyOptions(gpus_per_trial=0.25, cpus_per_trial=0.5), one_gpu)
+    check_resources(StudyOptions(gpus_per_worker=0.25, cpus_per_worker=0.5), one_gpu)
     with pytest.raises(ConfigError, match="needs 2 GPUs"):
-        check_resources(StudyOptions(gpus_per_trial=1, workers_per_trial=2, cpus_per_trial=0.5), one_gpu)
-    payload = {"cpus_per_trial": 0.5, "gpus_per_trial": 0.25, "workers_per_trial": 1}
+        check_resources(StudyOptions(gpus_per_worker=1, workers_per_trial=2, cpus_per_worker=0.5), one_gpu)
+    payload = {"cpus_per_worker": 0.5, "gpus_per_worker": 0.25, "workers_per_trial": 1}
     assert worker_resources(payload) == {"CPU": 0.49, "GPU": 0.25}  # 0.01 is the Tune trial's
-    assert worker_resources({"cpus_per_trial": 1, "gpus_per_trial": 0, "workers_per_trial": 2}) == {"CPU": 0.995}
+    assert worker_resources({"cpus_per_worker": 1, "gpus_per_worker": 0, "workers_per_trial": 2}) == {"CPU": 0.995}
 
 
 def test_sampled_config_applies_over_the_base(tiny_model_dir: str, tiny_sst_dir: str) -> None:
@@ -400,14 +400,16 @@ def test_fractional_gpus_pack_trials(local_ray: None, tiny_model_dir: str, tiny_
     import ray
 
     assert ray.cluster_resources()["GPU"] == 1  # one logical GPU
-    opts = options(tiny_model_dir, tiny_sst_dir, gpus_per_trial=0.5, cpus_per_trial=0.5, num_samples=2)
+    opts = options(tiny_model_dir, tiny_sst_dir, gpus_per_worker=0.5, cpus_per_worker=0.5, num_samples=2)
     run = run_study(opts, tmp_path)
     assert all(r["status"] in ("TERMINATED", "COLLAPSED") for r in run.rows) and len(run.rows) == 2
     assert all(r["gpu_ids"] == "0" for r in run.rows)  # both on the one GPU, half each
     assert all(r["device_seconds"] == pytest.approx(r["wall_seconds"] * 0.5) for r in run.rows)
     with pytest.raises(ConfigError, match="needs 2 GPUs"):
         run_study(
-            options(tiny_model_dir, tiny_sst_dir, gpus_per_trial=1, workers_per_trial=2, cpus_per_trial=0.5, name="g"),
+            options(
+                tiny_model_dir, tiny_sst_dir, gpus_per_worker=1, workers_per_trial=2, cpus_per_worker=0.5, name="g"
+            ),
             tmp_path,
         )
 
@@ -575,3 +577,17 @@ def test_enqueue_and_warm_start_seed_a_new_study(
     with pytest.raises(ConfigError, match="optimised"):
         run_study(options(tiny_model_dir, tiny_sst_dir, name="c", objectives=["dev_score:max", "trainable_params:min"],
                           scheduler="fifo", warm_start=str(tmp_path / "a")), tmp_path)  # fmt: skip
+
+
+def test_resume_conflicts_name_only_flags_that_change_the_stored_study(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    from autoprompt_search.study.options import resume_conflicts
+
+    options = StudyOptions(num_samples=8, experiment=base_experiment(tiny_model_dir, tiny_sst_dir))
+    same = {"num_samples": 8, "objective": ["dev_score:max"], "steps": 6, "data_dir": tiny_sst_dir}
+    assert resume_conflicts(options, same) == []
+    changed = resume_conflicts(options, {"num_samples": 9, "steps": 7, "config": "x.yaml"})
+    assert changed == [
+        "--num-samples 9 differs from the study's 8",
+        "--steps 7 differs from the study's 6",
+        "--config cannot change a resumed study",
+    ]

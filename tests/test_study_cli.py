@@ -106,11 +106,11 @@ def test_search_joins_an_existing_cluster(
     # A GPU asked for where the cluster has none: one line, exit 2, nothing written.
     bad = subprocess.run(
         [*AUTOPROMPT, *search_args(tiny_model_dir, tiny_sst_dir, results, small_space, "--address", head_cluster,
-                                   "--gpus-per-trial", "0.25")],
+                                   "--gpus-per-worker", "0.25")],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert bad.returncode == 2, bad.stderr
-    assert "has no GPU; use --gpus-per-trial 0" in bad.stderr and not (results / "default").exists()
+    assert "has no GPU; use --gpus-per-worker 0" in bad.stderr and not (results / "default").exists()
 
     done = subprocess.run(
         [*AUTOPROMPT, *search_args(tiny_model_dir, tiny_sst_dir, results, small_space, "--address", head_cluster,

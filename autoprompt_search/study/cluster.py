@@ -206,22 +206,22 @@ def check_before_connecting(options: StudyOptions, settings: RaySettings | None)
 def check_resources(options: StudyOptions, cluster: ClusterInfo) -> None:
     """Fail before any trial starts if one trial cannot ever be placed (it would pend forever)."""
     workers = options.workers_per_trial
-    if options.gpus_per_trial and cluster.gpus == 0:
+    if options.gpus_per_worker and cluster.gpus == 0:
         raise ConfigError(
-            f"--gpus-per-trial {options.gpus_per_trial}: the Ray cluster ({cluster.address}) has no GPU"
+            f"--gpus-per-worker {options.gpus_per_worker}: the Ray cluster ({cluster.address}) has no GPU"
             f"{' (torch sees no CUDA device on this machine)' if cluster.address == 'local' else ''}; "
-            "use --gpus-per-trial 0 to train on CPUs"
+            "use --gpus-per-worker 0 to train on CPUs"
         )
-    if options.gpus_per_trial * workers > cluster.gpus:
+    if options.gpus_per_worker * workers > cluster.gpus:
         raise ConfigError(
-            f"--gpus-per-trial {options.gpus_per_trial} x {workers} workers needs {options.gpus_per_trial * workers} "
-            f"GPUs but the cluster has {cluster.gpus:g}; lower --gpus-per-trial or --workers-per-trial"
+            f"--gpus-per-worker {options.gpus_per_worker} x {workers} workers needs {options.gpus_per_worker * workers} "
+            f"GPUs but the cluster has {cluster.gpus:g}; lower --gpus-per-worker or --workers-per-trial"
         )
-    need_cpus = options.cpus_per_trial * workers
+    need_cpus = options.cpus_per_worker * workers
     if need_cpus > cluster.cpus:
         raise ConfigError(
-            f"--cpus-per-trial {options.cpus_per_trial:g} x {workers} workers needs {need_cpus:g} CPUs but the "
-            f"cluster has {cluster.cpus:g}; lower --cpus-per-trial"
+            f"--cpus-per-worker {options.cpus_per_worker:g} x {workers} workers needs {need_cpus:g} CPUs but the "
+            f"cluster has {cluster.cpus:g}; lower --cpus-per-worker"
         )
 
 

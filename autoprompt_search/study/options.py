@@ -51,6 +51,9 @@ class Objective:
         return f"{self.metric}:{self.mode}"
 
 
+RENAMED = {"cpus_per_trial": "cpus_per_worker", "gpus_per_trial": "gpus_per_worker"}  # they were per worker
+
+
 @dataclass
 class StudyOptions:
     name: str = "default"
@@ -60,8 +63,8 @@ class StudyOptions:
     objectives: list[str] = field(default_factory=lambda: ["dev_score:max"])
     num_samples: int = 8
     max_concurrent: int = 2
-    cpus_per_trial: float = 1.0  # per Train worker
-    gpus_per_trial: float = 0.0  # per Train worker; 0.25 packs four trials on one GPU
+    cpus_per_worker: float = 1.0  # per Train worker
+    gpus_per_worker: float = 0.0  # per Train worker; 0.25 packs four trials on one GPU
     workers_per_trial: int = 1  # Train workers (DDP ranks) per trial
     sampler: str = "auto"  # auto: TPE for one objective, NSGA-II for several
     scheduler: str = "asha"  # ASHA early stopping (single objective only) or fifo
@@ -81,11 +84,11 @@ class StudyOptions:
         require(bool(NAME.match(self.name)), f"study: name {self.name!r} must be letters, digits, '-', '_' or '.'")
         require(self.num_samples >= 1, f"study.num_samples: must be >= 1, got {self.num_samples}")
         require(self.max_concurrent >= 1, f"study.max_concurrent: must be >= 1, got {self.max_concurrent}")
-        require(self.cpus_per_trial >= 0.05, f"study.cpus_per_trial: must be >= 0.05, got {self.cpus_per_trial}")
-        require(self.gpus_per_trial >= 0, f"study.gpus_per_trial: must be >= 0, got {self.gpus_per_trial}")
+        require(self.cpus_per_worker >= 0.05, f"study.cpus_per_worker: must be >= 0.05, got {self.cpus_per_worker}")
+        require(self.gpus_per_worker >= 0, f"study.gpus_per_worker: must be >= 0, got {self.gpus_per_worker}")
         require(
-            self.gpus_per_trial <= 1 or float(self.gpus_per_trial).is_integer(),
-            f"study.gpus_per_trial: {self.gpus_per_trial} GPUs per worker must be a fraction <= 1 or whole; "
+            self.gpus_per_worker <= 1 or float(self.gpus_per_worker).is_integer(),
+            f"study.gpus_per_worker: {self.gpus_per_worker} GPUs per worker must be a fraction <= 1 or whole; "
             "use --workers-per-trial for several GPUs",
         )
         require(self.fuse >= 1, f"study.fuse: must be >= 1 (1 = one trial per Train job), got {self.fuse}")
@@ -133,6 +136,9 @@ class StudyOptions:
             raise ConfigError(f"study: {path} is not valid JSON ({exc.msg}); the study directory is corrupt") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"study: {path} is not a study description; the study directory is corrupt")
+        for old, new in RENAMED.items():  # study.json written before the rename
+            if old in data:
+                data.setdefault(new, data.pop(old))
         try:
             return from_dict(StudyOptions, data, "study")
         except ConfigError:
@@ -141,3 +147,48 @@ class StudyOptions:
             raise ConfigError(
                 f"study: {path} does not describe a study ({exc}); the study directory is corrupt"
             ) from exc
+
+
+# `autoprompt search` flags that name a stored study option (flag -> StudyOptions field) or a
+# base-experiment value (flag -> its path in the experiment dict); what --resume must not change.
+STUDY_FLAGS = {
+    "num_samples": "num_samples", "max_concurrent": "max_concurrent", "fuse": "fuse", "objective": "objectives",
+    "finalists": "finalists", "seeds": "seeds", "sampler": "sampler", "scheduler": "scheduler",
+    "grace_period": "grace_period", "cpus_per_worker": "cpus_per_worker", "gpus_per_worker": "gpus_per_worker",
+    "workers_per_trial": "workers_per_trial", "max_failures": "max_failures", "search_seed": "seed",
+}  # fmt: skip
+EXPERIMENT_FLAGS = {
+    "model": ("model",), "task": ("data", "task"), "source": ("data", "source"), "data_dir": ("data", "data_dir"),
+    "max_length": ("data", "max_length"), "max_train": ("data", "max_train"), "metric": ("data", "metric"),
+    "steps": ("train", "steps"), "batch_size": ("train", "batch_size"), "eval_every": ("train", "eval_every"),
+    "seed": ("train", "seed"), "precision": ("train", "precision"), "prefix_cache": ("train", "prefix_cache"),
+}  # fmt: skip
+
+
+def resume_conflicts(options: StudyOptions, given: dict[str, Any]) -> list[str]:
+    """The flags given with --resume (flag name -> value) that differ from what the study stored,
+    one line each; a resumed study keeps its options."""
+    out = []
+    for flag, value in given.items():
+        shown = "--" + flag.replace("_", "-")
+        if flag in STUDY_FLAGS:
+            stored = getattr(options, STUDY_FLAGS[flag])
+            if flag == "objective":
+                value = [str(Objective.parse(v)) for v in value]
+                stored = [str(Objective.parse(v)) for v in stored]
+        elif flag in EXPERIMENT_FLAGS:
+            stored = options.experiment
+            for key in EXPERIMENT_FLAGS[flag]:
+                stored = stored.get(key) if isinstance(stored, dict) else None
+            if flag in ("data_dir", "model") and isinstance(value, str) and Path(value).exists():
+                value = str(Path(value).resolve())
+        elif flag == "space":
+            from ..search_space import space_path
+
+            value, stored = str(space_path(value).resolve()), str(Path(options.space_file).resolve())
+        else:  # --config, --column, --enqueue, --warm-start, --name, --overwrite: nothing to compare
+            out.append(f"{shown} cannot change a resumed study")
+            continue
+        if value != stored:
+            out.append(f"{shown} {value} differs from the study's {stored}")
+    return out

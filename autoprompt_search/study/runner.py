@@ -21,7 +21,7 @@ from ..search_space import SearchSpace
 from .cluster import ClusterInfo, RaySettings, check_before_connecting, check_resources, connect, shutdown
 from .finalists import run_finalists
 from .fused_trial import run_group
-from .options import STUDY_FILE, StudyOptions
+from .options import STUDY_FILE, StudyOptions, resume_conflicts
 from .progress import ProgressBar
 from .records import TRIALS_FILE, TrialRecorder, read_trials
 from .trial import TRIAL_RESOURCES, run_trial
@@ -186,8 +186,8 @@ def trial_payload(options: StudyOptions, study_dir: Path) -> dict[str, Any]:
     """What every trial needs from the study (passed once through the object store)."""
     return {
         "experiment": options.experiment,
-        "cpus_per_trial": options.cpus_per_trial,
-        "gpus_per_trial": options.gpus_per_trial,
+        "cpus_per_worker": options.cpus_per_worker,
+        "gpus_per_worker": options.gpus_per_worker,
         "workers_per_trial": options.workers_per_trial,
         "max_failures": options.max_failures,
         "train_storage": str(study_dir / TRAIN_DIR),
@@ -223,7 +223,7 @@ def trial_dirname(trial: Any) -> str:
 
 
 def devices_per_trial(options: StudyOptions) -> float:
-    per_worker = options.gpus_per_trial or options.cpus_per_trial
+    per_worker = options.gpus_per_worker or options.cpus_per_worker
     return per_worker * options.workers_per_trial
 
 
@@ -345,12 +345,22 @@ def resume_study(
     results_dir: str | Path = "results",
     ray_settings: RaySettings | None = None,
     on_connect: Any = None,
+    given: dict[str, Any] | None = None,
 ) -> StudyRun:
-    """Continue an interrupted study: finished trials are kept, unfinished ones rerun, the sampler's history reloads."""
+    """Continue an interrupted study: finished trials are kept, unfinished ones rerun, the sampler's
+    history reloads. `given`: search flags passed with the resume (flag -> value); one that
+    differs from the stored study is a ConfigError, since a resumed study keeps its options."""
     from ray import tune
 
     study_dir = (Path(results_dir) / name).resolve()
     options = StudyOptions.load(study_dir)
+    conflicts = resume_conflicts(options, given or {})
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        raise ConfigError(
+            f"--resume {name}: {conflicts[0]}{more}; a resumed study keeps its options: drop the flag, "
+            "or start a new study under another --name"
+        )
     if not tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
         raise ConfigError(f"study: {str(study_dir)!r} has no Tune state to resume; start it again with --overwrite")
     check_study(options)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..config import ExperimentConfig
 
 # What the Tune trial itself holds (it only waits on its Train run; the Train controller and the
-# report queue actor are placed in its bundle). The workers get the rest of --cpus-per-trial, so
+# report queue actor are placed in its bundle). The workers get the rest of --cpus-per-worker, so
 # N one-CPU trials fit N CPUs exactly: with 0.01 on top, two 1-CPU workers on 2 CPUs queued
 # behind each other; with no CPU at all, the trial's helper actors took whole CPUs and hung.
 TRIAL_CPU = 0.01
@@ -43,9 +43,9 @@ REPLAYED = ("dev_score", "eval_score", "trainable_params", "worker_seconds")  # 
 
 def worker_resources(study: dict[str, Any]) -> dict[str, float]:
     """What each Train worker of a trial holds (fractional GPUs pack trials onto one GPU)."""
-    resources = {"CPU": float(study["cpus_per_trial"]) - TRIAL_CPU / int(study["workers_per_trial"])}
-    if float(study["gpus_per_trial"]):
-        resources["GPU"] = float(study["gpus_per_trial"])
+    resources = {"CPU": float(study["cpus_per_worker"]) - TRIAL_CPU / int(study["workers_per_trial"])}
+    if float(study["gpus_per_worker"]):
+        resources["GPU"] = float(study["gpus_per_worker"])
     return resources
 
 
@@ -146,7 +146,7 @@ def place(cfg: ExperimentConfig, use_gpu: bool) -> list[str]:
     elif use_gpu and os.environ.get(LOGICAL_GPUS_ENV) != "1":
         raise ConfigError(
             f"Ray gave this trial GPU {gpu_ids} but torch sees no CUDA device on this worker; "
-            "install a CUDA build of torch there or use --gpus-per-trial 0"
+            "install a CUDA build of torch there or use --gpus-per-worker 0"
         )
     else:
         cfg.train.device = "cpu"
@@ -264,7 +264,7 @@ def failure_message(exc: BaseException) -> str:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         return (
             f"out of memory ({first}); lower --batch-size or the prompt/generator size, or pack fewer "
-            "trials per GPU (--gpus-per-trial)"
+            "trials per GPU (--gpus-per-worker)"
         )
     return str(exc)
 
