@@ -460,6 +460,30 @@ def export(
             typer.echo(f"  peft: {loading_code(run)}")
 
 
+@app.command()
+def dashboard(
+    study: Annotated[str, typer.Argument(help="study directory, or a study name under --results-dir")],
+    port: Annotated[int, Opt(help="port to listen on")] = 8080,
+    host: Annotated[
+        str, Opt(help="address to listen on; anything but loopback exposes the study (risky)")
+    ] = "127.0.0.1",
+    results_dir: Annotated[str, Opt(help="where study directories live (for a study given by name)")] = "results",
+) -> None:
+    """Serve optuna-dashboard on the study's Optuna journal (history, parameters, importances)."""
+    from autoprompt_search.study.dashboard import exposure_warning, journal_of, serve
+
+    try:
+        study_dir = _study_dir(study, results_dir)
+        journal_of(study_dir)
+    except ConfigError as exc:
+        fail(exc)
+    warning = exposure_warning(host, port)
+    if warning:
+        typer.echo(warning, err=True)
+    typer.echo(f"optuna-dashboard: http://{host}:{port}/ (Ctrl-C stops it)", err=True)
+    serve(study_dir, host, port)
+
+
 def _study_dir(study: str, results_dir: str) -> str:
     from autoprompt_search.api import study_path
 

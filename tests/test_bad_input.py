@@ -165,6 +165,9 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str]] = [
      "--resume no_trials: --num-samples 50 differs from the study's 8 (and 1 more); a resumed study keeps its options"),
     ("status: not a study", lambda b: ["status", b.path("alien")], "study.json' not found"),
     ("export: no trial yet", lambda b: ["export", f"{b.results}/no_trials"], "no trials.parquet yet"),
+    ("dashboard: a study that never ran", lambda b: ["dashboard", f"{b.results}/no_trials"],
+     "has no optuna.journal yet; start or resume the study first"),
+    ("dashboard: not a study", lambda b: ["dashboard", b.path("alien")], "study.json' not found"),
     ("export: no finished trial", lambda b: ["export", f"{b.results}/all_failed"], "no finished trial"),
     ("export: --top 0", lambda b: ["export", f"{b.results}/all_failed", "--top", "0"], "--top must be >= 1, got 0"),
     # train, predict

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -171,6 +172,14 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
         assert all(
             r["test_score"] is not None for r in runs if r["status"] == "TERMINATED"
         )  # tiny data has a test split
+    # The Optuna journal names each trial's table row (what optuna-dashboard shows beside its params).
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = JournalStorage(JournalFileBackend(str(study / "optuna.journal")))
+    attrs = [t.user_attrs for t in optuna.load_study(study_name="finals", storage=journal).trials]
+    assert sorted(a["tune_trial_id"] for a in attrs) == sorted(by_id) and {a["method"] for a in attrs} == {"deep"}
+    assert all(a["trainable_params"] == by_id[a["tune_trial_id"]]["trainable_params"] for a in attrs)
     medians = {}
     for source in sources:
         scores = sorted(

@@ -59,6 +59,7 @@ class GroupSearcher(Searcher):
         self.asked = 0
         self.groups: dict[str, list[int]] = {}  # Tune trial id -> Optuna trial numbers
         self._study: Any = None
+        self._live: dict[int, Any] = {}  # Optuna trial number -> its running optuna.Trial (not pickled)
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         self._metric, self._mode = metric or self._metric, mode or self._mode
@@ -79,6 +80,10 @@ class GroupSearcher(Searcher):
         for _ in range(min(self.group_size, self.num_samples - self.asked)):
             trial = self.study.ask()
             sampled = self.space(trial)
+            # What optuna-dashboard shows beside the parameters: which row of trials.parquet this is.
+            trial.set_user_attr("tune_trial_id", f"{trial_id}-{len(members)}")
+            trial.set_user_attr("method", sampled["method"]["name"])
+            self._live[trial.number] = trial
             members.append({"number": trial.number, **sampled})
             self.asked += 1
         self.groups[trial_id] = [m["number"] for m in members]
@@ -93,6 +98,9 @@ class GroupSearcher(Searcher):
         number = int(result["optuna_number"])
         values = [result.get(m) for m in self.metrics]
         status = result["member_status"]
+        live = self._live.pop(number, None)
+        if live is not None and result.get("trainable_params") is not None:
+            live.set_user_attr("trainable_params", int(result["trainable_params"]))
         if status in ("failed", "collapsed") or any(v is None or not math.isfinite(float(v)) for v in values):
             self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         elif status == "stopped" and len(self.metrics) == 1:
@@ -119,11 +127,11 @@ class GroupSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         state = pickle.loads(Path(checkpoint_path).read_bytes())
         self.asked, self.groups, self.sampler = int(state["asked"]), dict(state["groups"]), state["sampler"]
-        self._study = None
+        self._study, self._live = None, {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_study"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_study", "_live")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._study = None
+        self._study, self._live = None, {}

@@ -17,6 +17,7 @@ from ..dataclass_io import from_dict, to_dict
 from ..errors import ConfigError, require
 
 STUDY_FILE = "study.json"
+OPTUNA_FILE = "optuna.journal"  # the Optuna study (sampler history, optuna-dashboard reads it)
 # What a trial reports after every evaluation; objectives and ASHA read these.
 REPORTED_METRICS = (
     "dev_score",  # best dev score so far: the checkpointed state, and the default objective

@@ -21,12 +21,11 @@ from ..search_space import SearchSpace
 from .cluster import ClusterInfo, RaySettings, check_before_connecting, check_resources, connect, shutdown
 from .finalists import run_finalists
 from .fused_trial import run_group
-from .options import STUDY_FILE, StudyOptions, resume_conflicts
+from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, resume_conflicts
 from .progress import ProgressBar
 from .records import TRIALS_FILE, TrialRecorder, read_trials
 from .trial import TRIAL_RESOURCES, run_trial
 
-OPTUNA_FILE = "optuna.journal"
 TUNE_DIR = "tune"  # Tune experiment: trial dirs with result.json, progress.csv, TensorBoard events
 TRAIN_DIR = "train"  # Ray Train runs, one per trial id, holding the best checkpoint
 
@@ -166,10 +165,22 @@ class ResumableOptunaSearch(OptunaSearch):
     the study.
     """
 
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        trial = self._ot_trials.get(trial_id)
+        if trial is not None and isinstance(config, dict):
+            # What optuna-dashboard shows beside the parameters: which row of trials.parquet this is.
+            trial.set_user_attr("tune_trial_id", trial_id)
+            trial.set_user_attr("method", config["method"]["name"])
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
 
         with contextlib.suppress(UpdateFinishedTrialError):
+            trial = self._ot_trials.get(trial_id)
+            if trial is not None and "trainable_params" in result and "trainable_params" not in trial.user_attrs:
+                trial.set_user_attr("trainable_params", int(result["trainable_params"]))
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:

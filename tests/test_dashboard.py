@@ -1,0 +1,84 @@
+"""`autoprompt dashboard`: optuna-dashboard on a study's journal, answering on loopback only."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoprompt_search.study.options import OPTUNA_FILE, StudyOptions
+
+AUTOPROMPT = str(Path(sys.executable).with_name("autoprompt"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def study_dir(tmp_path: Path) -> Path:
+    """A study directory whose journal holds three trials as the searchers write them."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    directory = tmp_path / "demo"
+    directory.mkdir()
+    StudyOptions(name="demo", space={"methods": {"deep": {}}}).save(directory)
+    storage = JournalStorage(JournalFileBackend(str(directory / OPTUNA_FILE)))
+    study = optuna.create_study(study_name="demo", storage=storage, direction="maximize")
+    for i, lr in enumerate([0.01, 0.03, 0.1]):
+        trial = study.ask()
+        trial.suggest_float("train.lr", 1e-3, 1e-1, log=True)
+        trial.set_user_attr("tune_trial_id", f"t{i}")
+        trial.set_user_attr("method", "deep")
+        trial.report(0.5 + lr, 1)
+        study.tell(trial, 0.6 + lr)
+    return directory
+
+
+@pytest.mark.slow
+def test_dashboard_answers_on_loopback_with_the_studys_trials(study_dir: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([AUTOPROMPT, "dashboard", str(study_dir), "--port", str(port)], stderr=subprocess.PIPE)
+    try:
+        studies = None
+        for _ in range(100):  # up to ~20 s for the server to come up
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    studies = json.loads(response.read())["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert studies is not None, "the dashboard never answered on 127.0.0.1"
+        (study,) = studies
+        assert study["study_name"] == "demo"
+        url = f"http://127.0.0.1:{port}/api/studies/{study['study_id']}?after=0"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            trials = json.loads(response.read())["trials"]
+        assert len(trials) == 3
+        attrs = [{a["key"]: a["value"] for a in t["user_attrs"]} for t in trials]
+        assert [a["tune_trial_id"] for a in attrs] == ["t0", "t1", "t2"]
+        assert all(t["intermediate_values"] for t in trials) and all(t["params"] for t in trials)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+    assert f"http://127.0.0.1:{port}/" in err and "warning" not in err
+
+
+def test_exposing_the_dashboard_prints_the_risk() -> None:
+    from autoprompt_search.study.dashboard import exposure_warning
+
+    assert exposure_warning("127.0.0.1", 8080) is None
+    warning = exposure_warning("0.0.0.0", 8080)
+    assert warning is not None and "anyone who can reach that port" in warning and "\n" not in warning
