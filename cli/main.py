@@ -461,6 +461,22 @@ def export(
 
 
 @app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="study directory, or a study name under --results-dir")],
+    output: Annotated[str, Opt("--output", "--output-dir", help="directory to write (default: STUDY/report)")] = "",
+    results_dir: Annotated[str, Opt(help="where study directories live (for a study given by name)")] = "results",
+) -> None:
+    """Write an HTML report of the study (history, importances, layers, methods, finalists, failures)."""
+    from autoprompt_search.study.report import write_report
+
+    try:
+        page = write_report(_study_dir(study, results_dir), output or None)
+    except ConfigError as exc:
+        fail(exc)
+    typer.echo(str(page))
+
+
+@app.command()
 def dashboard(
     study: Annotated[str, typer.Argument(help="study directory, or a study name under --results-dir")],
     port: Annotated[int, Opt(help="port to listen on")] = 8080,

@@ -168,6 +168,7 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str]] = [
     ("dashboard: a study that never ran", lambda b: ["dashboard", f"{b.results}/no_trials"],
      "has no optuna.journal yet; start or resume the study first"),
     ("dashboard: not a study", lambda b: ["dashboard", b.path("alien")], "study.json' not found"),
+    ("report: no trial yet", lambda b: ["report", f"{b.results}/no_trials"], "no trials.parquet yet"),
     ("export: no finished trial", lambda b: ["export", f"{b.results}/all_failed"], "no finished trial"),
     ("export: --top 0", lambda b: ["export", f"{b.results}/all_failed", "--top", "0"], "--top must be >= 1, got 0"),
     # train, predict

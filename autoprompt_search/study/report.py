@@ -1,0 +1,330 @@
+"""`autoprompt report`: one HTML page with PNGs beside it, from what a study has written so far.
+
+The numbers behind each figure come from functions of the table's rows (`history`,
+`layer_effects`, `method_scores`, `finalist_spread`) so tests can check them against the parquet;
+parameter importances come from Optuna itself (PED-ANOVA over the study's own journal).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import statistics
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .options import OPTUNA_FILE, Objective, StudyOptions
+from .ranking import SELECTABLE, objective_value, pareto_front, searched_rows
+from .runner import study_rows
+
+REPORT_DIR = "report"
+
+
+@dataclass
+class HistoryPoint:
+    number: int  # order in which the trial started
+    trial_id: str
+    value: float  # the trial's objective value
+    best: float  # best value of the trials so far (this one included)
+    compute_seconds: float  # worker seconds spent by this trial and all before it
+
+
+def scored(rows: list[dict[str, Any]], objective: Objective) -> list[dict[str, Any]]:
+    """Searched trials that ended with a usable objective value (never collapsed or failed ones)."""
+    return [
+        r for r in searched_rows(rows) if r["status"] in SELECTABLE and objective_value(r, objective.metric) is not None
+    ]
+
+
+def history(rows: list[dict[str, Any]], objective: Objective) -> list[HistoryPoint]:
+    """Best so far over the search's trials in start order; compute counts every trial's worker
+    time (failed and collapsed ones too: they cost it)."""
+    better = max if objective.mode == "max" else min
+    points: list[HistoryPoint] = []
+    spent, best = 0.0, None
+    for row in sorted(searched_rows(rows), key=lambda r: r["number"]):
+        spent += row["worker_seconds"] or 0.0
+        value = objective_value(row, objective.metric) if row["status"] in SELECTABLE else None
+        if value is None:
+            continue
+        best = value if best is None else better(best, value)
+        points.append(HistoryPoint(row["number"], row["trial_id"], value, best, spent))
+    return points
+
+
+def prompted_layers(row: dict[str, Any]) -> list[int] | None:
+    """The layers a trial prompts (its layer set, or the generator's insertion layer); None for
+    methods without one (probe, dp)."""
+    method = json.loads(row["config"])["method"]
+    if "layers" in method:
+        return list(method["layers"])
+    if "layer" in method:
+        return [int(method["layer"])]
+    return None
+
+
+def layer_effects(rows: list[dict[str, Any]], objective: Objective, num_layers: int) -> list[dict[str, Any]]:
+    """Per layer: the mean objective of scored trials that prompt it and of those that do not
+    (trials with a layer choice only). A marginal effect, not a controlled one."""
+    with_layers = [(r, prompted_layers(r)) for r in scored(rows, objective)]
+    with_layers = [(r, layers) for r, layers in with_layers if layers is not None]
+    out = []
+    for layer in range(num_layers):
+        on = [objective_value(r, objective.metric) for r, layers in with_layers if layer in layers]
+        off = [objective_value(r, objective.metric) for r, layers in with_layers if layer not in layers]
+        out.append(
+            {
+                "layer": layer,
+                "with": statistics.fmean(on) if on else None,  # type: ignore[arg-type]
+                "n_with": len(on),
+                "without": statistics.fmean(off) if off else None,  # type: ignore[arg-type]
+                "n_without": len(off),
+            }
+        )
+    return out
+
+
+def method_scores(rows: list[dict[str, Any]], objective: Objective) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for r in scored(rows, objective):
+        out.setdefault(r["method"], []).append(objective_value(r, objective.metric))  # type: ignore[arg-type]
+    return out
+
+
+def finalist_spread(rows: list[dict[str, Any]], objective: Objective) -> dict[str, list[float | None]]:
+    """Searched trial id -> its finalist seeds' objective values (None: that seed failed or collapsed)."""
+    out: dict[str, list[float | None]] = {}
+    for r in rows:
+        if r.get("finalist_of"):
+            value = objective_value(r, objective.metric) if r["status"] in SELECTABLE else None
+            out.setdefault(r["finalist_of"], []).append(value)
+    return out
+
+
+def importances(study_dir: Path, options: StudyOptions) -> tuple[dict[str, float], str]:
+    """Optuna's PED-ANOVA importances of the parameters every finished trial has, and a note on
+    what was used (or why there are none)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = study_dir / OPTUNA_FILE
+    if not journal.is_file():
+        return {}, "no Optuna journal yet"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=options.name, storage=JournalStorage(JournalFileBackend(str(journal))))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(done) < 3:
+        return {}, f"{len(done)} completed trial(s): importances need at least 3"
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    target = None if len(study.directions) == 1 else (lambda t: t.values[0])
+    try:
+        with warnings.catch_warnings():  # "some regimes have less than 2 trials": small studies are
+            warnings.simplefilter("ignore")
+            values = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
+    except (RuntimeError, ValueError) as exc:  # e.g. no parameter common to every trial
+        return {}, f"Optuna could not compute importances ({exc})"
+    return dict(values), f"PED-ANOVA (optuna) over {len(done)} completed trials, parameters every one of them has"
+
+
+def _plots(data: dict[str, Any], out: Path, objective: Objective) -> list[tuple[str, str]]:
+    """Write the PNGs; (file name, caption) of each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures: list[tuple[str, str]] = []
+    metric = objective.metric
+
+    def save(fig: Any, name: str, caption: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        figures.append((name, caption))
+
+    points: list[HistoryPoint] = data["history"]
+    if points:
+        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+        a.scatter([p.number for p in points], [p.value for p in points], s=14, alpha=0.6, label="trial")
+        a.step([p.number for p in points], [p.best for p in points], where="post", color="C3", label="best so far")
+        a.set(xlabel="trial (start order)", ylabel=metric, title="optimisation history")
+        a.legend(fontsize=8)
+        b.step([p.compute_seconds / 60 for p in points], [p.best for p in points], where="post", color="C3")
+        b.set(xlabel="worker minutes spent (all trials)", ylabel=f"best {metric}", title="best over compute")
+        save(fig, "history.png", "Best so far over trials and over compute (worker time of every trial).")
+    if data["importances"]:
+        names = list(data["importances"])[::-1]
+        fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1.2))
+        ax.barh(names, [data["importances"][n] for n in names])
+        ax.set(xlabel="importance", title="parameter importances")
+        save(fig, "importances.png", data["importance_note"])
+    effects = [e for e in data["layers"] if e["n_with"] or e["n_without"]]
+    if any(e["n_with"] for e in effects):
+        fig, ax = plt.subplots(figsize=(7, 3.4))
+        xs = [e["layer"] for e in effects]
+        ax.plot(xs, [e["with"] if e["with"] is not None else math.nan for e in effects], "o-", label="prompted")
+        ax.plot(xs, [e["without"] if e["without"] is not None else math.nan for e in effects], "s--", label="not")
+        ax.set(xlabel="layer", ylabel=f"mean {metric}", title="per-layer effect (trials with a layer choice)")
+        ax.legend(fontsize=8)
+        save(fig, "layer_effect.png", "Mean objective of trials that prompt each layer vs those that do not.")
+        grid = data["layer_grid"]
+        fig, ax = plt.subplots(figsize=(7, 0.22 * len(grid["trials"]) + 1.5))
+        image = ax.imshow(grid["cells"], aspect="auto", cmap="viridis", interpolation="nearest")
+        fig.colorbar(image, ax=ax, label=metric)
+        ax.set(xlabel="layer", ylabel="trial (best first)", title=f"prompted layers, coloured by {metric}")
+        ax.set_yticks(range(len(grid["trials"])), grid["trials"], fontsize=6)
+        save(fig, "layer_heatmap.png", "Each row a trial (best first); a cell is coloured where it prompts that layer.")
+    if data["methods"]:
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        names = sorted(data["methods"])
+        for i, name in enumerate(names):
+            ys = data["methods"][name]
+            ax.scatter([i] * len(ys), ys, alpha=0.6)
+        ax.set_xticks(range(len(names)), names)
+        ax.set(ylabel=metric, title="score by method")
+        save(fig, "methods.png", "Every scored trial's objective, by method.")
+    if data["pareto"]:
+        o1, o2 = data["objectives"][:2]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        allpts = data["pareto_all"]
+        ax.scatter([p[0] for p in allpts], [p[1] for p in allpts], s=12, alpha=0.4, label="trials")
+        front = data["pareto"]
+        ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="C3", label="Pareto front")
+        ax.set(xlabel=o1.metric, ylabel=o2.metric, title="Pareto front")
+        ax.legend(fontsize=8)
+        save(fig, "pareto.png", "The non-dominated trials over the first two objectives.")
+    if data["finalists"]:
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        for i, values in enumerate(data["finalists"].values()):
+            ok = [v for v in values if v is not None]
+            ax.scatter([i] * len(ok), ok, alpha=0.7)
+            if ok:
+                ax.hlines(statistics.median(ok), i - 0.25, i + 0.25, color="C3")
+        ax.set_xticks(range(len(data["finalists"])), list(data["finalists"]), fontsize=7)
+        ax.set(ylabel=metric, title="finalists over seeds (line: median)")
+        save(fig, "finalists.png", "Each finalist configuration's fresh seeds; the study's best is the best median.")
+    return figures
+
+
+def _layer_grid(rows: list[dict[str, Any]], objective: Objective, num_layers: int) -> dict[str, Any]:
+    ranked = sorted(
+        (r for r in scored(rows, objective) if prompted_layers(r) is not None),
+        key=lambda r: objective_value(r, objective.metric),  # type: ignore[arg-type, return-value]
+        reverse=objective.mode == "max",
+    )
+    cells = [
+        [objective_value(r, objective.metric) if i in prompted_layers(r) else math.nan for i in range(num_layers)]  # type: ignore[operator]
+        for r in ranked
+    ]
+    return {"trials": [r["trial_id"] for r in ranked], "cells": cells}
+
+
+def report_data(study_dir: Path) -> dict[str, Any]:
+    from ..runs import num_layers_of
+
+    options = StudyOptions.load(study_dir)
+    rows = study_rows(study_dir)
+    objectives = options.parsed_objectives
+    objective = objectives[0]
+    num_layers = num_layers_of(options.experiment.get("model", "minilm-l6"))
+    values, note = importances(study_dir, options)
+    data: dict[str, Any] = {
+        "options": options,
+        "rows": rows,
+        "objectives": objectives,
+        "history": history(rows, objective),
+        "layers": layer_effects(rows, objective, num_layers),
+        "layer_grid": _layer_grid(rows, objective, num_layers),
+        "methods": method_scores(rows, objective),
+        "finalists": finalist_spread(rows, objective),
+        "importances": values,
+        "importance_note": note,
+        "pareto": [],
+        "pareto_all": [],
+    }
+    if len(objectives) > 1:
+        candidates = scored(rows, objective)
+        pair = objectives[:2]
+        data["pareto_all"] = [[objective_value(r, o.metric) for o in pair] for r in candidates]
+        data["pareto"] = [[objective_value(r, o.metric) for o in pair] for r in pareto_front(candidates, objectives)]
+    return data
+
+
+def write_report(study_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Write `<output>/index.html` (default `<study>/report/`) and its PNGs; returns the page."""
+    study_dir = Path(study_dir)
+    data = report_data(study_dir)
+    out = Path(output) if output else study_dir / REPORT_DIR
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"report: cannot write {str(out)!r} ({exc.strerror}); choose another --output") from exc
+    figures = _plots(data, out, data["objectives"][0])
+    page = out / "index.html"
+    page.write_text(_html(data, figures), encoding="utf-8")
+    return page
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _html(data: dict[str, Any], figures: list[tuple[str, str]]) -> str:
+    options: StudyOptions = data["options"]
+    rows = data["rows"]
+    objective = data["objectives"][0]
+    counts: dict[str, int] = {}
+    for r in searched_rows(rows):
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    best = data["history"][-1] if data["history"] else None
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>Study {html.escape(options.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "img{max-width:100%}figure{margin:1.5em 0}</style></head><body>",
+        f"<h1>Study {html.escape(options.name)}</h1>",
+        f"<p>Objectives: {html.escape(', '.join(options.objectives))}. Searched trials: "
+        + html.escape(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet")
+        + (f". Best searched trial {html.escape(best.trial_id)}: {best.best:.4f}." if best else ".")
+        + " The page shows what the study had written when it was made.</p>",
+    ]
+    spread = data["finalists"]
+    if spread:
+        lines = [
+            [t, len(v), _fmt(statistics.median([x if x is not None else -math.inf for x in v])),
+             ", ".join(_fmt(x) for x in v)]
+            for t, v in spread.items()
+        ]  # fmt: skip
+        parts.append("<h2>Finalists (fresh seeds)</h2>" + _table(["trial", "seeds", "median", "per seed"], lines))
+    for name, caption in figures:
+        alt = html.escape(caption)
+        parts.append(f"<figure><img src='{name}' alt='{alt}'><figcaption>{alt}</figcaption></figure>")
+    if not data["importances"]:
+        parts.append(f"<p>Parameter importances: {html.escape(data['importance_note'])}.</p>")
+    ended = searched_rows(rows) + [r for r in rows if r.get("finalist_of")]
+    trouble = [r for r in ended if r["status"] not in (*SELECTABLE, "RUNNING")]
+    stopped = [r for r in searched_rows(rows) if r["status"] == "STOPPED"]
+
+    def reason(r: dict[str, Any]) -> str:
+        return r["error"] or ("every evaluation predicted one class" if r["status"] == "COLLAPSED" else "")
+
+    failed = [[r["trial_id"], r["status"], r["method"], reason(r)] for r in trouble]
+    parts.append("<h2>Failed and collapsed runs</h2>")
+    parts.append(_table(["trial", "status", "method", "reason"], failed) if failed else "<p>None.</p>")
+    early = [[r["trial_id"], r["method"], r["last_step"], _fmt(objective_value(r, objective.metric))] for r in stopped]
+    parts.append("<h2>Stopped early (ASHA)</h2>")
+    parts.append(_table(["trial", "method", "steps", objective.metric], early) if early else "<p>None.</p>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

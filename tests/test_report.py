@@ -1,0 +1,70 @@
+"""`autoprompt report`: the figures' numbers come from the table, and the page has its images."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from autoprompt_search.study.options import Objective, StudyOptions
+from autoprompt_search.study.records import SCHEMA, write_trials
+from autoprompt_search.study.report import finalist_spread, history, layer_effects, write_report
+
+ACC = Objective("dev_score", "max")
+
+
+def row(number: int, status: str, score: float | None, method: dict, seconds: float, **extra: object) -> dict:
+    return {name: None for name in SCHEMA.names} | {
+        "trial_id": f"t{number}", "number": number, "status": status, "method": method["name"],
+        "config": json.dumps({"method": method, "train": {"lr": 0.01}}), "dev_score": score,
+        "worker_seconds": seconds, "trainable_params": 100 * (number + 1), "last_step": 10, "history": "[]",
+    } | extra  # fmt: skip
+
+
+ROWS = [
+    row(0, "TERMINATED", 0.70, {"name": "deep", "layers": [0, 1]}, 10.0),
+    row(1, "STOPPED", 0.60, {"name": "deep", "layers": [1]}, 5.0),
+    row(2, "COLLAPSED", None, {"name": "deep", "layers": [2]}, 7.0),  # costs compute, never scores
+    row(3, "TERMINATED", 0.80, {"name": "late", "layer": 2}, 20.0),
+    row(4, "TERMINATED", 0.75, {"name": "probe"}, 3.0),
+    row(5, "TERMINATED", 0.79, {"name": "late", "layer": 2}, 20.0, finalist_of="t3", seed=2),
+    row(6, "ERROR", None, {"name": "late", "layer": 2}, 1.0, finalist_of="t3", seed=3, error="ValueError: boom"),
+]
+
+
+def test_history_counts_every_trials_compute_and_scores_only_the_usable() -> None:
+    points = history(ROWS, ACC)
+    assert [(p.trial_id, p.value, p.best, p.compute_seconds) for p in points] == [
+        ("t0", 0.70, 0.70, 10.0), ("t1", 0.60, 0.70, 15.0), ("t3", 0.80, 0.80, 42.0), ("t4", 0.75, 0.80, 45.0),
+    ]  # fmt: skip
+
+
+def test_layer_effects_are_means_with_and_without_each_layer() -> None:
+    effects = {e["layer"]: e for e in layer_effects(ROWS, ACC, num_layers=4)}
+    # trials with a layer choice and a score: t0 [0, 1] 0.70, t1 [1] 0.60, t3 [2] 0.80 (probe and t2 excluded)
+    assert effects[0]["with"] == pytest.approx(0.70) and effects[0]["without"] == pytest.approx(0.70)
+    assert effects[1]["with"] == pytest.approx(0.65) and effects[1]["n_with"] == 2
+    assert effects[2]["with"] == pytest.approx(0.80) and effects[2]["without"] == pytest.approx(0.65)
+    assert effects[3]["n_with"] == 0 and effects[3]["with"] is None
+
+
+def test_finalist_spread_keeps_failed_seeds_as_none() -> None:
+    assert finalist_spread(ROWS, ACC) == {"t3": [0.79, None]}
+
+
+def test_the_page_has_its_images_and_lists_failures(tmp_path: Path) -> None:
+    study = tmp_path / "demo"
+    study.mkdir()
+    StudyOptions(name="demo", space={"methods": {"deep": {}}}, experiment={"model": "minilm-l6"}).save(study)
+    write_trials(study, ROWS)
+    page = write_report(study)
+    text = page.read_text(encoding="utf-8")
+    images = re.findall(r"<img src='([^']+)'", text)
+    assert {"history.png", "layer_effect.png", "layer_heatmap.png", "methods.png", "finalists.png"} <= set(images)
+    for name in images:
+        assert (page.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<script" not in text  # a static page: nothing to fail in a browser
+    assert "ValueError: boom" in text and "every evaluation predicted one class" in text
+    assert "importances need at least 3" in text or "no Optuna journal yet" in text
