@@ -591,3 +591,38 @@ def test_resume_conflicts_name_only_flags_that_change_the_stored_study(tiny_mode
         "--steps 7 differs from the study's 6",
         "--config cannot change a resumed study",
     ]
+
+
+def test_finalists_medians_are_told_to_optuna_once(tmp_path: Path) -> None:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from autoprompt_search.study.finalists import tell_optuna
+    from autoprompt_search.study.records import SCHEMA, write_trials
+
+    options = StudyOptions(name="demo", space={"methods": {"deep": {}}}, finalists=2, seeds=2)
+    options.save(tmp_path)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
+    study = optuna.create_study(study_name="demo", storage=storage, direction="maximize")
+    for i in range(2):
+        trial = study.ask()
+        trial.suggest_float("train.lr", 1e-3, 1e-1, log=True)
+        trial.set_user_attr("tune_trial_id", f"t{i}")
+        study.tell(trial, 0.9 - i / 10)
+
+    def row(tid: str, number: int, status: str, score: float | None, **extra: Any) -> dict[str, Any]:
+        return {n: None for n in SCHEMA.names} | {"trial_id": tid, "number": number, "status": status,
+                                                  "dev_score": score, "history": "[]"} | extra  # fmt: skip
+
+    rows = [row("t0", 0, "TERMINATED", 0.9), row("t1", 1, "TERMINATED", 0.8),
+            row("f0", 2, "TERMINATED", 0.7, finalist_of="t0", seed=2),
+            row("f1", 3, "TERMINATED", 0.8, finalist_of="t0", seed=3),
+            row("f2", 4, "TERMINATED", 0.6, finalist_of="t1", seed=2),
+            row("f3", 5, "RUNNING", None, finalist_of="t1", seed=3)]  # fmt: skip
+    write_trials(tmp_path, rows)
+    assert tell_optuna(options, tmp_path) == [2]  # t1's seeds have not all ended
+    first, _, told = optuna.load_study(study_name="demo", storage=storage).trials
+    assert told.value == pytest.approx(0.75) and told.params == first.params
+    assert told.user_attrs == {"finalist_of": "t0", "seeds": 2}
+    assert tell_optuna(options, tmp_path) == []  # a resume does not tell it twice

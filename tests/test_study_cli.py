@@ -177,9 +177,11 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
     from optuna.storages.journal import JournalFileBackend
 
     journal = JournalStorage(JournalFileBackend(str(study / "optuna.journal")))
-    attrs = [t.user_attrs for t in optuna.load_study(study_name="finals", storage=journal).trials]
+    every = [t.user_attrs for t in optuna.load_study(study_name="finals", storage=journal).trials]
+    attrs = [a for a in every if "finalist_of" not in a]
     assert sorted(a["tune_trial_id"] for a in attrs) == sorted(by_id) and {a["method"] for a in attrs} == {"deep"}
     assert all(a["trainable_params"] == by_id[a["tune_trial_id"]]["trainable_params"] for a in attrs)
+    assert sorted(a["finalist_of"] for a in every if "finalist_of" in a) == sorted(sources)  # medians told
     medians = {}
     for source in sources:
         scores = sorted(

@@ -7,7 +7,8 @@ search's own seed, on which the configuration was selected, is not reused) for a
 The runs are members of fused Tune trials (`fused_trial.py`), `fuse` at a time, seeds of one
 configuration side by side so they share one backbone pass; each is a row of `trials.parquet`
 with `finalist_of` and `seed`, and where the data has a (labelled) test split its best state is
-scored there, never used to select. Optuna is not told: the search is over.
+scored there, never used to select. Afterwards each configuration's medians are told to the
+study's Optuna as one more completed trial with its parameters (`tell_optuna`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .options import StudyOptions
+from .options import OPTUNA_FILE, StudyOptions
 from .progress import ProgressBar
-from .ranking import choose_finalists
+from .ranking import choose_finalists, finalist_groups
 from .records import TrialRecorder, read_trials
 
 FINALISTS_TUNE_DIR = "tune-finalists"  # the finalists' Tune experiment (the search's is TUNE_DIR)
@@ -59,6 +60,7 @@ def run_finalists(options: StudyOptions, study_dir: Path) -> None:
             resume_unfinished=True,
             restart_errored=False,
         ).fit()
+        tell_optuna(options, study_dir)
         return
     runs = finalist_runs(options, read_trials(study_dir))
     if not runs:
@@ -85,3 +87,36 @@ def run_finalists(options: StudyOptions, study_dir: Path) -> None:
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
         ),
     ).fit()
+    tell_optuna(options, study_dir)
+
+
+def tell_optuna(options: StudyOptions, study_dir: Path) -> list[int]:
+    """Tell the study's Optuna its finalists: per configuration whose seeds all ended, a completed
+    trial with the searched trial's parameters and the medians over the seeds as its values
+    (user attributes `finalist_of`, `seeds`), so the sampler, optuna-dashboard and a later
+    `--warm-start` see the median rather than one seed's score. Once per configuration (a resume
+    does not add it again); returns the new trials' numbers."""
+    import optuna
+
+    from .group_search import open_study
+
+    study = open_study(str(study_dir / OPTUNA_FILE), options.name)
+    trials = study.get_trials(deepcopy=False)
+    told = {t.user_attrs.get("finalist_of") for t in trials}
+    by_row = {t.user_attrs.get("tune_trial_id"): t for t in trials if t.user_attrs.get("tune_trial_id")}
+    added = []
+    for group in finalist_groups(read_trials(study_dir), options.parsed_objectives):
+        source = by_row.get(group["finalist_of"])
+        values = [group[o.metric] for o in options.parsed_objectives]
+        if source is None or group["finalist_of"] in told or group["ended"] < group["seeds"] or None in values:
+            continue
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=source.params,
+                distributions=source.distributions,
+                values=values,
+                user_attrs={"finalist_of": group["finalist_of"], "seeds": group["seeds"]},
+            )
+        )
+        added.append(len(trials) + len(added))
+    return added
