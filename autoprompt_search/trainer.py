@@ -81,7 +81,7 @@ class TrainResult:
     history: list[dict[str, Any]]  # one entry per evaluation
     best_state: dict[str, Tensor]
     config: ExperimentConfig  # what was trained (SPT-DARTS: the derived configuration, not the search)
-    status: str = "finished"  # finished | stopped (early, by on_eval) | failed (error says why)
+    status: str = "TERMINATED"  # all steps | STOPPED (early, by on_eval) | ERROR (error says why) | COLLAPSED
     error: str | None = None
 
 
@@ -116,7 +116,7 @@ def train(
     checkpoints there; returning True stops the run). An SPT config with `search: true` first
     learns its layer gates (SPT-DARTS, `darts.py`) and then trains the derived configuration,
     which `trained_cfg` and the result's `config` name. Raises `TrainingError` on a NaN loss.
-    A run whose every evaluation collapsed (one class) ends with status "collapsed"; an evaluation
+    A run whose every evaluation collapsed (one class) ends with status "COLLAPSED"; an evaluation
     that collapsed never becomes the best.
     `resume` continues a run from the TrainingState of one of its evaluations.
     """
@@ -125,7 +125,7 @@ def train(
     cfg, stage_metrics = METHODS[method_name(cfg.method)].module_class.before_training(cfg, ws)
     member_eval = None if on_eval is None else (lambda _i, record, state, c: on_eval(record, state, c))
     result = train_group([cfg], ws, member_eval, None if resume is None else {0: resume})[0]
-    if result.status == "failed":
+    if result.status == "ERROR":
         raise TrainingError(result.error)
     result.metrics.update(stage_metrics)
     return result
@@ -150,7 +150,7 @@ class _Member:
             else None
         )
         self.batches: Iterator[Tensor] | None = None
-        self.status, self.error = "running", None
+        self.status, self.error = "RUNNING", None
         self.history: list[dict[str, Any]] = []
         self.best_score, self.best_state, self.best_metrics = -math.inf, _snapshot(model), {}
         self.examples, self.loss_sum, self.loss_n, self.steps_done = 0, 0.0, 0, 0
@@ -204,7 +204,7 @@ class _Member:
         return rows[rank::world] if world > 1 else rows
 
     def runs_at(self, step: int) -> bool:
-        return self.status == "running" and self.steps_done < step <= self.cfg.train.steps
+        return self.status == "RUNNING" and self.steps_done < step <= self.cfg.train.steps
 
     def evaluates_at(self, step: int) -> bool:
         tc = self.cfg.train
@@ -222,8 +222,8 @@ def train_group(
     Each member keeps its own parameters, AdamW state, learning-rate schedule, gradient clipping,
     data order (its seed), number of steps, evaluations and best checkpoint; the loss is the sum
     of the members' mean losses, so its gradients are the ones it would get alone. A member whose
-    loss is not finite fails alone (status "failed" with the reason), one whose `on_eval` returns
-    True stops early ("stopped"); either leaves the batch and the group goes on. With K = 1 this is
+    loss is not finite fails alone (status "ERROR" with the reason), one whose `on_eval` returns
+    True stops early ("STOPPED"); either leaves the batch and the group goes on. With K = 1 this is
     ordinary single-trial training. Under an initialised `torch.distributed` group (a multi-worker
     Ray Train trial) each rank trains on its share of every batch and gradients are averaged.
     `resume` maps member indices to the TrainingState they continue from.
@@ -301,14 +301,14 @@ def train_group(
         train_time += time.perf_counter() - t0
         for m, (_, part), value in zip(active, parts, values, strict=True):
             if not math.isfinite(value):
-                m.status = "failed"
+                m.status = "ERROR"
                 m.error = f"loss became {value} at step {step}; lower --lr or check the data"
                 continue
             m.steps_done = step
             m.examples += int(part.labels.shape[0])  # type: ignore[union-attr]
             m.loss_sum, m.loss_n = m.loss_sum + value, m.loss_n + 1
 
-        due = [m for m in active if m.status == "running" and m.evaluates_at(step)]
+        due = [m for m in active if m.status == "RUNNING" and m.evaluates_at(step)]
         if due:
             dev = evaluate_members(model, due, ws.splits["dev"], fetch["dev"], task.metric, num_classes, device)
             for m, metrics in zip(due, dev, strict=True):
@@ -329,28 +329,28 @@ def train_group(
                 given = dict(record, improved=improved, training_state=m.training_state)
                 stop = on_eval is not None and on_eval(m.index, given, m.best_state, m.cfg)
                 if stop and step < m.cfg.train.steps:  # a stop at the last evaluation changes nothing
-                    m.status = "stopped"
+                    m.status = "STOPPED"
 
     wall = time.perf_counter() - started
     results: dict[int, TrainResult] = {}
     for m in members:
-        if m.status != "failed" and not m.best_metrics and m.history:
+        if m.status != "ERROR" and not m.best_metrics and m.history:
             # Only collapsed evaluations: keep the last one's state and metrics, for the record.
             last = m.history[-1]
             m.best_state = _snapshot(m.model)
             m.best_metrics = {k[5:]: v for k, v in last.items() if k.startswith("eval_")} | {"step": last["step"]}
-            m.status, m.error = "collapsed", COLLAPSED
+            m.status, m.error = "COLLAPSED", COLLAPSED
         m.model.load_state_dict(m.best_state, strict=False)
-        if m.status == "running":
-            m.status = "finished"
+        if m.status == "RUNNING":
+            m.status = "TERMINATED"
         results[m.index] = _member_result(m, device, train_time, wall, len(members), feeder)
     if "test" in ws.splits:
-        scored = [m for m in members if m.status != "failed" and m.best_metrics]
+        scored = [m for m in members if m.status != "ERROR" and m.best_metrics]
         tests = evaluate_members(model, scored, ws.splits["test"], fetch["test"], task.metric, num_classes, device)
         for m, metrics in zip(scored, tests, strict=True):
             results[m.index].metrics["test"] = metrics
     for i, error in unfit:
-        results[i] = TrainResult(members[0].model, {"dev": {}, "trainable_params": 0}, [], {}, cfgs[i], "failed", error)
+        results[i] = TrainResult(members[0].model, {"dev": {}, "trainable_params": 0}, [], {}, cfgs[i], "ERROR", error)
     return [results[i] for i in range(len(cfgs))]
 
 

@@ -41,7 +41,7 @@ def test_group_of_three_equals_each_trained_alone(tiny_model_dir: str, tiny_sst_
     for f, cfg in zip(fused, cfgs, strict=True):
         alone = train(cfg, ws)
         # a tiny member may predict one class at both evaluations (collapsed), alone as in the group
-        assert f.status == alone.status in ("finished", "collapsed") and f.metrics["group_size"] == 3
+        assert f.status == alone.status in ("TERMINATED", "COLLAPSED") and f.metrics["group_size"] == 3
         assert_same(f, alone)
 
 
@@ -58,10 +58,10 @@ def test_member_with_nan_loss_fails_alone(tiny_model_dir: str, tiny_sst_dir: str
     cfgs[1].train.lr = 1e30
     ws = prepare_workspace(cfgs[0])
     fused = train_group(cfgs, ws)
-    assert fused[1].status == "failed" and "loss became nan" in (fused[1].error or "")
+    assert fused[1].status == "ERROR" and "loss became nan" in (fused[1].error or "")
     for i in (0, 2):
         alone = train(cfgs[i], ws)
-        assert fused[i].status == alone.status in ("finished", "collapsed")
+        assert fused[i].status == alone.status in ("TERMINATED", "COLLAPSED")
         assert_same(fused[i], alone)
 
 
@@ -76,7 +76,7 @@ def test_members_leave_at_their_own_steps_or_when_stopped(tiny_model_dir: str, t
         return member == 1 and record["step"] == 4  # a scheduler stops member 1 at step 4
 
     fused = train_group(cfgs, ws, on_eval)
-    assert [f.status for f in fused] == ["finished", "stopped", "finished"]
+    assert [f.status for f in fused] == ["TERMINATED", "STOPPED", "TERMINATED"]
     assert [s for m, s in seen if m == 0] == [2, 4]
     assert [s for m, s in seen if m == 1] == [2, 4]
     assert [s for m, s in seen if m == 2] == [2, 4, 6, 8]
@@ -155,7 +155,7 @@ def test_two_ddp_ranks_train_a_group_as_one_process_does(tiny_model_dir: str, ti
     cfgs = members(tiny_model_dir, tiny_sst_dir, steps=6, eval_every=3, prefix_cache=False)
     alone = train_group(cfgs, prepare_workspace(cfgs[0]))
     for (status, state, history), one in zip(torch.load(out), alone, strict=True):
-        assert status == one.status in ("finished", "collapsed")
+        assert status == one.status in ("TERMINATED", "COLLAPSED")
         for name, value in one.best_state.items():
             torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5)
         assert [h["eval_score"] for h in history] == [h["eval_score"] for h in one.history]
@@ -190,7 +190,7 @@ def test_a_run_resumed_from_its_training_state_ends_as_if_never_stopped(
     resume = {i: load_training_state(tmp_path / str(i)) for i in range(len(cfgs))}
     resumed = train_group(cfgs, ws, resume=resume)  # type: ignore[arg-type]
     for again, first in zip(resumed, whole, strict=True):
-        assert again.status == "finished"
+        assert again.status == "TERMINATED"
         assert_same(again, first)
         assert [h["step"] for h in again.history] == [2, 4, 6, 8]
     # One configuration alone through train(), resumed the same way.

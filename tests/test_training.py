@@ -94,7 +94,7 @@ def test_a_collapsed_evaluation_never_becomes_the_best(tiny_model_dir: str, tiny
     assert (
         max(h["eval_score"] for h in result.history) == result.history[0]["eval_score"] > result.metrics["dev"]["score"]
     )
-    assert result.status == "finished" and result.metrics["best_step"] == 4 and not result.metrics["collapsed"]
+    assert result.status == "TERMINATED" and result.metrics["best_step"] == 4 and not result.metrics["collapsed"]
 
 
 def test_a_run_that_only_collapsed_ends_collapsed(tiny_model_dir: str, tiny_sst_dir: str) -> None:
@@ -103,7 +103,7 @@ def test_a_run_that_only_collapsed_ends_collapsed(tiny_model_dir: str, tiny_sst_
     )
     result = train(cfg, prepare_workspace(cfg))
     assert [h["eval_collapsed"] for h in result.history] == [True, True, True]
-    assert result.status == "collapsed" and "every evaluation predicted a single class" in result.error
+    assert result.status == "COLLAPSED" and "every evaluation predicted a single class" in result.error
     assert result.metrics["collapsed"] and result.metrics["best_step"] == 6  # the last evaluation, for the record
     assert all(h["best_score"] == float("-inf") for h in result.history)  # no best to report
 

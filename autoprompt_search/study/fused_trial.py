@@ -175,7 +175,7 @@ def _train_group_and_report(loop_config: dict[str, Any]) -> None:
                 "member_error": result.error or "",
                 # Tune wants the metric in every result; NaN (Optuna: failed) where there is no best
                 "dev_score": float("nan")
-                if result.status == "collapsed"
+                if result.status == "COLLAPSED"
                 else result.metrics["dev"].get("score", float("nan")),
                 "trainable_params": result.metrics["trainable_params"],
             }
@@ -194,7 +194,7 @@ def _alone(cfg: ExperimentConfig, ws: Any, on_eval: Any) -> Any:
     except TrainingError as exc:
         from ..trainer import TrainResult
 
-        return TrainResult(None, {"dev": {}, "trainable_params": 0}, [], {}, cfg, "failed", str(exc))  # type: ignore[arg-type]
+        return TrainResult(None, {"dev": {}, "trainable_params": 0}, [], {}, cfg, "ERROR", str(exc))  # type: ignore[arg-type]
 
 
 def _pruner(study: dict[str, Any]) -> Any:

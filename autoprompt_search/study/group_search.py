@@ -101,9 +101,9 @@ class GroupSearcher(Searcher):
         live = self._live.pop(number, None)
         if live is not None and result.get("trainable_params") is not None:
             live.set_user_attr("trainable_params", int(result["trainable_params"]))
-        if status in ("failed", "collapsed") or any(v is None or not math.isfinite(float(v)) for v in values):
+        if status in ("ERROR", "COLLAPSED") or any(v is None or not math.isfinite(float(v)) for v in values):
             self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-        elif status == "stopped" and len(self.metrics) == 1:
+        elif status == "STOPPED" and len(self.metrics) == 1:
             self.study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)  # its last reported value
         else:
             self.study.tell(number, [float(v) for v in values], skip_if_finished=True)  # type: ignore[arg-type]

@@ -26,7 +26,6 @@ from .trial import COLLAPSED_RUN
 
 TRIALS_FILE = "trials.parquet"
 ENDED = ("TERMINATED", "STOPPED", "ERROR", "COLLAPSED")
-MEMBER_STATUS = {"finished": "TERMINATED", "stopped": "STOPPED", "failed": "ERROR", "collapsed": "COLLAPSED"}
 SCHEMA = pa.schema(
     [
         ("trial_id", pa.string()),  # Tune trial id; fused members: <group trial id>-<member index>
@@ -203,7 +202,7 @@ class TrialRecorder(Callback):
     def _member_result(self, trial: Any, result: dict[str, Any]) -> None:
         row = self._member_rows(trial)[int(result["member"])]
         if result.get("member_final"):
-            row.update(status=MEMBER_STATUS[result["member_status"]], error=result.get("member_error") or None)
+            row.update(status=result["member_status"], error=result.get("member_error") or None)
             row["test_score"] = result.get("test_score")
             self._finish_times(row, final=True)
             self._write()

@@ -315,7 +315,7 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
         # report that evaluation again so Tune gets the trial's result.
         final = dict(result.history[-1], improved=False, training_state=lambda: resume)
         report(final, result.best_state, result.config)
-    if result.status == "collapsed":
+    if result.status == "COLLAPSED":
         # Said as data, not raised (Tune would retry a raised trial): the results table marks it
         # COLLAPSED, and a NaN objective makes Optuna hold it as failed.
         ray.train.report({"dev_score": float("nan"), COLLAPSED_RUN: result.error, "trained_to_end": True})
