@@ -68,3 +68,41 @@ def test_the_page_has_its_images_and_lists_failures(tmp_path: Path) -> None:
     assert "<script" not in text  # a static page: nothing to fail in a browser
     assert "ValueError: boom" in text and "every evaluation predicted one class" in text
     assert "importances need at least 3" in text or "no Optuna journal yet" in text
+
+
+# Appended to a copy of the page in the test only (the report itself has no script): after load,
+# the title lists images that did not decode and any script error the page raised.
+PROBE = """<script>
+const errors = [];
+window.addEventListener('error', e => errors.push(e.message));
+window.addEventListener('load', () => {
+  const bad = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'));
+  document.title = 'probe images=' + document.images.length + ' bad=[' + bad.join(',') + '] errors=[' + errors.join('|') + ']';
+});
+</script>"""
+
+
+@pytest.mark.slow
+def test_the_page_renders_in_headless_chromium(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    study = tmp_path / "demo"
+    study.mkdir()
+    StudyOptions(name="demo", space={"methods": {"deep": {}}}, experiment={"model": "minilm-l6"}).save(study)
+    write_trials(study, ROWS)
+    page = write_report(study)
+    probed = page.with_name("probed.html")
+    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom",
+         probed.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    title = re.search(r"<title>([^<]*)</title>", done.stdout)
+    assert title is not None, done.stderr[-2000:]
+    count = len(re.findall(r"<img src=", page.read_text(encoding="utf-8")))
+    assert title.group(1) == f"probe images={count} bad=[] errors=[]" and count >= 5
