@@ -289,9 +289,9 @@ def train_group(
             m.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
         if trainable:
             torch.stack([loss for m, loss in finite if m.optimizer is not None]).sum().backward()
+        if world[1] > 1:
+            _average_gradients([p for m in trainable for p in m.params], world[1])
         for m in trainable:
-            if world[1] > 1:
-                _average_gradients(m.params, world[1])
             if m.cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(m.params, m.cfg.train.grad_clip)
             m.optimizer.step()  # type: ignore[union-attr]
@@ -394,12 +394,25 @@ def _mean_across_ranks(values: list[float]) -> list[float]:
 
 
 def _average_gradients(params: list[Tensor], world: int) -> None:
+    """Average every member's gradients over the ranks in one all-reduce per dtype (flattened, as
+    DDP's buckets would be). Not DDP itself: a fused group's members leave it mid-run (stopped,
+    failed), so DDP would need find_unused_parameters (a graph walk every step) and a rebuilt
+    wrapper whenever one leaves; the prompts are small (thousands to a few million numbers), so
+    one flat all-reduce after backward costs what DDP's overlap would save."""
     import torch.distributed as dist
 
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
     for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(world)
+        if p.grad is not None:  # the same on every rank: ranks train the same members
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(world)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
 
 def _snapshot(model: PromptedModel) -> dict[str, Tensor]:
