@@ -32,7 +32,8 @@ from .errors import ConfigError, TrainingError
 from .evaluation import evaluate
 from .precision import autocast
 from .prompts import SelectivePrompt, SptConfig, method_to_dict
-from .trainer import lr_lambda, seed_everything, train_batches
+from .recipe import lr_lambda, seed_everything, train_batches
+from .stages import register_stage
 from .workspace import Workspace, build_model, resolve_device
 
 
@@ -207,9 +208,13 @@ class BilevelSearch:
         )
 
 
+@register_stage("spt")
 def gate_search(cfg: ExperimentConfig, ws: Workspace) -> tuple[ExperimentConfig, dict[str, Any]]:
     """SPT-DARTS' first stage: learn the gates, derive a layer set; returns the configuration to
-    retrain from scratch and the search's metrics (the training loop adds them to its result)."""
+    retrain from scratch and the search's metrics (the training loop adds them to its result).
+    An SPT config without `search` (a fixed or already derived layer set) trains as it is."""
+    if not cfg.method.search:
+        return cfg, {}
     search = BilevelSearch(cfg, ws).run()
     retrain_cfg = replace(cfg, method=search.derived)
     metrics: dict[str, Any] = {}

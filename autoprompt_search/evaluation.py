@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from .batch import Batch, concat_batches
+from .config import ExperimentConfig
 from .data import TokenizedSplit
 from .engine import PromptedModel
 from .metrics import classification_metrics
 from .precision import autocast
 
-if TYPE_CHECKING:
-    from .trainer import _Member
+
+class Member(Protocol):
+    """What evaluation reads of a fused group's member (the loop's per-member state)."""
+
+    index: int  # its place in the fused model
+    model: PromptedModel
+    cfg: ExperimentConfig
 
 
 def eval_batches(split: TokenizedSplit, batch_size: int) -> Iterator[Tensor]:
@@ -63,7 +69,7 @@ def evaluate(
 
 def evaluate_members(
     model: PromptedModel,
-    members: list[_Member],
+    members: list[Member],
     split: TokenizedSplit,
     fetch: Callable[[Tensor], Batch],
     task_metric: str,

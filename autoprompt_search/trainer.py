@@ -8,7 +8,6 @@ N steps keeping the best trainable state, throughput, NaN and collapse detection
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import darts  # noqa: F401  (registers SPT-DARTS' gate search as the `spt` stage)
 from .backbones import BackboneInfo
 from .batch import concat_batches
 from .config import ExperimentConfig
@@ -27,51 +27,9 @@ from .fused import FusedModel, fusable, fusion_key
 from .metrics import COLLAPSED
 from .precision import autocast
 from .prefix_cache import PrefixFeeder
-from .prompts import METHODS, method_name
+from .recipe import lr_lambda, param_groups, resolve_epochs, seed_everything, train_batches
+from .stages import before_training
 from .workspace import Workspace, batch_fetcher, build_model, check_fits, prefix_feeder, resolve_device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def train_batches(rows: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
-    """Endless seeded shuffles of the training row indices `rows` (N,), in batches."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        order = rows[torch.randperm(len(rows), generator=generator)]
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield order[start : start + batch_size]
-        if len(order) < batch_size:
-            yield order
-
-
-def param_groups(named: dict[str, torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases and normalisation weights (1-d tensors), as in
-    transformers' Trainer; prompts, prefixes and weight matrices decay."""
-    decay = [p for p in named.values() if p.ndim >= 2]
-    plain = [p for p in named.values() if p.ndim < 2]
-    return [g for g in ({"params": decay}, {"params": plain, "weight_decay": 0.0}) if g["params"]]
-
-
-def resolve_epochs(cfg: ExperimentConfig, n_train: int) -> None:
-    """With `train.epochs`, set `train.steps` to that many passes over `n_train` rows (the saved
-    config then says how many steps ran)."""
-    tc = cfg.train
-    if tc.epochs > 0:
-        tc.steps = max(1, math.ceil(tc.epochs * n_train / tc.batch_size))
-
-
-def lr_lambda(steps: int, warmup_ratio: float) -> Callable[[int], float]:
-    warmup = int(steps * warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (steps - step) / max(1, steps - warmup))
-
-    return factor
 
 
 @dataclass
@@ -122,7 +80,7 @@ def train(
     """
     # A method's own first stage (SPT-DARTS: the gate search) decides what is trained. A resumed
     # run's configuration is the one its checkpoint trained (already derived): nothing to redo.
-    cfg, stage_metrics = METHODS[method_name(cfg.method)].module_class.before_training(cfg, ws)
+    cfg, stage_metrics = before_training(cfg, ws)
     member_eval = None if on_eval is None else (lambda _i, record, state, c: on_eval(record, state, c))
     result = train_group([cfg], ws, member_eval, None if resume is None else {0: resume})[0]
     if result.status == "ERROR":

@@ -94,7 +94,7 @@ def main() -> None:
 
     from autoprompt_search.backbones import resolve_model
     from autoprompt_search.data import DataConfig, load_task_data, tokenize
-    from autoprompt_search.trainer import lr_lambda, param_groups, train_batches
+    from autoprompt_search.recipe import lr_lambda, param_groups, train_batches
     from autoprompt_search.workspace import load_tokenizer
 
     data_cfg = DataConfig(task=args.task, data_dir=args.data_dir, max_length=args.max_length)

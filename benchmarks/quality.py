@@ -64,7 +64,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
     from autoprompt_search.backbones import load_backbone
     from autoprompt_search.config import ExperimentConfig
-    from autoprompt_search.trainer import lr_lambda, train, train_batches
+    from autoprompt_search.recipe import lr_lambda, train_batches
+    from autoprompt_search.trainer import train
     from autoprompt_search.workspace import build_model, prepare_workspace
 
     torch.set_num_threads(args.threads)

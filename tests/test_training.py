@@ -175,7 +175,7 @@ def test_epochs_set_the_number_of_steps(tiny_model_dir: str, tiny_sst_dir: str) 
 
 
 def test_no_weight_decay_on_biases_and_norms(tiny_model_dir: str, tiny_sst_dir: str) -> None:
-    from autoprompt_search.trainer import param_groups
+    from autoprompt_search.recipe import param_groups
 
     cfg = experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=2, length=3, bottleneck=8), weight_decay=0.1)
     named = build_model(cfg, prepare_workspace(cfg)).trainable_parameters()

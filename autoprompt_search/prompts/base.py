@@ -134,14 +134,6 @@ class PromptMethod(nn.Module):
         """True when `config` runs its own training stages and cannot join a fused group."""
         return False
 
-    @classmethod
-    def before_training(cls, experiment: Any, ws: Any) -> tuple[Any, dict[str, Any]]:
-        """A stage the loop runs before training `experiment` (an ExperimentConfig) on workspace
-        `ws`: returns the configuration to train and metrics to add to its result. SPT-DARTS
-        learns its layer gates here and returns the derived configuration; most methods train
-        `experiment` as it is."""
-        return experiment, {}
-
     def on_step(self, step: int, steps: int) -> None:
         """Called before every training step (1-based) of `steps`: schedules such as a Gumbel temperature."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -94,15 +94,6 @@ class SelectivePrompt(PromptMethod):
     @classmethod
     def trains_alone(cls, config: SptConfig) -> bool:
         return config.search  # the gate search is a bi-level loop of its own
-
-    @classmethod
-    def before_training(cls, experiment: Any, ws: Any) -> tuple[Any, dict[str, Any]]:
-        """SPT-DARTS: learn the gates (`darts.py`), derive a layer set; the loop retrains it."""
-        if not experiment.method.search:
-            return experiment, {}
-        from ..darts import gate_search
-
-        return gate_search(experiment, ws)
 
     def __init__(self, config: SptConfig, info: BackboneInfo) -> None:
         super().__init__(config, info)

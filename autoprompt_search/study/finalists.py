@@ -21,6 +21,7 @@ from .options import OPTUNA_FILE, StudyOptions
 from .progress import ProgressBar
 from .ranking import choose_finalists, finalist_groups
 from .records import TrialRecorder, read_trials
+from .trainables import devices_per_trial, trainable_for, trial_dirname
 
 FINALISTS_TUNE_DIR = "tune-finalists"  # the finalists' Tune experiment (the search's is TUNE_DIR)
 
@@ -45,8 +46,6 @@ def run_finalists(options: StudyOptions, study_dir: Path) -> None:
     """Train the finalists (or continue them after an interruption) on the connected Ray."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
-
-    from .runner import devices_per_trial, trainable_for, trial_dirname
 
     if options.finalists == 0:
         return

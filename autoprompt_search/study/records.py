@@ -22,9 +22,9 @@ from ray.tune import Callback
 from ..errors import ConfigError
 from ..metrics import COLLAPSED
 from ..search_space import sampled_of
-from .trial import COLLAPSED_RUN
 
 TRIALS_FILE = "trials.parquet"
+COLLAPSED_RUN = "collapsed_run"  # a trial's last report: every evaluation predicted one class (the reason)
 ENDED = ("TERMINATED", "STOPPED", "ERROR", "COLLAPSED")
 SCHEMA = pa.schema(
     [

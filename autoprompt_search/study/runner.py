@@ -20,14 +20,12 @@ from ..errors import ConfigError
 from ..search_space import SearchSpace
 from .cluster import ClusterInfo, RaySettings, check_before_connecting, check_resources, connect, shutdown
 from .finalists import run_finalists
-from .fused_trial import run_group
 from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, resume_conflicts
 from .progress import ProgressBar
 from .records import TRIALS_FILE, TrialRecorder, read_trials
-from .trial import TRIAL_RESOURCES, run_trial
+from .trainables import devices_per_trial, trainable_for, trial_dirname
 
 TUNE_DIR = "tune"  # Tune experiment: trial dirs with result.json, progress.csv, TensorBoard events
-TRAIN_DIR = "train"  # Ray Train runs, one per trial id, holding the best checkpoint
 
 
 @dataclass
@@ -193,33 +191,6 @@ class ResumableOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-def trial_payload(options: StudyOptions, study_dir: Path) -> dict[str, Any]:
-    """What every trial needs from the study (passed once through the object store)."""
-    return {
-        "experiment": options.experiment,
-        "cpus_per_worker": options.cpus_per_worker,
-        "gpus_per_worker": options.gpus_per_worker,
-        "workers_per_trial": options.workers_per_trial,
-        "max_failures": options.max_failures,
-        "train_storage": str(study_dir / TRAIN_DIR),
-        "study_dir": str(study_dir),
-        "study": options.name,
-        "optuna_storage": str(study_dir / OPTUNA_FILE),
-        "objectives": options.objectives,
-        "prune": options.scheduler == "asha" and not options.multi_objective,  # fused: per-member ASHA in Optuna
-        "grace_period": options.grace_period,
-        "reduction_factor": options.reduction_factor,
-    }
-
-
-def trainable_for(options: StudyOptions, study_dir: Path, fused: bool) -> Any:
-    """The Tune trainable: one configuration per trial, or a fused group (`members`) per trial."""
-    from ray import tune
-
-    function = run_group if fused else run_trial
-    return tune.with_resources(tune.with_parameters(function, study=trial_payload(options, study_dir)), TRIAL_RESOURCES)
-
-
 def trainable(options: StudyOptions, study_dir: Path) -> Any:
     return trainable_for(options, study_dir, fused=options.fuse > 1)
 
@@ -227,15 +198,6 @@ def trainable(options: StudyOptions, study_dir: Path) -> Any:
 def tune_trials(options: StudyOptions) -> int:
     """Tune trials in the study: one per trial, or one per fused group of `fuse` trials."""
     return math.ceil(options.num_samples / options.fuse)
-
-
-def trial_dirname(trial: Any) -> str:
-    return trial.trial_id
-
-
-def devices_per_trial(options: StudyOptions) -> float:
-    per_worker = options.gpus_per_worker or options.cpus_per_worker
-    return per_worker * options.workers_per_trial
 
 
 def build_tuner(

@@ -37,7 +37,6 @@ LOGICAL_GPUS_ENV = "AUTOPROMPT_LOGICAL_GPUS"
 # A worker's record of its configuration's own failure (see raise_trial_error).
 TRIAL_ERROR_FILE = "trial_error.json"
 RESTORED_HISTORY = "restored_history"  # first report after a resume: the evaluations before it
-COLLAPSED_RUN = "collapsed_run"  # a trial's last report: every evaluation predicted one class (the reason)
 REPLAYED = ("dev_score", "eval_score", "trainable_params", "worker_seconds")  # objectives a table row holds
 
 
@@ -276,6 +275,7 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     from ..checkpoint import save_state, save_training_state
     from ..trainer import train
     from ..workspace import prepare_workspace
+    from .records import COLLAPSED_RUN
 
     started, started_at = time.perf_counter(), time.time()
     cfg = experiment_for(loop_config["base"], loop_config["sampled"])
