@@ -242,6 +242,7 @@ def main() -> None:
     ap.add_argument("--study-finalists", type=int, default=1, help="study arm: configurations retrained over --seeds")
     ap.add_argument("--study-dir", default="../bench-studies", help="study arm: where the study directory goes")
     ap.add_argument("--out", default="")
+    ap.add_argument("--table-only", action="store_true", help="rewrite <out>.md from <out>.jsonl; run nothing")
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_ours(args)), flush=True)
@@ -253,8 +254,13 @@ def main() -> None:
     runs_path = out.with_suffix(".jsonl")
     rows = [json.loads(line) for line in runs_path.read_text().splitlines()] if runs_path.exists() else []
 
+    if args.table_only:
+        out.with_suffix(".md").write_text(table(rows, args))
+        return
+
     def record(row: dict[str, Any]) -> None:
         row |= {"task": args.task, "steps": args.steps, "time_steps": args.time_steps, "machine": machine()}
+        row["command"] = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
         with runs_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         rows.append(row)
@@ -291,6 +297,8 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         if "error" not in r:
             by_arm.setdefault(r["arm"], []).append(r)
     cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    commands = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
+    unnamed = sum(1 for r in rows if not r.get("command") and "error" not in r)
     if args.time_steps:
         ms = {arm: statistics.median(r["ms_per_step"] for r in rs) for arm, rs in by_arm.items()}
         base = ms.get("peft-prefix")
@@ -319,7 +327,9 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "peft/transformers in their own venv; ours through autoprompt_search. Scores x100, median [min-max] "
         "over seeds. ms/step is measured while `--jobs` runs share the machine: read the step-time table "
         "for speed.",
-        f"Machine: {machine()}. Command: `{cmd}`",
+        f"Machine: {machine()}. Commands: "
+        + "; ".join(f"`{c}`" for c in commands or [cmd])
+        + (f" ({unnamed} rows predate recording the command: see results/quality/README.md)" if unnamed else ""),
         "",
         "| arm | side | seeds | dev median [range] | test median [range] | trainable params | % of model "
         "| ms/step | collapsed |",
