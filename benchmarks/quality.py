@@ -328,7 +328,7 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "over seeds. ms/step is measured while `--jobs` runs share the machine: read the step-time table "
         "for speed.",
         f"Machine: {machine()}. Commands: "
-        + "; ".join(f"`{c}`" for c in commands or [cmd])
+        + "; ".join(f"`{c}`" for c in commands or ([] if args.table_only else [cmd]))
         + (f" ({unnamed} rows predate recording the command: see results/quality/README.md)" if unnamed else ""),
         "",
         "| arm | side | seeds | dev median [range] | test median [range] | trainable params | % of model "
