@@ -38,10 +38,13 @@ def wait_for(condition: Any, timeout: float, what: str) -> Any:
 
 
 def train_workers() -> list[psutil.Process]:
-    """Ray Train worker processes (Ray names them `ray::RayTrainWorker...`)."""
+    """This test's Ray Train worker processes (Ray names them `ray::RayTrainWorker...`): only
+    descendants of this process, whose `ray.init` started the local cluster, so another Ray on
+    the machine (a study running beside the tests) is never touched."""
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+        if proc.pid in ours and any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
             found.append(proc)
     return found
 
