@@ -36,8 +36,9 @@ ROWS = [
 
 def test_history_counts_every_trials_compute_and_scores_only_the_usable() -> None:
     points = history(ROWS, ACC)
-    assert [(p.trial_id, p.value, p.best, p.compute_seconds) for p in points] == [
-        ("t0", 0.70, 0.70, 10.0), ("t1", 0.60, 0.70, 15.0), ("t3", 0.80, 0.80, 42.0), ("t4", 0.75, 0.80, 45.0),
+    assert [(p.trial_id, p.value, p.best, p.best_trial, p.compute_seconds) for p in points] == [
+        ("t0", 0.70, 0.70, "t0", 10.0), ("t1", 0.60, 0.70, "t0", 15.0), ("t3", 0.80, 0.80, "t3", 42.0),
+        ("t4", 0.75, 0.80, "t3", 45.0),
     ]  # fmt: skip
 
 

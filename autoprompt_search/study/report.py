@@ -30,6 +30,7 @@ class HistoryPoint:
     trial_id: str
     value: float  # the trial's objective value
     best: float  # best value of the trials so far (this one included)
+    best_trial: str  # the trial that holds it
     compute_seconds: float  # worker seconds spent by this trial and all before it
 
 
@@ -45,14 +46,15 @@ def history(rows: list[dict[str, Any]], objective: Objective) -> list[HistoryPoi
     time (failed and collapsed ones too: they cost it)."""
     better = max if objective.mode == "max" else min
     points: list[HistoryPoint] = []
-    spent, best = 0.0, None
+    spent, best, best_trial = 0.0, None, ""
     for row in sorted(searched_rows(rows), key=lambda r: r["number"]):
         spent += row["worker_seconds"] or 0.0
         value = objective_value(row, objective.metric) if row["status"] in SELECTABLE else None
         if value is None:
             continue
-        best = value if best is None else better(best, value)
-        points.append(HistoryPoint(row["number"], row["trial_id"], value, best, spent))
+        if best is None or better(best, value) != best:
+            best, best_trial = value, row["trial_id"]
+        points.append(HistoryPoint(row["number"], row["trial_id"], value, best, best_trial, spent))
     return points
 
 
@@ -297,7 +299,7 @@ def _html(data: dict[str, Any], figures: list[tuple[str, str]]) -> str:
         f"<h1>Study {html.escape(options.name)}</h1>",
         f"<p>Objectives: {html.escape(', '.join(options.objectives))}. Searched trials: "
         + html.escape(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet")
-        + (f". Best searched trial {html.escape(best.trial_id)}: {best.best:.4f}." if best else ".")
+        + (f". Best searched trial {html.escape(best.best_trial)}: {best.best:.4f}." if best else ".")
         + " The page shows what the study had written when it was made.</p>",
     ]
     spread = data["finalists"]
