@@ -130,7 +130,9 @@ def importances(study_dir: Path, options: StudyOptions) -> tuple[dict[str, float
             values = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
     except (RuntimeError, ValueError) as exc:  # e.g. no parameter common to every trial
         return {}, f"Optuna could not compute importances ({exc})"
-    return dict(values), f"PED-ANOVA (optuna) over {len(done)} completed trials, parameters every one of them has"
+    return dict(
+        values
+    ), f"PED-ANOVA (optuna.importance) over the {len(done)} completed Optuna trials (finalists' medians included)"
 
 
 def _plots(data: dict[str, Any], out: Path, objective: Objective) -> list[tuple[str, str]]:
