@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .cluster import LOOPBACK_HOSTS
-from .options import OPTUNA_FILE, StudyOptions
+from .options import OPTUNA_FILE, StudyOptions, journal_storage
 
 
 def journal_of(study_dir: str | Path) -> Path:
@@ -35,8 +35,6 @@ def exposure_warning(host: str, port: int) -> str | None:
 def serve(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Run optuna-dashboard on the study's journal until interrupted (it reads what is there, so
     it follows a running study)."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
     from optuna_dashboard import run_server
 
-    run_server(JournalStorage(JournalFileBackend(str(journal_of(study_dir)))), host=host, port=port)
+    run_server(journal_storage(journal_of(study_dir)), host=host, port=port)

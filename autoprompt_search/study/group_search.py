@@ -24,10 +24,10 @@ from ray.tune.search import Searcher
 def open_study(storage_path: str, name: str, sampler: Any = None, pruner: Any = None, directions: Any = None) -> Any:
     """The study's Optuna study over its journal file (created when `directions` is given)."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
-    storage = JournalStorage(JournalFileBackend(storage_path))
+    from .options import journal_storage
+
+    storage = journal_storage(storage_path)
     if directions is not None:
         return optuna.create_study(
             study_name=name, storage=storage, sampler=sampler, pruner=pruner, directions=directions, load_if_exists=True

@@ -193,3 +193,11 @@ def resume_conflicts(options: StudyOptions, given: dict[str, Any]) -> list[str]:
         if value != stored:
             out.append(f"{shown} {value} differs from the study's {stored}")
     return out
+
+
+def journal_storage(path: str | Path) -> Any:
+    """Optuna's storage over a study's journal file (the sampler, the dashboard and reports read it)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))

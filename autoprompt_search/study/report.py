@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .options import OPTUNA_FILE, Objective, StudyOptions
+from .options import OPTUNA_FILE, Objective, StudyOptions, journal_storage
 from .ranking import SELECTABLE, objective_value, pareto_front, searched_rows
 from .runner import study_rows
 
@@ -111,14 +111,12 @@ def importances(study_dir: Path, options: StudyOptions) -> tuple[dict[str, float
     """Optuna's PED-ANOVA importances of the parameters every finished trial has, and a note on
     what was used (or why there are none)."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
     journal = study_dir / OPTUNA_FILE
     if not journal.is_file():
         return {}, "no Optuna journal yet"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=options.name, storage=JournalStorage(JournalFileBackend(str(journal))))
+    study = optuna.load_study(study_name=options.name, storage=journal_storage(journal))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(done) < 3:
         return {}, f"{len(done)} completed trial(s): importances need at least 3"

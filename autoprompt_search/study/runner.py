@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..search_space import SearchSpace
 from .cluster import ClusterInfo, RaySettings, check_before_connecting, check_resources, connect, shutdown
 from .finalists import run_finalists
-from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, resume_conflicts
+from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, journal_storage, resume_conflicts
 from .progress import ProgressBar
 from .records import TRIALS_FILE, TrialRecorder, read_trials
 from .trainables import devices_per_trial, trainable_for, trial_dirname
@@ -68,8 +68,6 @@ def evaluations_per_trial(options: StudyOptions, base: ExperimentConfig) -> int:
 
 def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, study_dir: Path) -> Any:
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
     from ray.tune.search import ConcurrencyLimiter
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -100,7 +98,7 @@ def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, s
             objectives[0].mode,
         )
         return ConcurrencyLimiter(group, max_concurrent=options.max_concurrent)
-    storage = JournalStorage(JournalFileBackend(str(study_dir / OPTUNA_FILE)))
+    storage = journal_storage(study_dir / OPTUNA_FILE)
     searcher = ResumableOptunaSearch(
         space=space.sampler(num_layers),
         metric=[o.metric for o in objectives] if options.multi_objective else objectives[0].metric,
