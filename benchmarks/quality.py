@@ -161,7 +161,8 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
                                    "train": {"lr": 1e-2}}))  # fmt: skip
     cmd = [str(Path(sys.executable).with_name("autoprompt")), "search", "--space", "all", "--name", name]
     cmd += ["--results-dir", args.study_dir, "--overwrite", "--model", args.model, "--task", args.task]
-    cmd += ["--data-dir", args.data_dir, "--max-length", str(args.max_length), "--batch-size", str(args.batch_size)]
+    cmd += ["--data-dir", args.data_dir] if args.data_dir else []  # none: the task's packaged data (TREC)
+    cmd += ["--max-length", str(args.max_length), "--batch-size", str(args.batch_size)]
     cmd += ["--steps", str(args.steps), "--eval-every", str(args.steps // 5), "--seed", "0"]
     cmd += ["--num-samples", str(args.study_trials), "--max-concurrent", str(args.jobs), "--scheduler", "asha"]
     cmd += ["--finalists", str(args.study_finalists), "--seeds", str(len(args.seeds)), "--enqueue", str(enqueue)]
