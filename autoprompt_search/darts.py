@@ -32,9 +32,9 @@ from .errors import ConfigError, TrainingError
 from .evaluation import evaluate
 from .precision import autocast
 from .prompts import SelectivePrompt, SptConfig, method_to_dict
-from .recipe import lr_lambda, seed_everything, train_batches
+from .recipe import loss_not_finite, lr_lambda, seed_everything, train_batches
 from .stages import register_stage
-from .workspace import Workspace, build_model, resolve_device
+from .workspace import Workspace, batch_fetcher, build_model, prefix_feeder, resolve_device
 
 
 @dataclass
@@ -47,6 +47,7 @@ class GateSearch:
     history: list[dict[str, Any]]  # per evaluation: step, losses, dev score, gate probabilities
     steps: int
     seconds: float
+    prefix_cache: dict[str, int] | None  # layer, hits, misses (None: no cache)
 
 
 def split_rows(n: int, arch_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -84,9 +85,13 @@ class BilevelSearch:
         weight_rows, arch_rows = split_rows(len(ws.splits["train"]), sc.arch_fraction, tc.seed)
         self.weight_batches = train_batches(weight_rows, tc.batch_size, tc.seed)
         self.arch_batches = train_batches(arch_rows, tc.batch_size, tc.seed + 1)
+        # Blocks below the lowest candidate never see a prompt: their output comes from the
+        # frozen-prefix cache, as in the training loop (and is shared with the retrain).
+        self.feeder = prefix_feeder(cfg, ws, self.model, self.device)
+        self.fetch = {name: batch_fetcher(self.feeder, ws, name, self.device) for name in ("train", "dev")}
 
     def batch(self, rows: Tensor) -> Batch:
-        return self.ws.splits["train"].batch(rows).to(self.device)
+        return self.fetch["train"](rows)
 
     def loss(self, batch: Batch) -> Tensor:
         with autocast(self.device, self.cfg.train.precision):
@@ -175,15 +180,16 @@ class BilevelSearch:
             arch = self.batch(next(self.arch_batches))
             arch_loss = self.arch_step(arch, train)
             train_loss = self.weight_step(train)
-            if not (math.isfinite(arch_loss) and math.isfinite(train_loss)):
-                raise TrainingError(f"gate search loss became nan at step {step}; lower --lr or method.arch_lr")
+            for loss in (arch_loss, train_loss):
+                if not math.isfinite(loss):
+                    raise TrainingError(loss_not_finite(loss, step, "gate search ", "lower --lr or method.arch_lr"))
             sums["arch"] += arch_loss
             sums["train"] += train_loss
             sums["n"] += 1
             if step % interval == 0 or step == self.steps:
                 dev = evaluate(
                     self.model, self.ws.splits["dev"], task.metric, len(task.labels), tc.eval_batch_size,
-                    self.device, tc.precision,
+                    self.device, tc.precision, self.fetch["dev"],
                 )  # fmt: skip
                 probs = self.method.gate_probabilities()
                 record = {
@@ -205,6 +211,9 @@ class BilevelSearch:
             history=history,
             steps=self.steps,
             seconds=time.perf_counter() - started,
+            prefix_cache=None
+            if self.feeder is None
+            else {"layer": self.feeder.layer, "hits": self.feeder.hits, "misses": self.feeder.misses},
         )
 
 
@@ -225,6 +234,7 @@ def gate_search(cfg: ExperimentConfig, ws: Workspace) -> tuple[ExperimentConfig,
         "derived_layers": list(search.derived.layers),
         "search_steps": search.steps,
         "search_seconds": search.seconds,
+        "prefix_cache": search.prefix_cache,
         "history": search.history,
         "search_config": method_to_dict(cfg.method),
     }

@@ -56,3 +56,8 @@ def lr_lambda(steps: int, warmup_ratio: float) -> Callable[[int], float]:
         return max(0.0, (steps - step) / max(1, steps - warmup))
 
     return factor
+
+
+def loss_not_finite(value: float, step: int, stage: str = "", fix: str = "lower --lr or check the data") -> str:
+    """The one-line error of a run whose loss is NaN or infinite (the training loop, the gate search)."""
+    return f"{stage}loss became {value} at step {step}; {fix}"

@@ -27,7 +27,7 @@ from .fused import FusedModel, fusable, fusion_key
 from .metrics import COLLAPSED
 from .precision import autocast
 from .prefix_cache import PrefixFeeder
-from .recipe import lr_lambda, param_groups, resolve_epochs, seed_everything, train_batches
+from .recipe import loss_not_finite, lr_lambda, param_groups, resolve_epochs, seed_everything, train_batches
 from .stages import before_training
 from .workspace import Workspace, batch_fetcher, build_model, check_fits, prefix_feeder, resolve_device
 
@@ -260,7 +260,7 @@ def train_group(
         for m, (_, part), value in zip(active, parts, values, strict=True):
             if not math.isfinite(value):
                 m.status = "ERROR"
-                m.error = f"loss became {value} at step {step}; lower --lr or check the data"
+                m.error = loss_not_finite(value, step)
                 continue
             m.steps_done = step
             m.examples += int(part.labels.shape[0])  # type: ignore[union-attr]

@@ -102,6 +102,24 @@ def test_budget_pushes_the_expected_number_of_layers_down(tiny_model_dir: str, t
     assert control.history[-1]["expected_layers"] > result.history[-1]["expected_layers"] + 0.5
 
 
+def test_gate_search_reads_the_frozen_blocks_from_the_prefix_cache(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    # Candidates 1..3: block 0 never sees a prompt, so the search reads its output from the cache
+    # (as the training loop does) and finds what it finds without the cache.
+    spt = SptConfig(length=2, bottleneck=8, arch_lr=0.2)
+    runs, searches = {}, {}
+    for cache in (True, False):
+        cfg = experiment(tiny_model_dir, tiny_sst_dir, spt, steps=6, eval_every=3, prefix_cache=cache)
+        searches[cache] = BilevelSearch(cfg, prepare_workspace(cfg))
+        runs[cache] = searches[cache].run()
+    cached, plain = runs[True], runs[False]
+    assert cached.prefix_cache is not None and plain.prefix_cache is None
+    assert set(searches[True].feeder.stores) == {"train", "dev"}  # both losses' batches, not only evaluation
+    assert cached.prefix_cache["layer"] == 1 and cached.prefix_cache["hits"] > 0
+    assert cached.probabilities == pytest.approx(plain.probabilities, abs=1e-5)
+    assert [h["eval_score"] for h in cached.history] == [h["eval_score"] for h in plain.history]
+    assert cached.probabilities != pytest.approx([torch.sigmoid(torch.tensor(0.0)).item()] * 3, abs=1e-4)
+
+
 def test_weight_and_architecture_rows_are_disjoint() -> None:
     w, a = split_rows(10, 0.3, seed=1)
     assert len(a) == 3 and len(w) == 7 and not set(w.tolist()) & set(a.tolist())

@@ -31,7 +31,6 @@ from .trial import (
     experiment_for,
     make_trainer,
     place,
-    raise_trial_error,
     restored_history,
 )
 
@@ -48,10 +47,7 @@ def member_id(trial_id: str, index: int) -> str:
 
 def run_group(config: dict[str, Any], study: dict[str, Any]) -> None:
     """Tune function trainable for a fused group."""
-    from ray import tune
-
     make_trainer(group_worker, config, study).fit()
-    raise_trial_error(Path(study["train_storage"]) / tune.get_context().get_trial_id())
 
 
 def _broadcast(value: bool) -> bool:
@@ -67,11 +63,31 @@ def _broadcast(value: bool) -> bool:
 
 def group_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker loop: train the group's members fused and report each one."""
-    with configuration_failures(loop_config):  # e.g. the group's batch does not fit in memory
-        _train_group_and_report(loop_config)
+    ended: set[int] = set()  # members whose final report was sent
+    # e.g. the group's batch does not fit in memory: every member still open ends ERROR
+    with configuration_failures(lambda reason: _fail_open_members(loop_config, ended, reason)):
+        _train_group_and_report(loop_config, ended)
 
 
-def _train_group_and_report(loop_config: dict[str, Any]) -> None:
+def _fail_open_members(loop_config: dict[str, Any], ended: set[int], reason: str) -> None:
+    import ray.train
+
+    for index, member in enumerate(loop_config["sampled"]["members"]):
+        if index not in ended:
+            ray.train.report(
+                {
+                    "member": index,
+                    "member_id": member_id(loop_config["trial_id"], index),
+                    "optuna_number": member.get("number"),
+                    "member_final": True,
+                    "member_status": "ERROR",
+                    "member_error": reason,
+                    "dev_score": float("nan"),
+                }
+            )
+
+
+def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> None:
     import ray.train
     from optuna.trial import TrialState
 
@@ -111,6 +127,7 @@ def _train_group_and_report(loop_config: dict[str, Any]) -> None:
         return optuna_study.trials[members[index]["number"]].state != TrialState.RUNNING
 
     todo = [i for i in range(len(members)) if not _broadcast(finished(i))]
+    ended.update(i for i in range(len(members)) if i not in todo)
 
     def common(index: int) -> dict[str, Any]:
         return {
@@ -182,6 +199,7 @@ def _train_group_and_report(loop_config: dict[str, Any]) -> None:
             if "test" in result.metrics:  # finalists: the best state on the test split
                 final["test_score"] = result.metrics["test"]["score"]
             ray.train.report(final)
+            ended.add(index)
 
 
 def _alone(cfg: ExperimentConfig, ws: Any, on_eval: Any) -> Any:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
 from ray.tune import Callback
+
+from .records import RUN_STATUS
+
+
+def failed(trial: Any) -> bool:
+    """Ray failed the trial, or its run reported that its configuration failed (said as data)."""
+    return trial.status == "ERROR" or (trial.last_result or {}).get(RUN_STATUS) == "ERROR"
 
 
 class ProgressBar(Callback):
@@ -32,11 +40,12 @@ class ProgressBar(Callback):
         finished = [t for t in trials if t.status in ("TERMINATED", "ERROR") or t is ending]
         done = len(finished)
         running = sum(t.status == "RUNNING" and t is not ending for t in trials)
-        failed = sum(t.status == "ERROR" for t in trials) + (ending is not None and self._failing)
-        values = [t.last_result[self.objective] for t in trials if self.objective in (t.last_result or {})]
+        failures = sum(failed(t) for t in trials if t is not ending) + (ending is not None and self._failing)
+        values = [(t.last_result or {}).get(self.objective) for t in trials]
+        values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]  # NaN: failed
         best = (max(values) if self.mode == "max" else min(values)) if values else None
         best_text = f"{best:.4g}" if isinstance(best, (int, float)) else "-"
-        return done, f"best {self.objective} {best_text} · {running} running · {failed} failed"
+        return done, f"best {self.objective} {best_text} · {running} running · {failures} failed"
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if not sys.stderr.isatty():
@@ -65,7 +74,7 @@ class ProgressBar(Callback):
         print(f"[{done}/{self.total}] trial {trial.trial_id} {what} · {text}", file=sys.stderr, flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(trials, trial, "finished")
+        self._line(trials, trial, "failed" if failed(trial) else "finished")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trials, trial, "failed")

@@ -24,7 +24,8 @@ from ..metrics import COLLAPSED
 from ..search_space import sampled_of
 
 TRIALS_FILE = "trials.parquet"
-COLLAPSED_RUN = "collapsed_run"  # a trial's last report: every evaluation predicted one class (the reason)
+# A run's last report when it has no result (trial.run_ended): COLLAPSED or ERROR, and the reason.
+RUN_STATUS, RUN_ERROR = "run_status", "run_error"
 ENDED = ("TERMINATED", "STOPPED", "ERROR", "COLLAPSED")
 SCHEMA = pa.schema(
     [
@@ -192,8 +193,8 @@ class TrialRecorder(Callback):
         if self._ended(trial):
             return
         row = self._row(trial)
-        if result.get(COLLAPSED_RUN):  # its last report: every evaluation predicted one class
-            row.update(status="COLLAPSED", error=result[COLLAPSED_RUN])
+        if result.get(RUN_STATUS):  # its last report: it collapsed, or its configuration failed
+            row.update(status=result[RUN_STATUS], error=result[RUN_ERROR])
             self._finish_times(row, final=True)
             self._write()
             return
@@ -201,6 +202,8 @@ class TrialRecorder(Callback):
 
     def _member_result(self, trial: Any, result: dict[str, Any]) -> None:
         row = self._member_rows(trial)[int(result["member"])]
+        if result.get("member_final") and row["status"] in ENDED:
+            return  # its end is recorded (a resumed group, or the group failing after it ended)
         if result.get("member_final"):
             row.update(status=result["member_status"], error=result.get("member_error") or None)
             row["test_score"] = result.get("test_score")

@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +34,6 @@ TRIAL_CPU = 0.01
 TRIAL_RESOURCES = {"CPU": TRIAL_CPU}
 # Testing GPU scheduling on a CPU machine: trials hold logical Ray GPUs but train on the CPU.
 LOGICAL_GPUS_ENV = "AUTOPROMPT_LOGICAL_GPUS"
-# A worker's record of its configuration's own failure (see raise_trial_error).
-TRIAL_ERROR_FILE = "trial_error.json"
 RESTORED_HISTORY = "restored_history"  # first report after a resume: the evaluations before it
 REPLAYED = ("dev_score", "eval_score", "trainable_params", "worker_seconds")  # objectives a table row holds
 
@@ -75,23 +73,14 @@ def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
         )
         return
     make_trainer(train_worker, config, study).fit()
-    raise_trial_error(Path(study["train_storage"]) / trial_id)
 
 
-def raise_trial_error(run_dir: Path) -> None:
-    """Fail the Tune trial with the error its workers recorded instead of raising.
+def run_ended(status: str, reason: str) -> dict[str, Any]:
+    """The last report of a run that has no result, said as data (a raised error would make Ray
+    Train restart the run, only to fail again): NaN objective, so Optuna holds it as failed."""
+    from .records import RUN_ERROR, RUN_STATUS
 
-    Ray Train restarts a run whose workers raise (FailureConfig, meant for crashes); an error of
-    the configuration itself (NaN loss, a bad option) would only fail again, so a worker writes
-    it beside the run's checkpoints and the Tune trial raises it here, once.
-    """
-    from ..errors import ConfigError, TrainingError
-
-    path = run_dir / TRIAL_ERROR_FILE
-    if path.is_file():
-        error = json.loads(path.read_text(encoding="utf-8"))
-        kind = ConfigError if error["type"] == "ConfigError" else TrainingError
-        raise kind(error["message"])
+    return {"dev_score": float("nan"), RUN_STATUS: status, RUN_ERROR: reason, "trained_to_end": True}
 
 
 def make_trainer(loop: Any, config: dict[str, Any], study: dict[str, Any]) -> Any:
@@ -222,28 +211,25 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker loop: train one configuration and report every evaluation with a
     resumable checkpoint (the best prompt + the training state), continuing from the latest
     checkpoint when Ray Train restarts the run after a worker failure."""
-    with configuration_failures(loop_config):
+    import ray.train
+
+    with configuration_failures(lambda reason: ray.train.report(run_ended("ERROR", reason))):
         _train_and_report(loop_config)
 
 
 @contextlib.contextmanager
-def configuration_failures(loop_config: dict[str, Any]) -> Iterator[None]:
-    """Record the configuration's own failures (NaN loss, a rejected option, out of memory) for
-    `raise_trial_error` instead of raising: Ray Train would restart the run, only to fail again."""
-    import ray.train
-
+def configuration_failures(report_failure: Callable[[str], None]) -> Iterator[None]:
+    """Report the configuration's own failures (NaN loss, a rejected option, out of memory) as
+    data through `report_failure(reason)` instead of raising: Ray Train would restart the run,
+    only to fail again. Anything else may be the machine's fault and is raised for FailureConfig."""
     from ..errors import AutopromptError
 
     try:
         yield
     except (AutopromptError, RuntimeError, MemoryError) as exc:
         if not isinstance(exc, AutopromptError) and not is_out_of_memory(exc):
-            raise  # anything else may be the machine's fault: let FailureConfig retry it
-        if ray.train.get_context().get_world_rank() == 0:
-            run_dir = Path(loop_config["study"]["train_storage"]) / loop_config["trial_id"]
-            run_dir.mkdir(parents=True, exist_ok=True)
-            error = {"type": type(exc).__name__, "message": failure_message(exc)}
-            (run_dir / TRIAL_ERROR_FILE).write_text(json.dumps(error), encoding="utf-8")
+            raise
+        report_failure(failure_message(exc))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -275,7 +261,6 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     from ..checkpoint import save_state, save_training_state
     from ..trainer import train
     from ..workspace import prepare_workspace
-    from .records import COLLAPSED_RUN
 
     started, started_at = time.perf_counter(), time.time()
     cfg = experiment_for(loop_config["base"], loop_config["sampled"])
@@ -318,4 +303,4 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     if result.status == "COLLAPSED":
         # Said as data, not raised (Tune would retry a raised trial): the results table marks it
         # COLLAPSED, and a NaN objective makes Optuna hold it as failed.
-        ray.train.report({"dev_score": float("nan"), COLLAPSED_RUN: result.error, "trained_to_end": True})
+        ray.train.report(run_ended("COLLAPSED", result.error or "every evaluation predicted one class"))
