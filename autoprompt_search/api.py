@@ -83,7 +83,7 @@ def search(
     task, steps, seed: the training seed, ...); `search_seed` seeds the sampler. `ray_settings` (a
     RaySettings) replaces address/num_cpus; `on_connect(cluster, study_dir)` runs once Ray is up."""
     from .study.cluster import RaySettings
-    from .study.launch import make_options, read_enqueued
+    from .study.options import make_options, read_enqueued
     from .study.ranking import best_row
     from .study.runner import run_study
 

@@ -25,7 +25,7 @@ from typing import Any
 from study_overhead import machine, measure
 
 from autoprompt_search.runs import TrainOptions, experiment_from_options
-from autoprompt_search.study.launch import make_options
+from autoprompt_search.study.options import make_options
 from autoprompt_search.study.runner import run_study
 from autoprompt_search.workspace import prepare_workspace
 

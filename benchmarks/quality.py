@@ -152,7 +152,8 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
     from autoprompt_search.backbones import load_backbone
 
     started = time.perf_counter()
-    name = f"{args.task}-{args.model}-{args.steps}"
+    arm = study_arm(args.study_search_seed)
+    name = f"{args.task}-{args.model}-{args.steps}" + (f"-s{args.study_search_seed}" if args.study_search_seed else "")
     enqueue = Path(args.study_dir) / f"{name}-ptuning-v2.yaml"
     enqueue.parent.mkdir(parents=True, exist_ok=True)
     backbone = load_backbone(args.model)
@@ -166,9 +167,10 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
     cmd += ["--steps", str(args.steps), "--eval-every", str(args.steps // 5), "--seed", "0"]
     cmd += ["--num-samples", str(args.study_trials), "--max-concurrent", str(args.jobs), "--scheduler", "asha"]
     cmd += ["--finalists", str(args.study_finalists), "--seeds", str(len(args.seeds)), "--enqueue", str(enqueue)]
+    cmd += ["--search-seed", str(args.study_search_seed)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        return [{"arm": "study", "seed": 0, "error": proc.stderr.strip().splitlines()[-1:]}]
+        return [{"arm": arm, "seed": 0, "error": proc.stderr.strip().splitlines()[-1:]}]
     rows = pq.read_table(Path(args.study_dir) / name / "trials.parquet").to_pylist()
     searched = [r for r in rows if not r["finalist_of"]]
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -188,6 +190,7 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
         "search_steps": sum(r["last_step"] or 0 for r in searched),
         "finalist_worker_seconds": sum(r["worker_seconds"] or 0.0 for rs in runs.values() for r in rs),
         "finalist_steps": sum(r["last_step"] or 0 for rs in runs.values() for r in rs),
+        "search_seed": args.study_search_seed,
         "best_trial": best,
         "best_search_dev": chosen["dev_score"],
         "finalists": {t: [r["dev_score"] for r in rs] for t, rs in runs.items()},
@@ -196,7 +199,7 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
     frozen = sum(p.numel() for p in backbone.parameters())
     return [
         {
-            "arm": "study",
+            "arm": arm,
             "seed": r["seed"],
             "dev": {"score": r["dev_score"]},
             "test": {"score": r["test_score"]} if r["test_score"] is not None else None,
@@ -241,6 +244,9 @@ def main() -> None:
     ap.add_argument("--peer-python", default="")
     ap.add_argument("--study-trials", type=int, default=8, help="study arm: trials in the search")
     ap.add_argument("--study-finalists", type=int, default=1, help="study arm: configurations retrained over --seeds")
+    ap.add_argument(
+        "--study-search-seed", type=int, default=0, help="study arm: Optuna's sampler seed (row `study-s<N>`)"
+    )
     ap.add_argument("--study-dir", default="../bench-studies", help="study arm: where the study directory goes")
     ap.add_argument("--out", default="")
     ap.add_argument("--table-only", action="store_true", help="rewrite <out>.md from <out>.jsonl; run nothing")
@@ -275,11 +281,12 @@ def main() -> None:
         return
     done = {(r["arm"], r["seed"]) for r in rows if "error" not in r}
     arms = [arm for arm in args.arms if arm != "study"]
+    study = study_arm(args.study_search_seed)
     todo = [(arm, seed) for seed in args.seeds for arm in arms if (arm, seed) not in done]
     with ThreadPoolExecutor(args.jobs) as pool:
         for row in pool.map(lambda job: run_one(*job, args), todo):
             record(row)
-    if "study" in args.arms and not any(arm == "study" for arm, _ in done):  # one study: its own --jobs trials
+    if "study" in args.arms and not any(arm == study for arm, _ in done):  # one study: its own --jobs trials
         for row in run_study(args):
             record(row)
 
@@ -347,20 +354,25 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {arm} | {side} | {len(rs)} | {spread(dev)} | {spread(test)} | {trainable:,} | {share} | {ms:.0f} "
             f"| {sum(bool(r['collapsed']) for r in rs)}/{len(rs)} |"
         )
-    study = next((r["study"] for r in rows if r.get("study")), None)
-    if study:
-        lines += ["", study_paragraph(study, by_arm.get("full-ft", []))]
+    studies = {r["arm"]: r["study"] for r in rows if r.get("study")}  # one paragraph per search seed
+    for arm, study in studies.items():
+        lines += ["", study_paragraph(arm, study, by_arm.get("full-ft", []))]
     errors = [r for r in rows if "error" in r]
     if errors:
         lines += ["", "Failed runs: " + "; ".join(f"{r['arm']} seed {r['seed']}: {r['error']}" for r in errors)]
     return "\n".join(lines) + "\n"
 
 
-def study_paragraph(study: dict[str, Any], full_ft: list[dict[str, Any]]) -> str:
+def study_arm(search_seed: int) -> str:
+    """The study arm's name: `study` for sampler seed 0, `study-s<N>` for another search of the same space."""
+    return f"study-s{search_seed}" if search_seed else "study"
+
+
+def study_paragraph(arm: str, study: dict[str, Any], full_ft: list[dict[str, Any]]) -> str:
     """The study arm's search: what it tried, what it chose and what it cost against full fine-tuning."""
     search, finalists = study["search_worker_seconds"], study["finalist_worker_seconds"]
     text = (
-        f"The `study` row: {study['trials']} searched trials ({', '.join(f'{n} {s}' for s, n in study['statuses'].items())}; "
+        f"The `{arm}` row (sampler seed {study.get('search_seed', 0)}): {study['trials']} searched trials ({', '.join(f'{n} {s}' for s, n in study['statuses'].items())}; "
         f"{study['search_steps']:,} training steps), then finalists ({study['finalist_steps']:,} steps); the row is "
         f"the best finalist's seeds (trial {study['best_trial']}, dev {100 * study['best_search_dev']:.1f} in the "
         f"search). Finalists' dev scores per seed: "

@@ -33,7 +33,7 @@ from typing import Any
 
 from autoprompt_search.runs import TrainOptions
 from autoprompt_search.study.cluster import HEALTH_CHECK_ENV, RaySettings
-from autoprompt_search.study.launch import make_options
+from autoprompt_search.study.options import make_options
 from autoprompt_search.study.runner import run_study
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -276,8 +276,8 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.table import Table
 
-    from autoprompt_search.study.launch import summarize
     from autoprompt_search.study.options import StudyOptions
+    from autoprompt_search.study.ranking import summarize
     from autoprompt_search.study.runner import study_rows
 
     options = StudyOptions.load(study_dir)

@@ -20,9 +20,15 @@ from autoprompt_search.prompts import method_to_dict
 from autoprompt_search.search_space import SearchSpaceError
 from autoprompt_search.study.cluster import ClusterInfo, check_resources, start_local
 from autoprompt_search.study.export import export_study
-from autoprompt_search.study.launch import summarize
 from autoprompt_search.study.options import Objective, StudyOptions
-from autoprompt_search.study.ranking import best_row, choose_finalists, finalist_groups, pareto_front, rank_top
+from autoprompt_search.study.ranking import (
+    best_row,
+    choose_finalists,
+    finalist_groups,
+    pareto_front,
+    rank_top,
+    summarize,
+)
 from autoprompt_search.study.records import error_line, read_trials
 from autoprompt_search.study.runner import resume_study, run_study
 from autoprompt_search.study.trial import LOGICAL_GPUS_ENV, experiment_for, worker_resources
@@ -489,7 +495,7 @@ def test_exposing_the_dashboard_says_the_risk() -> None:
 
 
 def test_space_yaml_files_load() -> None:
-    from autoprompt_search.study.launch import resolve_space
+    from autoprompt_search.study.options import resolve_space
     from search_spaces import shipped
 
     assert {"all", "layers", "lpt", "learned"} <= set(shipped())
@@ -539,7 +545,7 @@ def test_a_fused_group_trains_over_two_ddp_workers_as_over_one(
 
 def test_a_study_refuses_an_epoch_budget(tiny_model_dir: str, tiny_sst_dir: str) -> None:
     from autoprompt_search.runs import TrainOptions
-    from autoprompt_search.study.launch import make_options
+    from autoprompt_search.study.options import make_options
 
     base = TrainOptions(model=tiny_model_dir, task="sst2", data_dir=tiny_sst_dir, epochs=1.0)
     with pytest.raises(ConfigError, match="train.epochs: a study budgets trials in steps; use --steps"):
@@ -556,7 +562,7 @@ def test_enqueue_and_warm_start_seed_a_new_study(
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from autoprompt_search.study.launch import read_enqueued
+    from autoprompt_search.study.options import read_enqueued
 
     first = run_study(options(tiny_model_dir, tiny_sst_dir, name="a", num_samples=2, sampler="random"), tmp_path)
     done = [r for r in first.rows if r["status"] == "TERMINATED"]

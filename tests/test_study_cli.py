@@ -150,8 +150,8 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    from autoprompt_search.study.launch import summarize
     from autoprompt_search.study.options import Objective
+    from autoprompt_search.study.ranking import summarize
     from autoprompt_search.study.records import read_trials
 
     study = results / "finals"

@@ -40,7 +40,7 @@ def make_compare_options(
     space: str, base: TrainOptions, spt_options: list[str], dp_options: list[str], **knobs: Any
 ) -> CompareOptions:
     """From command-line values: a space name or file, the base experiment, KEY=VALUE method options."""
-    from ..study.launch import resolve_space
+    from ..study.options import resolve_space
 
     mapping, path = resolve_space(space)
     experiment = experiment_from_options(base).to_dict()

@@ -1,4 +1,5 @@
-"""What defines a study: the base experiment, the search space, objectives, resources.
+"""What defines a study: the base experiment, the search space, objectives, resources, and how
+command-line values become one (`make_options`).
 
 Saved as `study.json` beside the results so `--resume`, `status` and `export` need nothing
 but the study directory.
@@ -10,11 +11,17 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from ..config import ExperimentConfig, absolute_paths
 from ..dataclass_io import from_dict, to_dict
 from ..errors import ConfigError, require
+from ..search_space import SearchSpace, SearchSpaceError, fix_steps, sampled_of, space_path
+
+if TYPE_CHECKING:
+    from ..runs import TrainOptions
 
 STUDY_FILE = "study.json"
 OPTUNA_FILE = "optuna.journal"  # the Optuna study (sampler history, optuna-dashboard reads it)
@@ -201,3 +208,52 @@ def journal_storage(path: str | Path) -> Any:
     from optuna.storages.journal import JournalFileBackend
 
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def resolve_space(spec: str) -> tuple[dict[str, Any], str]:
+    """A search-space file path, or the name of a shipped one (all, layers, lpt); returns (mapping, path)."""
+    path = space_path(spec)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SearchSpaceError(str(path), [f"not valid YAML ({str(exc).splitlines()[0]})"]) from exc
+    SearchSpace.from_dict(data, str(path))  # every problem at once, before anything starts
+    return data, str(path)
+
+
+def make_options(space: str, base: TrainOptions, **study: Any) -> StudyOptions:
+    """The study: a space, the base experiment (flags over --config over the embedded default), knobs."""
+    from ..runs import experiment_from_options  # torch and transformers: only when a study starts
+
+    mapping, path = resolve_space(space)
+    experiment = experiment_from_options(base)
+    if experiment.train.epochs or "epochs" in (mapping.get("train") or {}):
+        # ASHA's rungs and a trial's "trained to the end" are counted in steps.
+        raise ConfigError("train.epochs: a study budgets trials in steps; use --steps (or train.steps)")
+    fixed = (mapping.get("train") or {}).get("steps")
+    if base.steps is not None and fixed is not None:  # an explicit --steps beats the space's fixed value
+        mapping = fix_steps(
+            mapping,
+            base.steps,
+            f"--steps {base.steps}: {path} searches train.steps; drop --steps or fix it in the space",
+        )
+    return StudyOptions(space=mapping, space_file=path, experiment=experiment.to_dict(), **study)
+
+
+def read_enqueued(paths: list[str]) -> list[dict[str, Any]]:
+    """`--enqueue` files: an exported config.yaml (a whole experiment) or a hand-written
+    {'method': {...}, 'train': {...}}; returns their method and train sections."""
+    configs = []
+    for path in paths:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(
+                f"--enqueue {path}: cannot read it ({exc.strerror}); give an exported config.yaml"
+            ) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--enqueue {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("method"), dict):
+            raise ConfigError(f"--enqueue {path}: no 'method' section; give an exported config.yaml or method/train")
+        configs.append(sampled_of(data))
+    return configs

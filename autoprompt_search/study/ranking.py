@@ -132,3 +132,19 @@ def best_row(rows: list[dict[str, Any]], objectives: list[Objective]) -> dict[st
     live = [r for r in searched_rows(rows) if r["status"] not in ("ERROR", "COLLAPSED")]
     top = rank_top(live, objectives[0], 1)
     return top[0] if top else None
+
+
+def summarize(rows: list[dict[str, Any]], objectives: list[Objective]) -> dict[str, Any]:
+    """Counts per status, the finalists (median and range over seeds) and the study's best: the
+    finalist with the best median once finalists ended, else the best trial of the search."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return {
+        "trials": len(searched_rows(rows)),
+        "finalist_runs": len(rows) - len(searched_rows(rows)),
+        "counts": counts,
+        "finalists": finalist_groups(rows, objectives),
+        "best": best_row(rows, objectives),
+        "objective": str(objectives[0]),
+    }

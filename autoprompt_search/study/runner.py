@@ -23,7 +23,7 @@ from .finalists import run_finalists
 from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, journal_storage, resume_conflicts
 from .progress import ProgressBar
 from .records import TRIALS_FILE, TrialRecorder, read_trials
-from .trainables import devices_per_trial, trainable_for, trial_dirname
+from .trial import devices_per_trial, trainable_for, trial_dirname
 
 TUNE_DIR = "tune"  # Tune experiment: trial dirs with result.json, progress.csv, TensorBoard events
 

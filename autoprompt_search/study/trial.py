@@ -1,4 +1,5 @@
-"""One study trial: a Ray Tune function trainable that drives one Ray Train run (Train V2).
+"""One study trial: a Ray Tune function trainable that drives one Ray Train run (Train V2), and
+the trainable a study hands to Tune (one configuration, or a fused group, per Tune trial).
 
 The Tune trial holds almost no resources (it only waits on `TorchTrainer.fit()`); the Train
 workers hold the CPUs/GPUs, so N concurrent trials on an N-CPU machine never deadlock. Each
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..config import ExperimentConfig
+    from .options import StudyOptions
 
 # What the Tune trial itself holds (it only waits on its Train run; the Train controller and the
 # report queue actor are placed in its bundle). The workers get the rest of --cpus-per-worker, so
@@ -34,6 +36,7 @@ TRIAL_CPU = 0.01
 TRIAL_RESOURCES = {"CPU": TRIAL_CPU}
 # Testing GPU scheduling on a CPU machine: trials hold logical Ray GPUs but train on the CPU.
 LOGICAL_GPUS_ENV = "AUTOPROMPT_LOGICAL_GPUS"
+TRAIN_DIR = "train"  # Ray Train runs, one per trial id, holding the best checkpoint
 RESTORED_HISTORY = "restored_history"  # first report after a resume: the evaluations before it
 REPLAYED = ("dev_score", "eval_score", "trainable_params", "worker_seconds")  # objectives a table row holds
 
@@ -55,6 +58,46 @@ def experiment_for(base: dict[str, Any], sampled: dict[str, Any]) -> ExperimentC
     data["train"] = {**data.get("train", {}), **sampled.get("train", {})}
     data["head"] = {**(data.get("head") or {}), **(sampled.get("head") or {})}
     return ExperimentConfig.from_dict(data)
+
+
+def trial_payload(options: StudyOptions, study_dir: Path) -> dict[str, Any]:
+    """What every trial needs from the study (passed once through the object store)."""
+    from .options import OPTUNA_FILE
+
+    return {
+        "experiment": options.experiment,
+        "cpus_per_worker": options.cpus_per_worker,
+        "gpus_per_worker": options.gpus_per_worker,
+        "workers_per_trial": options.workers_per_trial,
+        "max_failures": options.max_failures,
+        "train_storage": str(study_dir / TRAIN_DIR),
+        "study_dir": str(study_dir),
+        "study": options.name,
+        "optuna_storage": str(study_dir / OPTUNA_FILE),
+        "objectives": options.objectives,
+        "prune": options.scheduler == "asha" and not options.multi_objective,  # fused: per-member ASHA in Optuna
+        "grace_period": options.grace_period,
+        "reduction_factor": options.reduction_factor,
+    }
+
+
+def trainable_for(options: StudyOptions, study_dir: Path, fused: bool) -> Any:
+    """The Tune trainable: one configuration per trial, or a fused group (`members`) per trial."""
+    from ray import tune
+
+    from .fused_trial import run_group
+
+    function = run_group if fused else run_trial
+    return tune.with_resources(tune.with_parameters(function, study=trial_payload(options, study_dir)), TRIAL_RESOURCES)
+
+
+def trial_dirname(trial: Any) -> str:
+    return trial.trial_id
+
+
+def devices_per_trial(options: StudyOptions) -> float:
+    per_worker = options.gpus_per_worker or options.cpus_per_worker
+    return per_worker * options.workers_per_trial
 
 
 def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
