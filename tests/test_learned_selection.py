@@ -150,6 +150,44 @@ def test_spt_darts_end_to_end_retrains_the_derived_layers(tiny_model_dir: str, t
     assert metrics["score"] == pytest.approx(result.metrics["dev"]["score"], abs=1e-6)
 
 
+def test_a_resumed_spt_darts_run_continues_its_derived_layers_without_searching_again(
+    tiny_model_dir: str, tiny_sst_dir: str, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import ray.train
+
+    from autoprompt_search.checkpoint import save_state, save_training_state
+    from autoprompt_search.study.trial import resume_point
+
+    class Crash(Exception):
+        pass
+
+    # No dropout: its random stream is not part of a TrainingState (see trainer.TrainingState).
+    spt = SptConfig(length=2, bottleneck=8, top_k=2, search_steps=4, dropout=0.0)
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, spt, steps=8, eval_every=2, prefix_cache=False)
+    ws = prepare_workspace(cfg)
+    whole = train(cfg, ws)
+
+    def crash_at_step_4(record: dict, state: dict, trained: object) -> bool:
+        if record["step"] == 4:  # the checkpoint a study trial writes, then the worker dies
+            directory = tmp_path / "checkpoint_000001"
+            save_state(state, trained, directory, {"dev_score": record["best_score"], "step": 4}, [])  # type: ignore[arg-type]
+            save_training_state(record["training_state"](), directory)
+            raise Crash
+        return False
+
+    with pytest.raises(Crash):
+        train(cfg, ws, on_eval=crash_at_step_4)
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)  # a Tune-level restart: found on disk
+    trained, state = resume_point(cfg, tmp_path)
+    assert state is not None and trained.method == whole.config.method  # the derived layers, search off
+    resumed = train(trained, ws, resume=state)
+    assert "spt_search" not in resumed.metrics  # the gate search did not run again
+    assert [h["step"] for h in resumed.history] == [2, 4, 6, 8]
+    assert [h["eval_score"] for h in resumed.history] == [h["eval_score"] for h in whole.history]
+    for name, value in whole.best_state.items():
+        torch.testing.assert_close(resumed.best_state[name], value, rtol=1e-4, atol=1e-5)
+
+
 def test_spt_config_errors() -> None:
     with pytest.raises(ConfigError, match="method.gate: 'hard' unknown"):
         method_config("spt", {"gate": "hard"})
