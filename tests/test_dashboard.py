@@ -45,21 +45,23 @@ def study_dir(tmp_path: Path) -> Path:
     return directory
 
 
+def wait_for_studies(port: int) -> list[dict]:
+    """The dashboard's study list once it answers on loopback (up to ~20 s to come up)."""
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                return json.loads(response.read())["study_summaries"]
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("the dashboard never answered on 127.0.0.1")
+
+
 @pytest.mark.slow
 def test_dashboard_answers_on_loopback_with_the_studys_trials(study_dir: Path) -> None:
     port = free_port()
     proc = subprocess.Popen([AUTOPROMPT, "dashboard", str(study_dir), "--port", str(port)], stderr=subprocess.PIPE)
     try:
-        studies = None
-        for _ in range(100):  # up to ~20 s for the server to come up
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
-                    studies = json.loads(response.read())["study_summaries"]
-                break
-            except OSError:
-                time.sleep(0.2)
-        assert studies is not None, "the dashboard never answered on 127.0.0.1"
-        (study,) = studies
+        (study,) = wait_for_studies(port)
         assert study["study_name"] == "demo"
         url = f"http://127.0.0.1:{port}/api/studies/{study['study_id']}?after=0"
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -74,6 +76,34 @@ def test_dashboard_answers_on_loopback_with_the_studys_trials(study_dir: Path) -
         assert proc.stderr is not None
         err = proc.stderr.read().decode()
     assert f"http://127.0.0.1:{port}/" in err and "warning" not in err
+
+
+@pytest.mark.slow
+def test_the_dashboard_page_renders_the_study_in_headless_chromium(study_dir: Path) -> None:
+    # The single-page app itself, not only its JSON API: the browser runs its scripts, which
+    # fetch the study from the journal and draw the best trial and the searched parameter.
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    port = free_port()
+    proc = subprocess.Popen([AUTOPROMPT, "dashboard", str(study_dir), "--port", str(port)], stderr=subprocess.DEVNULL)
+    try:
+        (study,) = wait_for_studies(port)
+        page = f"http://127.0.0.1:{port}/dashboard/studies/{study['study_id']}"
+        with urllib.request.urlopen(page, timeout=5) as response:
+            served = response.read().decode()
+        assert "Best Trial" not in served  # the page as served is an empty shell: its scripts draw the rest
+        done = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000", "--dump-dom", page],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert "Best Trial (number=2)" in done.stdout, done.stderr[-2000:]  # trial 2 holds the best value, 0.7
+    assert "train.lr" in done.stdout and "demo" in done.stdout
 
 
 def test_exposing_the_dashboard_prints_the_risk() -> None:
