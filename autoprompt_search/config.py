@@ -68,6 +68,15 @@ class ExperimentConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if self.head.pooling == "first":  # a live first slot in every row: prompts before the input
+            m = self.method
+            require(
+                isinstance(m, DeepConfig) and m.form == "hidden" and m.position == "prefix" and m.layers[0] == 0,
+                "head.pooling: first reads an input prompt's first slot; use it with method deep, form hidden, "
+                "position prefix and layer 0 (or use token or mean)",
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,

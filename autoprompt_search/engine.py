@@ -109,12 +109,16 @@ class PromptedModel(nn.Module):
         return self.head(self.head_states(batch))
 
     def head_states(self, batch: Batch) -> Tensor:
-        """Final hidden state of each row's head token (B, d), or the mean over its text tokens."""
+        """Final hidden state of each row's head token (B, d), the mean over its text tokens, or
+        the sequence's first position (an input prompt's first slot)."""
         h, final = self.hidden_states(batch)
         length = h.shape[1] - batch.input_ids.shape[1]
-        if getattr(self._first_head(), "mean", False):
+        pooling = getattr(self._first_head(), "pooling", "token")
+        if pooling == "mean":
             mask = batch.text_mask[:, :, None].to(h.dtype)  # (B, T, 1)
             return (h[:, length:] * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, d)
+        if pooling == "first":
+            return h[:, 0]  # (B, d): slot 0 when the input is prompted, else the first text token
         rows = torch.arange(h.shape[0], device=h.device)
         return h[rows, self.head_index(batch, final, length)]  # (B, d)
 

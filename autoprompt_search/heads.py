@@ -1,7 +1,9 @@
 """Heads that turn the head token's final hidden state into class logits.
 
 - `classifier`: a trainable Linear(d, C) on the first text token (encoders, after the
-  pretrained pooler where the family has one) or the last real token (decoders).
+  pretrained pooler where the family has one) or the last real token (decoders); with pooling
+  `mean` on the mean of the text tokens, with `first` on the first position of the sequence, an
+  input prompt's first slot (peft prompt tuning's BertForSequenceClassification reads that one).
 - `label_words`: the frozen LM head at the head token, read at one label word per class
   (encoders: the mask token appended to the input; decoders: the next-token prediction).
 """
@@ -17,7 +19,7 @@ from .backbones import Backbone
 from .errors import ConfigError, require
 
 HEAD_KINDS = ("classifier", "label_words")
-POOLINGS = ("token", "mean")
+POOLINGS = ("token", "mean", "first")
 
 
 @dataclass
@@ -25,24 +27,26 @@ class HeadConfig:
     kind: str = "classifier"  # classifier | label_words
     label_words: tuple[str, ...] = ()  # one word per class for label_words; empty = the task's defaults
     pooler: bool = True  # pass encoders' head token through their pretrained (frozen) pooler if any
-    pooling: str = "token"  # classifier input: token (first; last real for decoders) | mean (of the text)
+    # classifier input: token (first text token; last real for decoders) | mean (of the text) |
+    # first (the sequence's first position: an input prompt's first slot, as peft prompt tuning)
+    pooling: str = "token"
 
     def __post_init__(self) -> None:
         require(self.kind in HEAD_KINDS, f"head.kind: {self.kind!r} unknown; use one of {', '.join(HEAD_KINDS)}")
-        require(self.pooling in POOLINGS, f"head.pooling: {self.pooling!r} unknown; use token or mean")
+        require(self.pooling in POOLINGS, f"head.pooling: {self.pooling!r} unknown; use token, mean or first")
         require(
             self.pooling == "token" or self.kind == "classifier",
-            "head.pooling: mean pooling is for the classifier head; label_words reads one token",
+            f"head.pooling: {self.pooling} pooling is for the classifier head; label_words reads one token",
         )
 
 
 class ClassifierHead(nn.Module):
-    def __init__(self, backbone: Backbone, num_classes: int, pooler: bool, mean: bool = False) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, pooler: bool, pooling: str = "token") -> None:
         super().__init__()
         # Mean pooling (how sentence-transformers models such as all-MiniLM were trained) skips the
         # pretrained pooler, which was trained on the first token.
-        self.mean = mean
-        self.pool = backbone.pool if pooler and not mean else None
+        self.pooling = pooling
+        self.pool = backbone.pool if pooler and pooling != "mean" else None
         self.linear = nn.Linear(backbone.hidden_size, num_classes)
 
     def init_parameters(self, generator: torch.Generator) -> None:

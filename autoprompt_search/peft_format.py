@@ -1,13 +1,14 @@
 """A run as a peft adapter: `adapter_config.json` + `adapter_model.safetensors` that
 `PeftModel.from_pretrained` loads over `AutoModelForSequenceClassification`.
 
-peft can hold one of our configurations exactly: key/value prefixes at every layer (its prefix
-tuning) of a BERT-family encoder whose classifier reads [CLS] through the pretrained pooler
-(BertForSequenceClassification's head). The rest it cannot, and `peft_adapter` says why in one
-line: peft's prompt tuning puts the prompt before [CLS] and its classifier then reads the first
-virtual token (ours reads [CLS]); other families' sequence classifiers are not a linear layer
-on one token (RoBERTa's has a dense + tanh layer, GPT-2's has no bias); mean pooling, label-word
-heads, hidden-state prompts, layer subsets and generators have no peft counterpart.
+peft can hold two of our configurations exactly, on a BERT-family encoder whose classifier reads
+the first position through the pretrained pooler (BertForSequenceClassification's head): key/value
+prefixes at every layer (its prefix tuning, head on [CLS]) and an input prompt alone (its prompt
+tuning: the prompt sits before [CLS], so that classifier reads the first virtual token; ours
+does with `head.pooling: first`). The rest it cannot, and `peft_adapter` says why in one line:
+other families' sequence classifiers are not a linear layer on one token (RoBERTa's has a dense
++ tanh layer, GPT-2's has no bias); mean pooling, label-word heads, deeper hidden-state prompts,
+layer subsets and generators have no peft counterpart.
 """
 
 from __future__ import annotations
@@ -29,13 +30,12 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 def refusal(cfg: Any, model_type: str, num_layers: int) -> str:
     """Why peft cannot hold this configuration ('' when it can)."""
     method, name = cfg.method, method_name(cfg.method)
+    if name == "deep" and method.form == "hidden" and tuple(method.layers) == (0,):
+        return _prompt_tuning_refusal(cfg, model_type)
     if getattr(method, "form", None) != "kv":
-        if name == "deep" and tuple(method.layers) == (0,):
-            return (
-                "peft's prompt tuning puts the prompt before [CLS] and its classifier reads the first virtual "
-                "token; this run's head reads [CLS]"
-            )
-        return f"peft has no counterpart of this method ({name}); it holds kv prefixes at every layer"
+        return (
+            f"peft has no counterpart of this method ({name}); it holds an input prompt or kv prefixes at every layer"
+        )
     if tuple(method.layers) != tuple(range(num_layers)):
         return f"peft's prefix tuning prefixes every layer; this run prefixes layers {list(method.layers)}"
     if model_type != "bert":
@@ -49,6 +49,22 @@ def refusal(cfg: Any, model_type: str, num_layers: int) -> str:
     return ""
 
 
+def _prompt_tuning_refusal(cfg: Any, model_type: str) -> str:
+    """Why peft's prompt tuning cannot hold this input prompt ('' when it can)."""
+    if cfg.method.position != "prefix":
+        return "peft's prompt tuning puts the whole prompt before the input; this run splits it around the input"
+    # (head.pooling: first implies position prefix; a token-pooled split prompt is refused here.)
+    if model_type != "bert":
+        return f"peft's sequence classifier for {model_type} is not a linear layer on the pooled first token"
+    head = cfg.head
+    if head.kind != "classifier" or head.pooling != "first" or not head.pooler:
+        return (
+            "peft's prompt tuning puts the prompt before [CLS] and its classifier reads the first virtual token "
+            "through the pooler; train with head.pooling: first to match it"
+        )
+    return ""
+
+
 def peft_adapter(model: Any, cfg: Any, model_path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(adapter_config, tensors) of a built, loaded model; ConfigError when peft cannot hold it."""
     backbone = model.backbone
@@ -57,6 +73,8 @@ def peft_adapter(model: Any, cfg: Any, model_path: str) -> tuple[dict[str, Any],
     if why:
         raise ConfigError(f"export --format peft: {why}; export it without --format peft")
     method = model.method
+    if not method.kv:
+        return _prompt_tuning_adapter(model, model_path)
     with torch.no_grad():
         prefix = torch.stack([method.layer_prefix(i) for i in range(backbone.num_layers)])  # (N, 2, L, d)
         length = prefix.shape[2]
@@ -79,6 +97,34 @@ def peft_adapter(model: Any, cfg: Any, model_path: str) -> tuple[dict[str, Any],
         "num_attention_heads": config.num_attention_heads,
         "num_layers": backbone.num_layers,
         "prefix_projection": False,  # a reparametrised prefix is exported as the table it computes
+        "inference_mode": True,
+        "modules_to_save": ["classifier", "score"],
+        "revision": None,
+    }
+    return adapter, tensors
+
+
+def _prompt_tuning_adapter(model: Any, model_path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """peft's prompt tuning: the input prompt (L, d) as its prompt embeddings (a reparametrised
+    prompt is exported as the values it computes), our classifier as its `classifier`."""
+    config = model.backbone.model.config
+    with torch.no_grad():
+        prompt = model.method.layer_prompt(0).float().contiguous()  # (L, d)
+        tensors = {
+            "prompt_embeddings": prompt,
+            "base_model.classifier.weight": model.head.linear.weight.detach().float().contiguous(),
+            "base_model.classifier.bias": model.head.linear.bias.detach().float().contiguous(),
+        }
+    adapter = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": model_path,
+        "num_virtual_tokens": int(prompt.shape[0]),
+        "token_dim": config.hidden_size,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": config.num_attention_heads,
+        "num_layers": model.backbone.num_layers,
+        "prompt_tuning_init": "RANDOM",
         "inference_mode": True,
         "modules_to_save": ["classifier", "score"],
         "revision": None,

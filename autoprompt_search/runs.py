@@ -50,7 +50,7 @@ class TrainOptions:
     bottleneck: int | None = None
     method_options: list[str] = field(default_factory=list)  # KEY=VALUE (YAML value) for any method field
     head: str | None = None
-    pooling: str | None = None  # classifier input: token | mean
+    pooling: str | None = None  # classifier input: token | mean | first
     label_words: str | None = None  # comma-separated
     steps: int | None = None
     epochs: float | None = None  # instead of steps: passes over the training set

@@ -104,7 +104,9 @@ def build_model(cfg: ExperimentConfig, ws: Workspace) -> PromptedModel:
         if not info.causal:
             head.mask_token_id = ws.tokenizer.mask_token_id  # read the appended mask token
     else:
-        head = ClassifierHead(ws.backbone, num_classes, cfg.head.pooler, mean=cfg.head.pooling == "mean")
+        if cfg.head.pooling == "first" and info.causal:
+            raise ConfigError("head.pooling: first reads a position that sees nothing after it in a decoder; use token")
+        head = ClassifierHead(ws.backbone, num_classes, cfg.head.pooler, cfg.head.pooling)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     method.init_parameters(ws.backbone.word_embeddings, generator)
     seed_noise(method, cfg.train.seed)  # dropout masks and Gumbel noise: streams of the run's own

@@ -64,7 +64,7 @@ def train_position_task(mixing: bool, steps: int, seed: int, lr: float = 0.05) -
     assert method is not None
     method.init_parameters(bb.word_embeddings, torch.Generator().manual_seed(seed))
     seed_noise(method, seed)
-    model = PromptedModel(bb, method, ClassifierHead(bb, 2, pooler=False, mean=True))
+    model = PromptedModel(bb, method, ClassifierHead(bb, 2, pooler=False, pooling="mean"))
     optimizer = torch.optim.Adam(list(model.trainable_parameters().values()), lr=lr)
     data = torch.Generator().manual_seed(seed)
     model.train()

@@ -60,7 +60,10 @@ def train(
     ] = None,
     head: Annotated[Optional[str], Opt(help="classifier | label_words")] = None,
     pooling: Annotated[
-        Optional[str], Opt(help="classifier input: token (first; decoders: last real) | mean (of the text)")
+        Optional[str],
+        Opt(
+            help="classifier input: token (first; decoders: last real) | mean (of the text) | first (an input prompt's first slot, as peft)"
+        ),
     ] = None,
     label_words: Annotated[Optional[str], Opt(help="comma-separated, one per class")] = None,
     steps: Annotated[Optional[int], Opt("--steps", "--max-steps")] = None,

@@ -129,3 +129,19 @@ def test_a_method_registers_itself_and_probe_is_one_of_them() -> None:
             register_method("echo-test", EchoConfig)(type("Other", (Registered,), {}))
     finally:
         METHODS.pop("echo-test")
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "deep", "layers": [0, 1, 2, 3], "form": "kv"},
+        {"name": "deep", "layers": [1]},
+        {"name": "deep", "layers": [0], "position": "split", "split": 2},
+        {"name": "late", "layer": 2},
+    ],
+)
+def test_first_pooling_needs_an_input_prompt_before_the_text(method: dict) -> None:
+    with pytest.raises(ValueError) as exc:
+        ExperimentConfig.from_dict({"method": method, "head": {"pooling": "first"}})
+    assert one_line(exc).startswith("head.pooling: first reads an input prompt's first slot; use it with method deep")
+    assert ExperimentConfig.from_dict({"method": {"name": "deep", "layers": [0]}, "head": {"pooling": "first"}})

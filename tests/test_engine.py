@@ -245,7 +245,7 @@ def test_encoder_head_reads_first_text_token(family: str) -> None:
 def test_mean_pooling_head_reads_the_mean_of_the_real_text_tokens(family: str) -> None:
     model = make(family, DeepConfig(layers=(0, 2), length=3))
     bb = model.backbone
-    model.head = ClassifierHead(bb, 3, pooler=True, mean=True)
+    model.head = ClassifierHead(bb, 3, pooler=True, pooling="mean")
     assert model.head.pool is None  # the pretrained pooler was trained on one token
     batch = full_batch(b=2, t=6)
     batch.text_mask[1, 4:] = False

@@ -29,7 +29,9 @@ def cfg_of(method: dict, head: dict | None = None) -> ExperimentConfig:
 @pytest.mark.parametrize(
     ("method", "head", "model_type", "why"),
     [
-        ({"name": "deep", "layers": [0], "length": 4}, None, "bert", "peft's prompt tuning puts the prompt before"),
+        ({"name": "deep", "layers": [0], "length": 4}, None, "bert", "train with head.pooling: first to match it"),
+        ({"name": "deep", "layers": [0], "length": 4}, {"pooling": "first"}, "bert", ""),  # peft's prompt tuning
+        ({"name": "deep", "layers": [0], "length": 4}, {"pooling": "first"}, "roberta", "not a linear layer"),
         ({"name": "deep", "layers": [1, 3], "form": "kv"}, None, "bert", "prefixes every layer; this run prefixes layers [1, 3]"),
         ({"name": "deep", "layers": EVERY}, None, "bert", "no counterpart of this method (deep)"),
         ({"name": "late", "layer": 2}, None, "bert", "no counterpart of this method (late)"),
@@ -51,6 +53,41 @@ def bert_with_pooler(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFacto
     BertModel(BertConfig.from_pretrained(tiny_model_dir)).save_pretrained(root)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(root)
     return str(root)
+
+
+@pytest.mark.parametrize("reparam", [0, 16])
+def test_an_input_prompt_run_loads_in_peft_prompt_tuning_with_our_logits(
+    reparam: int, bert_with_pooler: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    # head.pooling: first reads the first prompt slot, as peft's classifier reads the first virtual token.
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification
+
+    from autoprompt_search.api import load
+
+    cfg = ExperimentConfig.from_dict(
+        {
+            "model": bert_with_pooler,
+            "data": {"task": "sst2", "data_dir": tiny_sst_dir, "max_length": 16},
+            "method": {"name": "deep", "layers": [0], "length": 3, "reparam": reparam},
+            "head": {"pooling": "first"},
+            "train": {"steps": 3, "batch_size": 8, "eval_every": 3, "device": "cpu", "lr": 0.1},
+        }
+    )
+    run = tmp_path / "run"
+    train_to_directory(cfg, run)
+    write_peft_adapter(*run_adapter(run), run)
+    ours = load(run, device="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(bert_with_pooler)
+    enc = tokenizer(["good fine great", "bad awful poor terrible dull"], padding=True, return_tensors="pt")
+    base = AutoModelForSequenceClassification.from_pretrained(bert_with_pooler, num_labels=2)
+    theirs_model = peft.PeftModel.from_pretrained(base, str(run)).eval()
+    assert theirs_model.peft_config["default"].peft_type.value == "PROMPT_TUNING"
+    with torch.no_grad():
+        theirs = theirs_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+        mine = ours.model(Batch(enc.input_ids, enc.attention_mask.bool()))
+    assert mine.abs().max() > 0.05  # a trained head, not zeros
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("reparam", [0, 16])

@@ -159,8 +159,8 @@ def test_mean_pooling_trains_and_bad_poolings_are_refused(tiny_model_dir: str, t
     cfg = experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0,), length=2), lr=0.1)
     cfg.head = HeadConfig(pooling="mean")
     ws = prepare_workspace(cfg)
-    assert build_model(cfg, ws).head.mean and train(cfg, ws).metrics["dev"]["n"] == 48
-    with pytest.raises(ConfigError, match="head.pooling: 'max' unknown; use token or mean"):
+    assert build_model(cfg, ws).head.pooling == "mean" and train(cfg, ws).metrics["dev"]["n"] == 48
+    with pytest.raises(ConfigError, match="head.pooling: 'max' unknown; use token, mean or first"):
         HeadConfig(pooling="max")
     with pytest.raises(ConfigError, match="mean pooling is for the classifier head"):
         HeadConfig(kind="label_words", pooling="mean")

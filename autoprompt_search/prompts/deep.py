@@ -145,10 +145,13 @@ class DeepPrompt(PromptMethod):
         index = self.slot_of.get(layer)
         if index is None:
             return None
-        prompt = self.prompts[index]  # (L, d)
-        if self.reparam is not None:
-            prompt = prompt + self.reparam(prompt)
+        prompt = self.layer_prompt(index)  # (L, d)
         return self.dropout(prompt.to(text.dtype).expand(text.shape[0], -1, -1))  # (B, L, d)
+
+    def layer_prompt(self, index: int) -> Tensor:
+        """The hidden-state prompt (L, d) of the `index`-th prompted layer, no dropout."""
+        prompt = self.prompts[index]
+        return prompt if self.reparam is None else prompt + self.reparam(prompt)
 
     def layer_prefix(self, index: int) -> Tensor:
         """The keys and values (2, L, H_kv*hd) of the `index`-th prompted layer, no dropout."""
