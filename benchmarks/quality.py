@@ -44,6 +44,7 @@ def our_arms(num_layers: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]
     return {
         "probe": ({"name": "probe"}, {"lr": 1e-2}),
         "prompt-tuning": ({"name": "deep", "layers": [0], "length": 20}, {"lr": 3e-2}),
+        "prompt-tuning-first": ({"name": "deep", "layers": [0], "length": 20}, {"lr": 3e-2}),
         "deep-hidden": ({"name": "deep", "layers": every, "length": 20}, {"lr": 1e-2}),
         "deep-kv": ({"name": "deep", "layers": every, "length": 20, "form": "kv"}, {"lr": 1e-2}),
         "lpt-half": (
@@ -55,6 +56,11 @@ def our_arms(num_layers: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]
         # SPT-DARTS: gates over layers 1..N-1 learned bi-level, then the derived layer set retrained
         "spt-darts": ({"name": "spt", "search": True, "length": 5, "bottleneck": 128}, {"lr": 3e-3}),
     }
+
+
+# Arms whose classifier reads something else than the pooled [CLS]: `prompt-tuning-first` reads
+# the first prompt slot, where peft's prompt tuning (peft-prompt) puts its classifier.
+ARM_HEADS = {"prompt-tuning-first": {"pooling": "first"}}
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
@@ -74,7 +80,10 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     steps = args.time_steps + 5 if args.time_steps else args.steps
     train_cfg = {"steps": steps, "batch_size": args.batch_size, "seed": args.seed, "device": "cpu"} | overrides
     data = {"task": args.task, "data_dir": args.data_dir, "max_length": args.max_length}
-    cfg = ExperimentConfig.from_dict({"model": args.model, "data": data, "method": method, "train": train_cfg})
+    head = ARM_HEADS.get(args.one, {})
+    cfg = ExperimentConfig.from_dict(
+        {"model": args.model, "data": data, "method": method, "head": head, "train": train_cfg}
+    )
     ws = prepare_workspace(cfg, backbone=backbone)
     row: dict[str, Any] = {
         "arm": args.one,
