@@ -69,22 +69,28 @@ def group_worker(loop_config: dict[str, Any]) -> None:
         _train_group_and_report(loop_config, ended)
 
 
+def member_keys(loop_config: dict[str, Any], index: int) -> dict[str, Any]:
+    """What names a member in each of its reports: its index, table row id and Optuna trial."""
+    member = loop_config["sampled"]["members"][index]
+    return {
+        "member": index,
+        "member_id": member_id(loop_config["trial_id"], index),
+        "optuna_number": member.get("number"),
+    }
+
+
 def _fail_open_members(loop_config: dict[str, Any], ended: set[int], reason: str) -> None:
     import ray.train
 
-    for index, member in enumerate(loop_config["sampled"]["members"]):
+    for index in range(len(loop_config["sampled"]["members"])):
         if index not in ended:
-            ray.train.report(
-                {
-                    "member": index,
-                    "member_id": member_id(loop_config["trial_id"], index),
-                    "optuna_number": member.get("number"),
-                    "member_final": True,
-                    "member_status": "ERROR",
-                    "member_error": reason,
-                    "dev_score": float("nan"),
-                }
-            )
+            failure = {
+                "member_final": True,
+                "member_status": "ERROR",
+                "member_error": reason,
+                "dev_score": float("nan"),
+            }
+            ray.train.report({**member_keys(loop_config, index), **failure})
 
 
 def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> None:
@@ -131,9 +137,7 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
 
     def common(index: int) -> dict[str, Any]:
         return {
-            "member": index,
-            "member_id": member_id(loop_config["trial_id"], index),
-            "optuna_number": members[index].get("number"),
+            **member_keys(loop_config, index),
             "load_seconds": load_seconds,
             "worker_seconds": time.perf_counter() - started,
             "worker_started_at": started_at,
