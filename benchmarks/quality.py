@@ -45,6 +45,7 @@ def our_arms(num_layers: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]
         "probe": ({"name": "probe"}, {"lr": 1e-2}),
         "prompt-tuning": ({"name": "deep", "layers": [0], "length": 20}, {"lr": 3e-2}),
         "prompt-tuning-first": ({"name": "deep", "layers": [0], "length": 20}, {"lr": 3e-2}),
+        "prompt-tuning-normal": ({"name": "deep", "layers": [0], "length": 20, "init": "normal"}, {"lr": 3e-2}),
         "deep-hidden": ({"name": "deep", "layers": every, "length": 20}, {"lr": 1e-2}),
         "deep-kv": ({"name": "deep", "layers": every, "length": 20, "form": "kv"}, {"lr": 1e-2}),
         "lpt-half": (
@@ -59,8 +60,9 @@ def our_arms(num_layers: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]
 
 
 # Arms whose classifier reads something else than the pooled [CLS]: `prompt-tuning-first` reads
-# the first prompt slot, where peft's prompt tuning (peft-prompt) puts its classifier.
-ARM_HEADS = {"prompt-tuning-first": {"pooling": "first"}}
+# the first prompt slot, where peft's prompt tuning (peft-prompt) puts its classifier;
+# `prompt-tuning-normal` also starts its prompt from N(0, 1) as peft's default (RANDOM) init does.
+ARM_HEADS = {"prompt-tuning-first": {"pooling": "first"}, "prompt-tuning-normal": {"pooling": "first"}}
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:

@@ -255,3 +255,14 @@ def test_mean_pooling_head_reads_the_mean_of_the_real_text_tokens(family: str) -
         expected = torch.stack([text[0].mean(0), text[1, :4].mean(0)])
         torch.testing.assert_close(model.head_states(batch), expected)
         torch.testing.assert_close(model(batch), model.head.linear(expected))
+
+
+@pytest.mark.parametrize("init", ["vocab", "normal"])
+def test_input_prompt_init_vocab_samples_embeddings_normal_draws_unit_gaussians(init: str) -> None:
+    model = make("bert", DeepConfig(layers=(0,), length=64, init=init))
+    prompt = model.method.prompts[0]  # (L, d)
+    rows_in_vocab = (prompt[:, None, :] == model.backbone.word_embeddings.weight[None]).all(-1).any(-1)
+    if init == "vocab":
+        assert rows_in_vocab.all()
+    else:
+        assert not rows_in_vocab.any() and abs(prompt.std().item() - 1.0) < 0.1

@@ -27,6 +27,7 @@ from .registry import register_method
 
 POSITIONS = ("prefix", "split")
 FORMS = ("hidden", "kv")
+INITS = ("vocab", "normal")
 
 
 @dataclass
@@ -40,6 +41,7 @@ class DeepConfig:
     reparam: int = 0  # hidden size of an MLP reparametrisation (P-tuning v2); 0 = off
     form: str = "hidden"  # hidden: prompt tokens | kv: key/value prefixes in attention (P-tuning v2)
     dropout: float = 0.0  # dropout on the prompt (hidden) or on the prefix keys and values (kv)
+    init: str = "vocab"  # an input (layer 0) hidden prompt: sampled vocabulary embeddings | N(0, 1) (peft's RANDOM)
 
     def __post_init__(self) -> None:
         self.layers = tuple(sorted(int(i) for i in self.layers))
@@ -61,6 +63,7 @@ class DeepConfig:
             "method.position: a kv prefix sits before the text only; use position prefix or form hidden",
         )
         require(0.0 <= self.dropout < 1.0, f"method.dropout: must be in [0, 1), got {self.dropout}")
+        require(self.init in INITS, f"method.init: {self.init!r} unknown; use vocab or normal")
 
     def check(self, info: BackboneInfo) -> None:
         check_layers(self.layers, info)
@@ -112,7 +115,7 @@ class DeepPrompt(PromptMethod):
             self.prompts[0].copy_(vocab[ids].float())
             # Deeper layers see LayerNorm'd / residual states of unit scale.
             self.prompts[1:].copy_(torch.randn(n - 1, length, d, generator=generator))
-            if self.config.layers[0] != 0:
+            if self.config.layers[0] != 0 or self.config.init == "normal":
                 self.prompts[0].copy_(torch.randn(length, d, generator=generator))
             if self.reparam is not None:
                 for m in self.reparam:
