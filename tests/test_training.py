@@ -191,3 +191,19 @@ def test_no_weight_decay_on_biases_and_norms(tiny_model_dir: str, tiny_sst_dir: 
         cfg, ws, on_eval=lambda record, state, trained: groups.append(record["training_state"]().meta["param_groups"])
     )
     assert [g["weight_decay"] for g in groups[-1]] == [0.1, 0.0]  # the trainer's AdamW uses these groups
+
+
+def test_first_pooling_is_refused_on_a_decoder() -> None:
+    from types import SimpleNamespace
+
+    from autoprompt_search.errors import ConfigError
+
+    cfg = ExperimentConfig.from_dict({"method": {"name": "deep", "layers": [0]}, "head": {"pooling": "first"}})
+    labels = SimpleNamespace(task=SimpleNamespace(labels=("neg", "pos")))
+    for family, refused in (("gpt2", True), ("bert", False)):
+        ws = SimpleNamespace(backbone=backbone_from_config(tiny_configs()[family]), data=labels, tokenizer=None)
+        if refused:  # the first slot of a causal model sees nothing after it
+            with pytest.raises(ConfigError, match="head.pooling: first reads a position that sees nothing after it"):
+                build_model(cfg, ws)  # type: ignore[arg-type]
+        else:
+            assert build_model(cfg, ws).head.pooling == "first"  # type: ignore[arg-type]
