@@ -3,7 +3,8 @@
 - `classifier`: a trainable Linear(d, C) on the first text token (encoders, after the
   pretrained pooler where the family has one) or the last real token (decoders); with pooling
   `mean` on the mean of the text tokens, with `first` on the first position of the sequence, an
-  input prompt's first slot (peft prompt tuning's BertForSequenceClassification reads that one).
+  input prompt's first slot (peft prompt tuning's BertForSequenceClassification reads that one);
+  optional dropout on its input (BertForSequenceClassification's is 0.1).
 - `label_words`: the frozen LM head at the head token, read at one label word per class
   (encoders: the mask token appended to the input; decoders: the next-token prediction).
 """
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from .backbones import Backbone
 from .errors import ConfigError, require
+from .prompts.noise import SeededDropout
 
 HEAD_KINDS = ("classifier", "label_words")
 POOLINGS = ("token", "mean", "first")
@@ -30,6 +32,7 @@ class HeadConfig:
     # classifier input: token (first text token; last real for decoders) | mean (of the text) |
     # first (the sequence's first position: an input prompt's first slot, as peft prompt tuning)
     pooling: str = "token"
+    dropout: float = 0.0  # on the classifier's input in training (BertForSequenceClassification: 0.1)
 
     def __post_init__(self) -> None:
         require(self.kind in HEAD_KINDS, f"head.kind: {self.kind!r} unknown; use one of {', '.join(HEAD_KINDS)}")
@@ -38,15 +41,23 @@ class HeadConfig:
             self.pooling == "token" or self.kind == "classifier",
             f"head.pooling: {self.pooling} pooling is for the classifier head; label_words reads one token",
         )
+        require(0.0 <= self.dropout < 1.0, f"head.dropout: must be in [0, 1), got {self.dropout}")
+        require(
+            self.dropout == 0.0 or self.kind == "classifier",
+            "head.dropout: the label_words head has no trainable input to drop; use dropout 0",
+        )
 
 
 class ClassifierHead(nn.Module):
-    def __init__(self, backbone: Backbone, num_classes: int, pooler: bool, pooling: str = "token") -> None:
+    def __init__(
+        self, backbone: Backbone, num_classes: int, pooler: bool, pooling: str = "token", dropout: float = 0.0
+    ) -> None:
         super().__init__()
         # Mean pooling (how sentence-transformers models such as all-MiniLM were trained) skips the
         # pretrained pooler, which was trained on the first token.
         self.pooling = pooling
         self.pool = backbone.pool if pooler and pooling != "mean" else None
+        self.dropout = SeededDropout(dropout)  # masks from a stream of its own: fused equals alone
         self.linear = nn.Linear(backbone.hidden_size, num_classes)
 
     def init_parameters(self, generator: torch.Generator) -> None:
@@ -58,7 +69,7 @@ class ClassifierHead(nn.Module):
         """token (B, d) -> logits (B, C)."""
         if self.pool is not None:
             token = self.pool(token)
-        return self.linear(token.to(self.linear.weight.dtype))
+        return self.linear(self.dropout(token.to(self.linear.weight.dtype)))
 
 
 class LabelWordHead(nn.Module):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .backbones import Backbone, BackboneInfo, load_backbone, resolve_model
 from .batch import Batch
@@ -106,10 +106,11 @@ def build_model(cfg: ExperimentConfig, ws: Workspace) -> PromptedModel:
     else:
         if cfg.head.pooling == "first" and info.causal:
             raise ConfigError("head.pooling: first reads a position that sees nothing after it in a decoder; use token")
-        head = ClassifierHead(ws.backbone, num_classes, cfg.head.pooler, cfg.head.pooling)
+        head = ClassifierHead(ws.backbone, num_classes, cfg.head.pooler, cfg.head.pooling, cfg.head.dropout)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     method.init_parameters(ws.backbone.word_embeddings, generator)
-    seed_noise(method, cfg.train.seed)  # dropout masks and Gumbel noise: streams of the run's own
+    # Dropout masks and Gumbel noise: streams of the run's own (the method's first, then the head's).
+    seed_noise(nn.ModuleList([method, head]), cfg.train.seed)
     head.init_parameters(generator)
     return PromptedModel(ws.backbone, method, head)
 

@@ -46,6 +46,7 @@ def our_arms(num_layers: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]
         "prompt-tuning": ({"name": "deep", "layers": [0], "length": 20}, {"lr": 3e-2}),
         "prompt-tuning-first": ({"name": "deep", "layers": [0], "length": 20}, {"lr": 3e-2}),
         "prompt-tuning-normal": ({"name": "deep", "layers": [0], "length": 20, "init": "normal"}, {"lr": 3e-2}),
+        "prompt-tuning-as-peft": ({"name": "deep", "layers": [0], "length": 20, "init": "normal"}, {"lr": 3e-2}),
         "deep-hidden": ({"name": "deep", "layers": every, "length": 20}, {"lr": 1e-2}),
         "deep-kv": ({"name": "deep", "layers": every, "length": 20, "form": "kv"}, {"lr": 1e-2}),
         "lpt-half": (
@@ -61,8 +62,13 @@ def our_arms(num_layers: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]
 
 # Arms whose classifier reads something else than the pooled [CLS]: `prompt-tuning-first` reads
 # the first prompt slot, where peft's prompt tuning (peft-prompt) puts its classifier;
-# `prompt-tuning-normal` also starts its prompt from N(0, 1) as peft's default (RANDOM) init does.
-ARM_HEADS = {"prompt-tuning-first": {"pooling": "first"}, "prompt-tuning-normal": {"pooling": "first"}}
+# `prompt-tuning-normal` also starts its prompt from N(0, 1) as peft's default (RANDOM) init does;
+# `prompt-tuning-as-peft` adds BertForSequenceClassification's dropout 0.1 before the classifier.
+ARM_HEADS = {
+    "prompt-tuning-first": {"pooling": "first"},
+    "prompt-tuning-normal": {"pooling": "first"},
+    "prompt-tuning-as-peft": {"pooling": "first", "dropout": 0.1},
+}
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:

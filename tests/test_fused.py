@@ -12,7 +12,7 @@ from autoprompt_search.config import ExperimentConfig
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig
 from autoprompt_search.trainer import TrainResult, train, train_group
-from autoprompt_search.workspace import prepare_workspace
+from autoprompt_search.workspace import build_model, prepare_workspace
 
 
 def members(model_dir: str, data_dir: str, **kw: object) -> list[ExperimentConfig]:
@@ -216,14 +216,20 @@ def test_a_dynamic_prompting_member_trains_fused_as_alone(tiny_model_dir: str, t
 
 
 def test_members_with_dropout_train_fused_as_alone(tiny_model_dir: str, tiny_sst_dir: str) -> None:
-    """Prompt and generator dropout draw from each member's own seeded stream (prompts/noise.py),
-    so even with dropout on a member trains fused exactly as alone (same tolerance as without)."""
+    """Prompt, generator and classifier-input dropout draw from each member's own seeded stream
+    (prompts/noise.py), so even with dropout on a member trains fused exactly as alone (same
+    tolerance as without)."""
+    from autoprompt_search.heads import HeadConfig
+
     cfgs = [
         experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0, 2), length=3, dropout=0.2), lr=1e-1, seed=1,
                    steps=6, eval_every=3, prefix_cache=False),
         experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=2, length=3, bottleneck=8, dropout=0.3), lr=5e-3,
                    seed=2, steps=6, eval_every=3, prefix_cache=False),
     ]  # fmt: skip
+    for cfg in cfgs:
+        cfg.head = HeadConfig(dropout=0.3)
     ws = prepare_workspace(cfgs[0])
+    assert build_model(cfgs[0], ws).head.dropout.p == 0.3
     for f, cfg in zip(train_group(cfgs, ws), cfgs, strict=True):
         assert_same(f, train(cfg, ws))

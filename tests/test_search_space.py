@@ -103,7 +103,7 @@ def test_three_errors_are_all_reported(tmp_path) -> None:
         ({"methods": {"deep": {"length": {"type": "uniform"}}}}, "methods.deep.length.type: 'uniform' unknown"),
         ({"methods": {"deep": {"layers": {"type": "layer_set", "depth": [0.5, 1.5]}}}}, "must satisfy 0 <= low"),
         ({"methods": {"late": {"layer": {"type": "layer", "depth": [0, 1]}}}, "trian": {}}, "trian: unknown section"),
-        ({"methods": {"deep": {}}, "head": {"pool": "mean"}}, r"head.pool: unknown; use one of kind, pooler, pooling"),
+        ({"methods": {"deep": {}}, "head": {"pool": "mean"}}, r"head.pool: unknown; use one of dropout, kind, pooler, pooling"),
         ({"methods": {"deep": {}}, "head": {"pooling": {"type": "categorical"}}}, "head.pooling"),
         (
             {"methods": {"deep": {"length": {"type": "float", "low": 0, "high": 1, "log": True}}}},

@@ -207,3 +207,14 @@ def test_first_pooling_is_refused_on_a_decoder() -> None:
                 build_model(cfg, ws)  # type: ignore[arg-type]
         else:
             assert build_model(cfg, ws).head.pooling == "first"  # type: ignore[arg-type]
+
+
+def test_classifier_dropout_is_on_in_training_only_and_refused_for_label_words() -> None:
+    from autoprompt_search.heads import ClassifierHead, HeadConfig
+
+    head = ClassifierHead(backbone_from_config(tiny_configs()["bert"]), 3, pooler=False, dropout=0.5)
+    token = torch.randn(64, 32)
+    assert not torch.equal(head.train()(token), head(token))  # a new mask each call
+    assert torch.equal(head.eval()(token), head.linear(token))
+    with pytest.raises(ValueError, match="head.dropout: the label_words head has no trainable input to drop"):
+        HeadConfig(kind="label_words", dropout=0.1)
