@@ -27,8 +27,8 @@ from .errors import ConfigError
 from .runs import TrainOptions, experiment_from_options, train_to_directory
 from .trainer import TrainResult
 
-STUDY_KNOBS = ("num_samples", "max_concurrent", "fuse", "objectives", "sampler", "scheduler", "grace_period",
-               "cpus_per_worker", "gpus_per_worker", "workers_per_trial", "max_failures", "reuse_actors",
+STUDY_KNOBS = ("num_samples", "max_concurrent", "fuse", "objectives", "sampler", "startup_trials", "scheduler",
+               "grace_period", "cpus_per_worker", "gpus_per_worker", "workers_per_trial", "max_failures", "reuse_actors",
                "finalists", "seeds", "reduction_factor", "enqueue", "warm_start")  # fmt: skip
 
 

@@ -173,6 +173,9 @@ def search(
         str, Opt(help="a study (name under --results-dir, or directory) whose finished trials the sampler learns from")
     ] = "",
     sampler: Annotated[str, Opt(help="auto | tpe | nsga2 | random")] = "auto",
+    startup_trials: Annotated[
+        int, Opt(help="TPE: random trials before it models results (0 = 10, or a quarter of a smaller study)")
+    ] = 0,
     scheduler: Annotated[str, Opt(help="asha (early stopping, one objective) | fifo")] = "asha",
     grace_period: Annotated[int, Opt(help="ASHA: evaluations before a trial may be stopped")] = 1,
     cpus_per_worker: Annotated[
@@ -247,7 +250,7 @@ def search(
                 # the study's knobs
                 num_samples=num_samples, max_concurrent=max_concurrent, fuse=fuse,
                 objectives=objective or ["dev_score:max"], finalists=finalists, seeds=seeds, sampler=sampler,
-                enqueue=enqueue or [], warm_start=warm_start,
+                startup_trials=startup_trials, enqueue=enqueue or [], warm_start=warm_start,
                 scheduler=scheduler, grace_period=grace_period, cpus_per_worker=cpus_per_worker,
                 gpus_per_worker=gpus_per_worker, workers_per_trial=workers_per_trial, max_failures=max_failures,
                 # the base experiment (flags over --config over the embedded default)

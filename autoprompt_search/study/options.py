@@ -75,6 +75,7 @@ class StudyOptions:
     gpus_per_worker: float = 0.0  # per Train worker; 0.25 packs four trials on one GPU
     workers_per_trial: int = 1  # Train workers (DDP ranks) per trial
     sampler: str = "auto"  # auto: TPE for one objective, NSGA-II for several
+    startup_trials: int = 0  # TPE's random trials before it models results; 0 = auto (startup_trials_of)
     scheduler: str = "asha"  # ASHA early stopping (single objective only) or fifo
     grace_period: int = 1  # evaluations before ASHA may stop a trial
     reduction_factor: int = 3
@@ -106,6 +107,7 @@ class StudyOptions:
         require(self.workers_per_trial >= 1, f"study.workers_per_trial: must be >= 1, got {self.workers_per_trial}")
         require(self.sampler in SAMPLERS, f"study.sampler: {self.sampler!r} unknown; use {', '.join(SAMPLERS)}")
         require(self.scheduler in SCHEDULERS, f"study.scheduler: {self.scheduler!r}; use {', '.join(SCHEDULERS)}")
+        require(self.startup_trials >= 0, f"study.startup_trials: must be >= 0 (0 = auto), got {self.startup_trials}")
         require(self.grace_period >= 1, f"study.grace_period: must be >= 1, got {self.grace_period}")
         require(self.reduction_factor >= 2, f"study.reduction_factor: must be >= 2, got {self.reduction_factor}")
         objectives = [Objective.parse(o) for o in self.objectives]
@@ -120,6 +122,13 @@ class StudyOptions:
     @property
     def parsed_objectives(self) -> list[Objective]:
         return [Objective.parse(o) for o in self.objectives]
+
+    @property
+    def tpe_startup_trials(self) -> int:
+        """TPE's random trials before it models the results: as given, else Optuna's 10 or a quarter
+        of a smaller study (at least 2). With Optuna's 10 a study of 8 trials (what a 2-core machine
+        affords) never leaves random search."""
+        return self.startup_trials or max(2, min(10, self.num_samples // 4))
 
     @property
     def multi_objective(self) -> bool:
@@ -161,7 +170,8 @@ class StudyOptions:
 # base-experiment value (flag -> its path in the experiment dict); what --resume must not change.
 STUDY_FLAGS = {
     "num_samples": "num_samples", "max_concurrent": "max_concurrent", "fuse": "fuse", "objective": "objectives",
-    "finalists": "finalists", "seeds": "seeds", "sampler": "sampler", "scheduler": "scheduler",
+    "finalists": "finalists", "seeds": "seeds", "sampler": "sampler", "startup_trials": "startup_trials",
+    "scheduler": "scheduler",
     "grace_period": "grace_period", "cpus_per_worker": "cpus_per_worker", "gpus_per_worker": "gpus_per_worker",
     "workers_per_trial": "workers_per_trial", "max_failures": "max_failures", "search_seed": "seed",
 }  # fmt: skip

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,20 +67,32 @@ def evaluations_per_trial(options: StudyOptions, base: ExperimentConfig) -> int:
     return math.ceil(cfg.train.steps / cfg.train.eval_interval)
 
 
+def make_sampler(options: StudyOptions) -> Any:
+    """The study's Optuna sampler (`auto`: TPE for one objective, NSGA-II for several)."""
+    import optuna
+
+    kind = options.sampler
+    if kind == "auto":
+        kind = "nsga2" if options.multi_objective else "tpe"
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=options.seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=options.seed)
+    with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # group: each method has its own parameters, so TPE models them on the trials that sampled them.
+        return optuna.samplers.TPESampler(
+            seed=options.seed, n_startup_trials=options.tpe_startup_trials, multivariate=True, group=True
+        )
+
+
 def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, study_dir: Path) -> Any:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objectives = options.parsed_objectives
-    kind = options.sampler
-    if kind == "auto":
-        kind = "nsga2" if options.multi_objective else "tpe"
-    sampler = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=options.seed),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=options.seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=options.seed),
-    }[kind]()
+    sampler = make_sampler(options)
     if options.enqueue or options.warm_start:
         seed_study(options, space, num_layers, study_dir)
     if options.fuse > 1:
