@@ -145,3 +145,18 @@ def test_first_pooling_needs_an_input_prompt_before_the_text(method: dict) -> No
         ExperimentConfig.from_dict({"method": method, "head": {"pooling": "first"}})
     assert one_line(exc).startswith("head.pooling: first reads an input prompt's first slot; use it with method deep")
     assert ExperimentConfig.from_dict({"method": {"name": "deep", "layers": [0]}, "head": {"pooling": "first"}})
+
+
+@pytest.mark.parametrize(
+    "method, error",
+    [
+        ({"init": "zeros"}, "method.init: 'zeros' unknown; use vocab or normal"),
+        ({"init": "normal", "form": "kv"}, "method.init: chooses how an input prompt starts (hidden form at layer 0)"),
+        ({"init": "normal", "layers": [2]}, "method.init: chooses how an input prompt starts (hidden form at layer 0)"),
+    ],
+)
+def test_input_prompt_init_is_checked(method: dict, error: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        ExperimentConfig.from_dict({"method": {"name": "deep", **method}})
+    assert one_line(exc).startswith(error)
+    assert ExperimentConfig.from_dict({"method": {"name": "deep", "layers": [0, 3], "init": "normal"}})

@@ -64,6 +64,10 @@ class DeepConfig:
         )
         require(0.0 <= self.dropout < 1.0, f"method.dropout: must be in [0, 1), got {self.dropout}")
         require(self.init in INITS, f"method.init: {self.init!r} unknown; use vocab or normal")
+        require(
+            self.init == "vocab" or (self.form == "hidden" and self.layers[0] == 0),
+            "method.init: chooses how an input prompt starts (hidden form at layer 0); drop it for this prompt",
+        )
 
     def check(self, info: BackboneInfo) -> None:
         check_layers(self.layers, info)
