@@ -75,7 +75,7 @@ class StudyOptions:
     gpus_per_worker: float = 0.0  # per Train worker; 0.25 packs four trials on one GPU
     workers_per_trial: int = 1  # Train workers (DDP ranks) per trial
     sampler: str = "auto"  # auto: TPE for one objective, NSGA-II for several
-    startup_trials: int = 0  # TPE's random trials before it models results; 0 = auto (startup_trials_of)
+    startup_trials: int = 0  # TPE's random trials before it models results; 0 = auto (tpe_startup_trials)
     scheduler: str = "asha"  # ASHA early stopping (single objective only) or fifo
     grace_period: int = 1  # evaluations before ASHA may stop a trial
     reduction_factor: int = 3
