@@ -503,6 +503,16 @@ def backbone_from_config(config: Any, lm_head: bool = False, seed: int = 0) -> B
     return family(model.eval(), head)
 
 
+def backbone_info(name: str) -> BackboneInfo:
+    """A model's BackboneInfo without its weights (the blocks built on the meta device): what the
+    driver needs to validate or group configurations before any worker loads the model."""
+    config = load_config(resolve_model(name))
+    family = family_for(config.model_type)
+    with torch.device("meta"):
+        model = _auto_class(False, family.causal).from_config(config, attn_implementation=family.attn_implementation)
+    return BackboneInfo.of(family(model, None))
+
+
 @dataclass(frozen=True)
 class BackboneInfo:
     """What configs are validated against: depth, width, position limit, decoder or not."""

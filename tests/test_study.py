@@ -123,6 +123,34 @@ def test_finalists_keep_the_drawn_head() -> None:
     assert [r["head"] for r in runs] == [{"pooling": "mean"}] * 2 and [r["train"]["seed"] for r in runs] == [2, 3]
 
 
+def test_finalist_jobs_hold_only_runs_that_train_as_one_fused_group(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    """Finalists are grouped by what can share a batch, not by their place in the list: a job whose
+    members the worker would split trains them one after another."""
+    from autoprompt_search.backbones import BackboneInfo, backbone_info, load_backbone
+    from autoprompt_search.fused import partition
+    from autoprompt_search.study.finalists import fused_groups
+    from autoprompt_search.study.trial import experiment_for
+
+    base = {"model": tiny_model_dir, "data": {"task": "sst2", "source": "files", "data_dir": tiny_sst_dir}}
+    configs = [
+        {"method": {"name": "deep", "layers": [0], "length": 4}, "train": {"lr": 0.1}},  # first layer 0
+        {"method": {"name": "late", "layer": 1, "length": 4}, "train": {"lr": 0.01}},  # first layer 1
+        {"method": {"name": "deep", "layers": [0, 1], "length": 4}, "train": {"lr": 0.3}},  # first layer 0
+    ]
+    runs = [
+        {**c, "train": {**c["train"], "seed": s}, "finalist_of": str(i)} for i, c in enumerate(configs) for s in (2, 3)
+    ]
+    options = StudyOptions(finalists=3, seeds=2, fuse=4, experiment=base)
+    groups = fused_groups(options, runs)
+    # By position the first job would be both deep-[0] seeds and the late seeds: two groups on one worker.
+    assert [[r["finalist_of"] for r in g] for g in groups] == [["0", "0", "2", "2"], ["1", "1"]]
+    info = backbone_info(tiny_model_dir)
+    assert info == BackboneInfo.of(load_backbone(tiny_model_dir))  # read on the meta device, as loaded
+    for group in groups:  # the worker, which adds the texts' mean length, keeps each job one group
+        assert len(partition([experiment_for(base, r) for r in group], info, options.fuse, text_tokens=12.0)) == 1
+    assert [len(g) for g in fused_groups(StudyOptions(finalists=3, seeds=2, fuse=1, experiment=base), runs)] == [1] * 6
+
+
 def test_top_k_and_pareto_selection() -> None:
     rows = [
         {"trial_id": "a", "number": 0, "dev_score": 0.9, "trainable_params": 1000, "history": "[]"},

@@ -4,8 +4,9 @@ One seed's best dev score picks noise on small dev sets (MRPC 408, RTE 277 examp
 judged most trials on a fraction of their budget. So the study's top `finalists` distinct
 configurations are each trained again with `seeds` new seeds (the base seed + 1, + 2, ...: the
 search's own seed, on which the configuration was selected, is not reused) for all their steps.
-The runs are members of fused Tune trials (`fused_trial.py`), `fuse` at a time, seeds of one
-configuration side by side so they share one backbone pass; each is a row of `trials.parquet`
+The runs are members of fused Tune trials (`fused_trial.py`), up to `fuse` runs that can share a
+batch per trial (`fused_groups`: one configuration's seeds always can), so a trial is one backbone
+pass; each is a row of `trials.parquet`
 with `finalist_of` and `seed`, and where the data has a (labelled) test split its best state is
 scored there, never used to select. Afterwards each configuration's medians are told to the
 study's Optuna as one more completed trial with its parameters (`tell_optuna`).
@@ -21,7 +22,7 @@ from .options import OPTUNA_FILE, StudyOptions
 from .progress import ProgressBar
 from .ranking import choose_finalists, finalist_groups
 from .records import TrialRecorder, read_trials
-from .trial import devices_per_trial, trainable_for, trial_dirname
+from .trial import devices_per_trial, experiment_for, trainable_for, trial_dirname
 
 FINALISTS_TUNE_DIR = "tune-finalists"  # the finalists' Tune experiment (the search's is TUNE_DIR)
 
@@ -40,6 +41,23 @@ def finalist_runs(options: StudyOptions, rows: list[dict[str, Any]]) -> list[dic
             train = {**sampled.get("train", {}), "seed": seed}
             runs.append({**sampled, "train": train, "finalist_of": row["trial_id"]})
     return runs
+
+
+def fused_groups(options: StudyOptions, runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The runs in Train jobs of at most `fuse` members that train as one fused group.
+
+    Chunking the list by position would put configurations that cannot share a batch (another
+    head or first prompted layer, far apart lengths) into one job, which the worker then trains
+    one after another. `fused.partition` groups them as the worker will (without the texts'
+    length, so its length tolerance is the stricter one: a group here stays one group there)."""
+    if options.fuse == 1:
+        return [[run] for run in runs]
+    from ..backbones import backbone_info
+    from ..fused import partition
+
+    cfgs = [experiment_for(options.experiment, run) for run in runs]
+    info = backbone_info(cfgs[0].model)
+    return [[runs[i] for i in group] for group in partition(cfgs, info, options.fuse)]
 
 
 def run_finalists(options: StudyOptions, study_dir: Path) -> None:
@@ -64,8 +82,7 @@ def run_finalists(options: StudyOptions, study_dir: Path) -> None:
     runs = finalist_runs(options, read_trials(study_dir))
     if not runs:
         return  # no trial of the search ended with a score: nothing to retrain
-    size = max(1, options.fuse)
-    groups = [runs[i : i + size] for i in range(0, len(runs), size)]
+    groups = fused_groups(options, runs)
     tune.Tuner(
         trainable_for(options, study_dir, fused=True),
         param_space={"members": tune.grid_search(groups)},
