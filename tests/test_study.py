@@ -345,6 +345,35 @@ def test_errors_land_in_the_table(local_ray: None, tiny_model_dir: str, tiny_sst
     assert row["status"] == "ERROR" and "loss became" in row["error"] and "lower --lr" in row["error"]
 
 
+def test_optuna_is_told_how_each_trial_ended(tmp_path: Path) -> None:
+    """All steps: COMPLETE with its best score; stopped early by ASHA: PRUNED (as fused studies
+    tell it), so TPE does not rank a score at a fraction of the budget among finished trials;
+    no finite score: FAIL."""
+    import optuna
+
+    from autoprompt_search.search_space import SearchSpace
+    from autoprompt_search.study.options import journal_storage
+    from autoprompt_search.study.runner import ResumableOptunaSearch
+
+    searcher = ResumableOptunaSearch(
+        space=SearchSpace.from_dict(SPACE).sampler(num_layers=2), metric="dev_score", mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0), study_name="s", storage=journal_storage(tmp_path / "j"),
+    )  # fmt: skip
+    ends = {
+        "full": {"dev_score": 0.8, "trained_to_end": True},
+        "stopped": {"dev_score": 0.9, "trained_to_end": False},
+        "collapsed": {"dev_score": float("nan"), "trained_to_end": True},
+    }
+    for trial_id, end in ends.items():
+        searcher.suggest(trial_id)
+        for step, score in enumerate((0.5, end["dev_score"]), start=1):
+            searcher.on_trial_result(trial_id, {"dev_score": score, "training_iteration": step})
+        searcher.on_trial_complete(trial_id, end)
+    trials = optuna.load_study(study_name="s", storage=journal_storage(tmp_path / "j")).trials
+    assert [(t.state.name, t.value) for t in trials] == [("COMPLETE", 0.8), ("PRUNED", 0.9), ("FAIL", None)]
+    assert trials[1].intermediate_values == {1: 0.5, 2: 0.9}  # its last one: what TPE ranks a pruned trial by
+
+
 @pytest.mark.slow
 def test_a_collapsed_trial_is_collapsed_never_best_and_failed_in_optuna(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path

@@ -165,8 +165,8 @@ def seed_study(options: StudyOptions, space: SearchSpace, num_layers: int, study
 
 
 class ResumableOptunaSearch(OptunaSearch):
-    """OptunaSearch that tolerates a result for a trial Optuna already holds as finished, and
-    fails trials with no finite objective.
+    """OptunaSearch that tolerates a result for a trial Optuna already holds as finished, fails
+    trials with no finite objective, and prunes trials the scheduler stopped early.
 
     After a driver crash, Tune's saved state (every few seconds) may be older than the Optuna
     journal: a trial that finished in between is replayed (its recorded result, no training),
@@ -199,6 +199,12 @@ class ResumableOptunaSearch(OptunaSearch):
         values = [result.get(m) for m in metrics] if result else []
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             result, error = None, True
+        elif result and not result.get("trained_to_end") and len(metrics) == 1:
+            # Stopped by ASHA at a fraction of its budget: PRUNED with its last reported value, as
+            # fused studies tell it (group_search.py). Told as COMPLETE, TPE would rank a score at
+            # 200 steps among trials that trained all their steps. (No result and no error is
+            # what OptunaSearch tells as PRUNED; Optuna prunes single-objective studies only.)
+            result = None
         super().on_trial_complete(trial_id, result, error)
 
 
