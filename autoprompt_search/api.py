@@ -50,12 +50,6 @@ class SearchResult:
         return pd.DataFrame(self.rows)
 
 
-def study_path(study: str | Path, results_dir: str | Path) -> Path:
-    """A study given as a directory, or by name under `results_dir`."""
-    given = Path(study)
-    return given if given.is_dir() or "/" in str(study) else Path(results_dir) / given
-
-
 def _train_options(experiment: dict[str, Any]) -> TrainOptions:
     known = {f.name for f in fields(TrainOptions)}
     unknown = sorted(set(experiment) - known)
@@ -83,7 +77,7 @@ def search(
     task, steps, seed: the training seed, ...); `search_seed` seeds the sampler. `ray_settings` (a
     RaySettings) replaces address/num_cpus; `on_connect(cluster, study_dir)` runs once Ray is up."""
     from .study.cluster import RaySettings
-    from .study.options import make_options, read_enqueued
+    from .study.options import make_options, read_enqueued, study_path
     from .study.ranking import best_row
     from .study.runner import run_study
 

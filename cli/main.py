@@ -507,7 +507,7 @@ def dashboard(
 
 
 def _study_dir(study: str, results_dir: str) -> str:
-    from autoprompt_search.api import study_path
+    from autoprompt_search.study.options import study_path
 
     return str(study_path(study, results_dir))
 

@@ -160,8 +160,29 @@ def test_hf_style_aliases_and_studies_by_name_under_results_dir(
     study.mkdir(parents=True)
     StudyOptions(name="named", space={"methods": {"deep": {}}}).save(study)
     row = {c: None for c in SCHEMA.names} | {"trial_id": "t1", "number": 0, "status": "TERMINATED", "dev_score": 0.5}
+    row |= {"method": "deep", "config": json.dumps({"method": {"name": "deep", "layers": [0]}}), "history": "[]"}
     write_trials(study, [row])
     res = runner.invoke(app, ["status", "named", "--results-dir", str(tmp_path / "elsewhere")])
     assert res.exit_code == 0 and "study named: 1 trials" in res.stdout, res.output
     res = runner.invoke(app, ["status", "named", "--results-dir", str(tmp_path)])
     assert res.exit_code == 2 and "named/study.json' not found" in res.stderr
+    res = runner.invoke(app, ["report", "named", "--results-dir", str(tmp_path / "elsewhere")])
+    assert res.exit_code == 0 and (study / "report" / "index.html").is_file(), res.output
+
+
+def test_a_study_is_found_by_name_under_results_dir_first_or_by_path(tmp_path, monkeypatch) -> None:
+    from autoprompt_search.errors import ConfigError
+    from autoprompt_search.study.options import StudyOptions, study_path
+    from autoprompt_search.study.runner import resume_study
+
+    monkeypatch.chdir(tmp_path)
+    for where in ("results/named", "named", "elsewhere/named"):
+        (tmp_path / where).mkdir(parents=True)
+    assert study_path("named", "results") == Path("results/named")  # the name wins over ./named
+    assert study_path("named", "nowhere") == Path("named")  # only the current directory holds it
+    assert study_path("elsewhere/named", "results") == Path("elsewhere/named")  # a path stays a path
+    assert study_path(tmp_path / "named", "results") == tmp_path / "named"
+    StudyOptions(name="named", space={"methods": {"deep": {}}}).save(tmp_path / "elsewhere" / "named")
+    # --resume with a relative path: that directory, not results/elsewhere/named
+    with pytest.raises(ConfigError, match="elsewhere/named' has no Tune state to resume"):
+        resume_study("elsewhere/named", "results")

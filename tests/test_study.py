@@ -578,6 +578,10 @@ def test_a_fused_group_trains_over_two_ddp_workers_as_over_one(
     # The same two sampled configurations as one fused group, once on one Train worker and once
     # sharded across two DDP ranks (one per CPU): each member's result is the same (dropout off:
     # ranks draw their own dropout masks).
+    import optuna
+
+    from autoprompt_search.study.options import journal_storage
+
     space = {"methods": {"late": {**SPACE["methods"]["late"], "dropout": 0.0}}, "train": SPACE["train"]}
     results = {}
     for workers in (1, 2):
@@ -587,6 +591,19 @@ def test_a_fused_group_trains_over_two_ddp_workers_as_over_one(
         )  # fmt: skip
         run_study(opts, tmp_path)
         rows = read_trials(tmp_path / f"w{workers}")
+        # Without ASHA (fifo) Optuna still gets every evaluation as an intermediate value (dashboard, TPE).
+        journal = optuna.load_study(
+            study_name=f"w{workers}", storage=journal_storage(tmp_path / f"w{workers}" / "optuna.journal")
+        )
+        evaluations = {
+            t.user_attrs["tune_trial_id"]: len(t.intermediate_values)
+            for t in journal.trials
+            if "finalist_of" not in t.user_attrs
+        }
+        assert (
+            evaluations == {r["trial_id"]: r["evaluations"] for r in rows if not r["finalist_of"]}
+            and min(evaluations.values()) > 0
+        )
         # 6 tiny steps: a member may predict one class at every evaluation (COLLAPSED), the same
         # way on one worker and on two
         assert len(rows) == 2 and {r["status"] for r in rows} <= {"TERMINATED", "COLLAPSED"}, rows

@@ -122,7 +122,7 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
     evaluations = [0] * len(members)
     last: dict[int, dict[str, Any]] = {}  # member -> its latest report (objective values for the end)
     resumed: dict[int, Any] = {}  # member -> the TrainingState it continued from, until its first report
-    prune_enabled = study["prune"] and len(study["objectives"]) == 1
+    single_objective = len(study["objectives"]) == 1  # Optuna's report and pruners are single-objective
 
     def finished(index: int) -> bool:  # resume: Optuna (finalists: the table) already holds its result
         if finalists:
@@ -162,10 +162,10 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
             if index in resumed:  # its first report after a restart: the evaluations before it
                 metrics[RESTORED_HISTORY] = restored_history(resumed.pop(index))
             prune = False
-            if optuna_study is not None and prune_enabled:  # Optuna's pruners (and report) are single-objective
+            if optuna_study is not None and single_objective:  # intermediate values with or without ASHA
                 trial = _optuna_trial(optuna_study, members[index]["number"])
                 trial.report(record["eval_score"], evaluations[index])
-                prune = trial.should_prune()
+                prune = study["prune"] and trial.should_prune()
             if rank == 0:
                 if record["improved"]:
                     path = out / str(index)

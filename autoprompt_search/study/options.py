@@ -212,6 +212,16 @@ def resume_conflicts(options: StudyOptions, given: dict[str, Any]) -> list[str]:
     return out
 
 
+def study_path(study: str | Path, results_dir: str | Path) -> Path:
+    """A study given by name (a directory under `results_dir`) or as a path. A bare name is looked
+    up under `results_dir` first; a name with a `/`, or one only the current directory holds, is a path."""
+    given = Path(study)
+    under = Path(results_dir) / given
+    if given.is_absolute() or "/" in str(study) or (given.is_dir() and not under.is_dir()):
+        return given
+    return under
+
+
 def journal_storage(path: str | Path) -> Any:
     """Optuna's storage over a study's journal file (the sampler, the dashboard and reports read it)."""
     from optuna.storages import JournalStorage

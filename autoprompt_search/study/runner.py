@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..search_space import SearchSpace
 from .cluster import ClusterInfo, RaySettings, check_before_connecting, check_resources, connect, shutdown
 from .finalists import run_finalists
-from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, journal_storage, resume_conflicts
+from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, journal_storage, resume_conflicts, study_path
 from .progress import ProgressBar
 from .records import TRIALS_FILE, TrialRecorder, read_trials
 from .trial import devices_per_trial, trainable_for, trial_dirname
@@ -342,7 +342,7 @@ def resume_study(
     differs from the stored study is a ConfigError, since a resumed study keeps its options."""
     from ray import tune
 
-    study_dir = (Path(results_dir) / name).resolve()
+    study_dir = study_path(name, results_dir).resolve()
     options = StudyOptions.load(study_dir)
     conflicts = resume_conflicts(options, given or {})
     if conflicts:
