@@ -2,7 +2,8 @@
 
 The rows below copy the layouts of GLUE's TSVs (as its download script writes them) and
 SuperGLUE's JSON lines: headers, column order, label spellings, a byte-order mark, CoLA's
-headerless train/dev files, MNLI's dev_matched name and GLUE's unlabelled test files.
+headerless train/dev files, MNLI's dev_matched name, GLUE's unlabelled test files and
+Microsoft's own MRPC release.
 """
 
 from __future__ import annotations
@@ -113,6 +114,17 @@ def test_a_byte_order_mark_never_reaches_a_column_name(tmp_path: Path) -> None:
         path = tmp_path / f"train{suffix}"
         path.write_text(text, encoding="utf-8")
         assert read_rows(str(path)) == [{"sentence": "ok", "label": "1" if suffix != ".jsonl" else 1}]
+
+
+def test_microsofts_own_mrpc_files_load_by_name(tmp_path: Path) -> None:
+    header = f"\ufeffQuality{T}#1 ID{T}#2 ID{T}#1 String{T}#2 String\n"
+    pairs = "".join(f'{i % 2}{T}{i}{T}{i + 1}{T}He said "so" {i} .{T}So he said {i} .\n' for i in range(20))
+    (tmp_path / "msr_paraphrase_train.txt").write_text(header + pairs, encoding="utf-8")
+    (tmp_path / "msr_paraphrase_test.txt").write_text(header + f"1{T}1{T}2{T}It is .{T}It is so .\n", encoding="utf-8")
+    data = load_task_data(DataConfig(task="mrpc", data_dir=str(tmp_path)))
+    assert len(data.splits["train"]) + len(data.splits["dev"]) == 20 and len(data.splits["test"]) == 1
+    assert data.splits["test"].text_a == ["It is ."] and data.splits["test"].labels == [1]
+    assert '"so"' in data.splits["train"].text_a[0] + data.splits["dev"].text_a[0]  # quotes kept, as GLUE's TSVs
 
 
 def test_a_mapped_column_still_wins_over_the_official_names(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 SOURCES = ("auto", "files", "hub", "package")
 SPLITS = ("train", "dev", "test")
 FILE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
+# Microsoft's own MRPC release (tab-separated, GLUE's columns; no dev file: one is carved from train)
+MICROSOFT_MRPC = {"msr_paraphrase_train.txt": "train", "msr_paraphrase_test.txt": "test"}
 
 
 @dataclass
@@ -102,8 +104,8 @@ def read_rows(path: str, headerless: tuple[str, ...] = ()) -> list[dict[str, Any
     if not p.is_file():
         raise ConfigError(f"data: file {path!r} does not exist; check the path")
     suffix = p.suffix.lower()
-    if suffix in (".tsv", ".csv"):
-        dialect: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+    if suffix in (".tsv", ".csv") or p.name in MICROSOFT_MRPC:
+        dialect: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix != ".csv" else {}
         with p.open(encoding="utf-8-sig", newline="") as f:
             first = next(csv.reader(f, **dialect), [])
             f.seek(0)
@@ -176,6 +178,10 @@ def _find_split_file(data_dir: str, split: str) -> str:
             path = os.path.join(data_dir, name + suffix)
             if os.path.isfile(path):
                 return path
+    for name, of_split in MICROSOFT_MRPC.items():
+        path = os.path.join(data_dir, name)
+        if of_split == split and os.path.isfile(path):
+            return path
     return ""
 
 
