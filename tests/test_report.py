@@ -71,6 +71,34 @@ def test_the_page_has_its_images_and_lists_failures(tmp_path: Path) -> None:
     assert "importances need at least 3" in text or "no Optuna journal yet" in text
 
 
+def test_importances_come_from_the_studys_own_journal(tmp_path: Path) -> None:
+    """PED-ANOVA over the journal's COMPLETE trials: the parameter the score depends on ranks first."""
+    import optuna
+
+    from autoprompt_search.study.options import journal_storage
+    from autoprompt_search.study.report import importances
+
+    study = tmp_path / "imp"
+    study.mkdir()
+    options = StudyOptions(name="imp", space={"methods": {"deep": {}}}, experiment={"model": "minilm-l6"})
+    options.save(study)
+    journal = optuna.create_study(
+        study_name="imp", storage=journal_storage(study / "optuna.journal"), direction="maximize"
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        lr, length = trial.suggest_float("train.lr", 1e-3, 1e-1, log=True), trial.suggest_int("method.length", 2, 64)
+        return -abs(lr - 0.01) + 1e-6 * length  # the score is the learning rate's, almost none of the length's
+
+    journal.optimize(objective, n_trials=30)
+    values, note = importances(study, options)
+    assert next(iter(values)) == "train.lr" and values["train.lr"] > 0.5 > values["method.length"], values
+    assert "over the 30 completed Optuna trials" in note
+    write_trials(study, ROWS)
+    page = write_report(study)
+    assert "importances.png" in re.findall(r"<img src='([^']+)'", page.read_text(encoding="utf-8"))
+
+
 # Appended to a copy of the page in the test only (the report itself has no script): after load,
 # the title lists images that did not decode and any script error the page raised.
 PROBE = """<script>
