@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -83,12 +84,13 @@ def test_importances_come_from_the_studys_own_journal(tmp_path: Path) -> None:
     options = StudyOptions(name="imp", space={"methods": {"deep": {}}}, experiment={"model": "minilm-l6"})
     options.save(study)
     journal = optuna.create_study(
-        study_name="imp", storage=journal_storage(study / "optuna.journal"), direction="maximize"
-    )
+        study_name="imp", storage=journal_storage(study / "optuna.journal"), direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )  # fmt: skip
 
     def objective(trial: optuna.Trial) -> float:
         lr, length = trial.suggest_float("train.lr", 1e-3, 1e-1, log=True), trial.suggest_int("method.length", 2, 64)
-        return -abs(lr - 0.01) + 1e-6 * length  # the score is the learning rate's, almost none of the length's
+        return -abs(math.log10(lr) + 2) + 1e-4 * length  # the score is the learning rate's, little the length's
 
     journal.optimize(objective, n_trials=30)
     values, note = importances(study, options)
