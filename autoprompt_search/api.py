@@ -1,8 +1,9 @@
-"""The Python API: `search`, `train` and `load`, the same paths the `autoprompt` commands take.
+"""The Python API: `search`, `resume`, `train` and `load`, what the `autoprompt` commands call.
 
-    from autoprompt_search import load, search, train
+    from autoprompt_search import load, resume, search, train
 
     result = search("all", task="trec", steps=150, num_samples=6, finalists=2, seeds=2)
+    result = resume(result.study_dir)   # after an interruption: finished trials are kept
     result.table            # pandas DataFrame of trials.parquet (finalist runs included)
     result.best_config      # {'method': {...}, 'train': {...}} of the study's best
     run = train(output="runs/best", task="trec", method="late", layer=3, steps=300)
@@ -78,7 +79,6 @@ def search(
     RaySettings) replaces address/num_cpus; `on_connect(cluster, study_dir)` runs once Ray is up."""
     from .study.cluster import RaySettings
     from .study.options import make_options, read_enqueued, study_path
-    from .study.ranking import best_row
     from .study.runner import run_study
 
     study = {k: options.pop(k) for k in list(options) if k in STUDY_KNOBS} | {"seed": search_seed}
@@ -88,8 +88,34 @@ def search(
         study["warm_start"] = str(study_path(study["warm_start"], results_dir).resolve())
     options_ = make_options(space, _train_options(options), name=name, **study)
     settings = ray_settings if ray_settings is not None else RaySettings(address=address, num_cpus=num_cpus)
-    run = run_study(options_, results_dir, overwrite, settings, on_connect, callbacks)
-    best = best_row(run.rows, options_.parsed_objectives)
+    return _search_result(run_study(options_, results_dir, overwrite, settings, on_connect, callbacks))
+
+
+def resume(
+    study: str | Path,
+    *,
+    results_dir: str | Path = "results",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    ray_settings: Any = None,
+    on_connect: Any = None,
+    given: dict[str, Any] | None = None,
+) -> SearchResult:
+    """Continue an interrupted study (a name under `results_dir`, or its directory) with its stored
+    options: finished trials are kept, the rest run, then its finalists. `given`: options the caller
+    set (name -> value); one that differs from the stored study is a ConfigError."""
+    from .study.cluster import RaySettings
+    from .study.runner import resume_study
+
+    settings = ray_settings if ray_settings is not None else RaySettings(address=address, num_cpus=num_cpus)
+    return _search_result(resume_study(str(study), results_dir, settings, on_connect, given))
+
+
+def _search_result(run: Any) -> SearchResult:
+    from .study.options import StudyOptions
+    from .study.ranking import best_row
+
+    best = best_row(run.rows, StudyOptions.load(run.study_dir).parsed_objectives)
     config = None
     if best is not None:
         source = best.get("finalist_of") or best["trial_id"]

@@ -84,14 +84,13 @@ def train(
 ) -> None:
     """Train and evaluate one prompt configuration; saves safetensors weights and config.json."""
     values = {k: v for k, v in locals().items() if k not in ("output", "overwrite", "config")}
-    from autoprompt_search.runs import TrainOptions, experiment_from_options, train_to_directory
+    from autoprompt_search import api
 
     values["config_file"] = config
     values["columns"] = values["columns"] or []
     values["method_options"] = values["method_options"] or []
     try:
-        cfg = experiment_from_options(TrainOptions(**values))
-        result = train_to_directory(cfg, output, overwrite)
+        result = api.train(output, overwrite, **values)
     except ConfigError as exc:
         fail(exc)
     m = result.metrics
@@ -222,7 +221,6 @@ def search(
 ) -> None:
     """Run a search study on Ray: Optuna proposes configurations, each trial is a Ray Train run."""
     from autoprompt_search import api
-    from autoprompt_search.study.runner import resume_study
 
     def announce(cluster, study_dir) -> None:  # type: ignore[no-untyped-def]
         where = f"joined {cluster.address}" if cluster.address != "local" else "started a local Ray"
@@ -243,7 +241,7 @@ def search(
     connect = {"ray_settings": ray_settings, "on_connect": announce}
     try:
         if resume:
-            run = resume_study(resume, results_dir, **connect, given=_given_flags(ctx, RESUME_FLAGS))
+            run = api.resume(resume, results_dir=results_dir, **connect, given=_given_flags(ctx, RESUME_FLAGS))
         else:
             run = api.search(
                 space, name=name, results_dir=results_dir, overwrite=overwrite, search_seed=search_seed, **connect,
