@@ -179,10 +179,10 @@ def search(
     grace_period: Annotated[int, Opt(help="ASHA: evaluations before a trial may be stopped")] = 1,
     cpus_per_worker: Annotated[
         float,
-        Opt("--cpus-per-worker", "--cpus-per-trial", help="CPUs per Train worker (a trial has --workers-per-trial)"),
+        Opt(help="CPUs per Train worker (a trial has --workers-per-trial of them, so per trial: this x workers)"),
     ] = 1.0,
     gpus_per_worker: Annotated[
-        float, Opt("--gpus-per-worker", "--gpus-per-trial", help="GPUs per Train worker; 0.25 packs 4 workers on a GPU")
+        float, Opt(help="GPUs per Train worker (per trial: this x --workers-per-trial); 0.25 packs 4 workers on a GPU")
     ] = 0.0,
     workers_per_trial: Annotated[int, Opt(help="Ray Train workers (DDP ranks) per trial")] = 1,
     max_failures: Annotated[
