@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -70,6 +71,10 @@ def test_dashboard_answers_on_loopback_with_the_studys_trials(study_dir: Path) -
         attrs = [{a["key"]: a["value"] for a in t["user_attrs"]} for t in trials]
         assert [a["tune_trial_id"] for a in attrs] == ["t0", "t1", "t2"]
         assert all(t["intermediate_values"] for t in trials) and all(t["params"] for t in trials)
+        if shutil.which("ss"):  # listening on loopback only, not on every interface
+            lines = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout.splitlines()
+            local = [cell for line in lines for cell in line.split() if cell.endswith(f":{port}")]
+            assert local and all(cell.startswith(("127.0.0.1:", "[::1]:")) for cell in local), local
     finally:
         proc.terminate()
         proc.wait(timeout=10)
