@@ -8,6 +8,7 @@ import autoprompt_search
 from autoprompt_search.checkpoint import predict_run
 from autoprompt_search.data import DataConfig, load_task_data
 from autoprompt_search.errors import ConfigError
+from autoprompt_search.study.export import export_study
 
 
 def test_train_then_load_predicts_what_the_run_predicts(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -43,3 +44,10 @@ def test_a_study_from_python(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -
     if result.best is not None:  # tiny trials may all collapse; then there is no best to name
         assert result.best_config is not None and result.best_config["method"]["name"] == "deep"
         assert "seed" not in result.best_config["train"]  # the searched configuration, not one seed's run
+        (exported,) = export_study(result.study_dir, top=1)  # an exported trial loads like a run
+        _, preds = predict_run(exported, "dev", device="cpu")
+        dev = load_task_data(DataConfig(task="sst2", data_dir=tiny_sst_dir)).splits["dev"]
+        labels = autoprompt_search.load(exported, device="cpu").predict(dev.text_a)
+        assert labels == [("negative", "positive")[int(i)] for i in preds]
+    again = autoprompt_search.resume(result.study_dir)  # a finished study: nothing reruns, the same result
+    assert again.rows == result.rows and again.best == result.best
