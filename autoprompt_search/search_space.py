@@ -265,7 +265,42 @@ class SpaceSampler:
         for name, spec in self.space.head.items():
             if name in head_cfg:
                 self._param(params, f"head.{name}", spec, head_cfg[name], where)
+        self._check_fixed_as_given(specs, method_cfg, self.space.head, head_cfg, where)
         return params
+
+    @staticmethod
+    def _check_fixed_as_given(
+        specs: dict[str, Any],
+        method_cfg: dict[str, Any],
+        head_specs: dict[str, Any],
+        head_cfg: dict[str, Any],
+        where: str,
+    ) -> None:
+        """An option the space fixes, or leaves at its default, must have that value in the config:
+        otherwise the enqueued trial would silently run another configuration. (Train options are
+        the new study's recipe: its steps, batch size and seed apply.)"""
+        from .prompts import method_from_dict, method_to_dict
+
+        def plain(value: Any) -> Any:
+            return list(value) if isinstance(value, tuple) else value
+
+        method_defaults = method_to_dict(method_from_dict({"name": method_cfg["name"]}))
+        head_defaults = {f.name: getattr(HeadConfig(), f.name) for f in dataclasses.fields(HeadConfig)}
+        sections = [("method", method_cfg, specs, method_defaults), ("head", head_cfg, head_specs, head_defaults)]
+        for section, given, fixed, defaults in sections:
+            for name, value in given.items():
+                if name == "name" or isinstance(fixed.get(name), dict):
+                    continue  # a dimension: checked against its range by _param
+                if section == "method" and name == "split" and given.get("position") == "split":
+                    continue  # drawn as its own parameter
+                if section == "method" and name in ("position", "split") and given.get("form") == "kv":
+                    continue  # a kv prefix has no position: the sampler never sets one
+                expected = fixed[name] if name in fixed else defaults.get(name)
+                if plain(value) != plain(expected):
+                    raise ConfigError(
+                        f"{where}: {section}.{name} is {value!r} but this search space uses {expected!r} (fixed, or "
+                        "left at its default); make it a dimension of the space or drop it from the config"
+                    )
 
     def _param(self, params: dict[str, Any], name: str, spec: Any, value: Any, where: str) -> None:
         if not isinstance(spec, dict):

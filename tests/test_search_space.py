@@ -156,6 +156,7 @@ def test_a_method_can_have_its_own_training_dimensions() -> None:
 def test_a_drawn_configuration_is_drawn_again_from_its_parameters(name: str) -> None:
     """params_of inverts the sampler: what `--enqueue` gives Optuna makes the sampler return that
     configuration (checked on 20 random draws of each shipped space)."""
+    from autoprompt_search.prompts import method_from_dict, method_to_dict
     from autoprompt_search.search_space import space_path
 
     sampler = SearchSpace.load(space_path(name)).sampler(6)
@@ -165,6 +166,9 @@ def test_a_drawn_configuration_is_drawn_again_from_its_parameters(name: str) -> 
         drawn = sampler(trial)
         study.tell(trial, 0.0)
         assert sampler(optuna.trial.FixedTrial(sampler.params_of(drawn))) == drawn
+        # as an export writes it: every method option, defaults included
+        exported = {**drawn, "method": method_to_dict(method_from_dict(drawn["method"]))}
+        assert sampler(optuna.trial.FixedTrial(sampler.params_of(exported))) == drawn
 
 
 def test_params_of_refuses_what_the_space_cannot_draw() -> None:
@@ -177,6 +181,24 @@ def test_params_of_refuses_what_the_space_cannot_draw() -> None:
         sampler.params_of({"method": {"name": "deep", "length": 300}})
     with pytest.raises(ConfigError, match="late.layer layer 0 is outside the space's 1..5"):
         sampler.params_of({"method": {"name": "late", "layer": 0}})
+
+
+def test_an_enqueued_config_must_match_what_the_space_fixes() -> None:
+    """An option the space fixes or leaves at its default is not a parameter: a config with another
+    value would run as another configuration, silently. It is refused instead."""
+    from autoprompt_search.search_space import space_path
+
+    sampler = SearchSpace.load(space_path("all")).sampler(6)
+    with pytest.raises(ConfigError, match=r"method.init is 'normal' but this search space uses 'vocab'"):
+        sampler.params_of({"method": {"name": "deep", "layers": [0], "init": "normal"}})
+    with pytest.raises(ConfigError, match=r"head.dropout is 0.1 but this search space uses 0.0"):
+        sampler.params_of({"method": {"name": "probe"}, "head": {"dropout": 0.1}})
+    fixed = SearchSpace.from_dict({"methods": {"late": {"layer": {"type": "layer"}, "length": 2}}}).sampler(6)
+    with pytest.raises(ConfigError, match=r"method.length is 4 but this search space uses 2"):
+        fixed.params_of({"method": {"name": "late", "layer": 3, "length": 4}})
+    assert fixed.params_of({"method": {"name": "late", "layer": 3, "length": 2}, "train": {"steps": 9}}) == {
+        "late.layer": 3
+    }
 
 
 def test_a_short_study_gets_a_short_random_start_and_tpe_learns_the_conditional_space() -> None:
