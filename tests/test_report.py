@@ -93,6 +93,13 @@ def test_importances_come_from_the_studys_own_journal(tmp_path: Path) -> None:
         return -abs(math.log10(lr) + 2) + 1e-4 * length  # the score is the learning rate's, little the length's
 
     journal.optimize(objective, n_trials=30)
+    for trial in journal.trials[:5]:  # told from a --warm-start study: not this study's importances
+        journal.add_trial(
+            optuna.trial.create_trial(
+                params=trial.params, distributions=trial.distributions, value=trial.value,
+                user_attrs={"warm_start_from": f"other#{trial.number}"},
+            )
+        )  # fmt: skip
     values, note = importances(study, options)
     assert next(iter(values)) == "train.lr" and values["train.lr"] > 0.5 > values["method.length"], values
     assert "over the 30 completed Optuna trials" in note

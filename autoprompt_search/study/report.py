@@ -116,10 +116,17 @@ def importances(study_dir: Path, options: StudyOptions) -> tuple[dict[str, float
     if not journal.is_file():
         return {}, "no Optuna journal yet"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=options.name, storage=journal_storage(journal))
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    stored = optuna.load_study(study_name=options.name, storage=journal_storage(journal))
+    # Trials told from a --warm-start study are another study's results: not this one's importances.
+    done = [
+        t
+        for t in stored.trials
+        if t.state == optuna.trial.TrialState.COMPLETE and "warm_start_from" not in t.user_attrs
+    ]
     if len(done) < 3:
         return {}, f"{len(done)} completed trial(s): importances need at least 3"
+    study = optuna.create_study(directions=stored.directions)  # in memory: this study's own trials
+    study.add_trials(done)
     evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     target = None if len(study.directions) == 1 else (lambda t: t.values[0])
     try:
@@ -128,9 +135,11 @@ def importances(study_dir: Path, options: StudyOptions) -> tuple[dict[str, float
             values = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
     except (RuntimeError, ValueError) as exc:  # e.g. no parameter common to every trial
         return {}, f"Optuna could not compute importances ({exc})"
-    return dict(
-        values
-    ), f"PED-ANOVA (optuna.importance) over the {len(done)} completed Optuna trials (finalists' medians included)"
+    note = (
+        f"PED-ANOVA (optuna.importance) over the {len(done)} completed Optuna trials (finalists' medians "
+        "included; warm-start trials and trials ASHA stopped early are not)"
+    )
+    return dict(values), note
 
 
 def _plots(data: dict[str, Any], out: Path, objective: Objective) -> list[tuple[str, str]]:
