@@ -210,7 +210,9 @@ def search(
     metric: Annotated[
         Optional[str], Opt(help="score to select on: accuracy | f1 | f1_acc | mcc (default: the task's)")
     ] = None,
-    steps: Annotated[Optional[int], Opt(help="training steps per trial, unless the space searches them")] = None,
+    steps: Annotated[
+        Optional[int], Opt("--steps", "--max-steps", help="training steps per trial, unless the space searches them")
+    ] = None,
     batch_size: Annotated[Optional[int], Opt()] = None,
     eval_every: Annotated[Optional[int], Opt()] = None,
     seed: Annotated[Optional[int], Opt(help="training seed of every trial")] = None,
@@ -387,7 +389,9 @@ def compare(
     data_dir: Annotated[Optional[str], Opt(help="folder with train/dev/test files")] = None,
     max_length: Annotated[Optional[int], Opt()] = None,
     max_train: Annotated[Optional[int], Opt(help="seeded subset of the training set (0 = all)")] = None,
-    steps: Annotated[Optional[int], Opt(help="training steps of every run and search trial")] = None,
+    steps: Annotated[
+        Optional[int], Opt("--steps", "--max-steps", help="training steps of every run and search trial")
+    ] = None,
     batch_size: Annotated[Optional[int], Opt()] = None,
     eval_every: Annotated[Optional[int], Opt()] = None,
     device: Annotated[Optional[str], Opt(help="auto | cpu | cuda (final runs and the gate search)")] = None,
