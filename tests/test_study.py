@@ -366,12 +366,11 @@ def test_optuna_is_told_how_each_trial_ended(tmp_path: Path) -> None:
     }
     for trial_id, end in ends.items():
         searcher.suggest(trial_id)
-        for step, score in enumerate((0.5, end["dev_score"]), start=1):
-            searcher.on_trial_result(trial_id, {"dev_score": score, "training_iteration": step})
-        searcher.on_trial_complete(trial_id, end)
+        searcher.on_trial_result(trial_id, {"dev_score": 0.5, "training_iteration": 1})
+        searcher.on_trial_complete(trial_id, {**end, "training_iteration": 2})  # Tune: the last result comes here
     trials = optuna.load_study(study_name="s", storage=journal_storage(tmp_path / "j")).trials
     assert [(t.state.name, t.value) for t in trials] == [("COMPLETE", 0.8), ("PRUNED", 0.9), ("FAIL", None)]
-    assert trials[1].intermediate_values == {1: 0.5, 2: 0.9}  # its last one: what TPE ranks a pruned trial by
+    assert trials[1].intermediate_values == {1: 0.5, 2: 0.9}  # the result that stopped it: what TPE ranks it by
 
 
 @pytest.mark.slow

@@ -193,6 +193,8 @@ class ResumableOptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
         # A trial with no finite objective (every evaluation collapsed: -inf while it ran, NaN at
         # its end) failed; told as COMPLETE, Optuna's sampler would learn from it.
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
@@ -202,8 +204,15 @@ class ResumableOptunaSearch(OptunaSearch):
         elif result and not result.get("trained_to_end") and len(metrics) == 1:
             # Stopped by ASHA at a fraction of its budget: PRUNED with its last reported value, as
             # fused studies tell it (group_search.py). Told as COMPLETE, TPE would rank a score at
-            # 200 steps among trials that trained all their steps. (No result and no error is
-            # what OptunaSearch tells as PRUNED; Optuna prunes single-objective studies only.)
+            # 200 steps among trials that trained all their steps. Tune hands the result that
+            # stopped it to this call, not to on_trial_result, so it is reported here first: TPE
+            # ranks pruned trials by it. (No result and no error is what OptunaSearch tells as
+            # PRUNED; Optuna prunes single-objective studies only.)
+            trial = self._ot_trials.get(trial_id)
+            value, step = result.get(metrics[0]), result.get("training_iteration")
+            if trial is not None and isinstance(value, float) and step is not None:
+                with contextlib.suppress(UpdateFinishedTrialError):
+                    trial.report(value, int(step))
             result = None
         super().on_trial_complete(trial_id, result, error)
 
