@@ -52,6 +52,22 @@ def test_layer_effects_are_means_with_and_without_each_layer() -> None:
     assert effects[3]["n_with"] == 0 and effects[3]["with"] is None
 
 
+def test_score_by_method_and_the_layer_grid_use_only_scored_searched_trials(tmp_path: Path) -> None:
+    from autoprompt_search.study.records import read_trials
+    from autoprompt_search.study.report import _layer_grid, method_scores
+
+    write_trials(tmp_path, ROWS)
+    rows = read_trials(tmp_path)  # the figures' numbers come from the parquet as written
+    # t2 collapsed (no score), t5/t6 are finalist runs of t3: none of them is a point
+    assert method_scores(rows, ACC) == {"deep": [0.70, 0.60], "late": [0.80], "probe": [0.75]}
+    grid = _layer_grid(rows, ACC, num_layers=3)
+    assert grid["trials"] == ["t3", "t0", "t1"]  # best first; the probe has no layers
+    nan = float("nan")
+    expected = [[nan, nan, 0.80], [0.70, 0.70, nan], [nan, 0.60, nan]]
+    for got, want in zip(grid["cells"], expected, strict=True):
+        assert [round(g, 6) if g == g else "nan" for g in got] == [w if w == w else "nan" for w in want]
+
+
 def test_finalist_spread_keeps_failed_seeds_as_none() -> None:
     assert finalist_spread(ROWS, ACC) == {"t3": [0.79, None]}
 
