@@ -68,6 +68,24 @@ def test_score_by_method_and_the_layer_grid_use_only_scored_searched_trials(tmp_
         assert [round(g, 6) if g == g else "nan" for g in got] == [w if w == w else "nan" for w in want]
 
 
+def test_a_two_objective_study_gets_its_pareto_front(tmp_path: Path) -> None:
+    from autoprompt_search.study.report import report_data
+
+    study = tmp_path / "pareto"
+    study.mkdir()
+    objectives = ["dev_score:max", "trainable_params:min"]
+    StudyOptions(
+        name="p", space={"methods": {"deep": {}}}, experiment={"model": "minilm-l6"}, objectives=objectives
+    ).save(study)
+    write_trials(study, ROWS)
+    data = report_data(study)
+    # searched and scored: t0 (0.70, 100), t1 (0.60, 200), t3 (0.80, 400), t4 (0.75, 500); t1 and t4 are dominated
+    assert sorted(data["pareto_all"]) == [[0.6, 200], [0.7, 100], [0.75, 500], [0.8, 400]]
+    assert sorted(data["pareto"]) == [[0.7, 100], [0.8, 400]]
+    page = write_report(study)
+    assert "pareto.png" in re.findall(r"<img src='([^']+)'", page.read_text(encoding="utf-8"))
+
+
 def test_finalist_spread_keeps_failed_seeds_as_none() -> None:
     assert finalist_spread(ROWS, ACC) == {"t3": [0.79, None]}
 
