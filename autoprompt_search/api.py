@@ -30,7 +30,7 @@ from .trainer import TrainResult
 
 STUDY_KNOBS = ("num_samples", "max_concurrent", "fuse", "objectives", "sampler", "startup_trials", "scheduler",
                "grace_period", "cpus_per_worker", "gpus_per_worker", "workers_per_trial", "max_failures", "reuse_actors",
-               "finalists", "seeds", "reduction_factor", "enqueue", "warm_start")  # fmt: skip
+               "finalists", "seeds", "reduction_factor", "enqueue", "warm_start", "max_trainable")  # fmt: skip
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -524,6 +524,9 @@ class BackboneInfo:
     kv_heads: int = 0  # key/value heads of the attention (0: unknown, taken as 1 head of hidden_size)
     head_dim: int = 0
     positions_in_embeddings: bool = True  # False: positions act only inside attention (rotary)
+    # Weights of the base transformer (LM head excluded): what "% of the model" divides by. Not
+    # compared: read on the meta device it includes a pooler that a checkpoint saved without one lacks.
+    num_params: int = field(default=0, compare=False)
 
     @property
     def kv_shape(self) -> tuple[int, int]:
@@ -540,4 +543,5 @@ class BackboneInfo:
             backbone.kv_heads,
             backbone.head_dim,
             backbone.positions_in_embeddings,
+            sum(p.numel() for p in backbone.model.parameters()),
         )

@@ -115,6 +115,16 @@ def build_model(cfg: ExperimentConfig, ws: Workspace) -> PromptedModel:
     return PromptedModel(ws.backbone, method, head)
 
 
+def count_trainable(cfg: ExperimentConfig, info: BackboneInfo, num_classes: int) -> int:
+    """The trainable parameters `build_model` gives `cfg`, counted without weights (the method built
+    on the meta device): what a study's parameter budget compares before a trial is trained. For
+    SPT-DARTS with `search` it is the search model's count, which bounds the retrained one."""
+    with torch.device("meta"):
+        method = build_method(cfg.method, info)
+    head = (info.hidden_size + 1) * num_classes if cfg.head.kind == "classifier" else 0  # Linear(d, C)
+    return method.num_trainable() + head
+
+
 def prefix_feeder(
     cfg: ExperimentConfig, ws: Workspace, model: PromptedModel, device: torch.device
 ) -> PrefixFeeder | None:

@@ -169,8 +169,8 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
     from autoprompt_search.backbones import load_backbone
 
     started = time.perf_counter()
-    arm = study_arm(args.study_search_seed)
-    name = f"{args.task}-{args.model}-{args.steps}" + (f"-s{args.study_search_seed}" if args.study_search_seed else "")
+    arm = study_arm(args.study_search_seed, args.study_max_trainable)
+    name = f"{args.task}-{args.model}-{args.steps}-{arm}"
     enqueue = Path(args.study_dir) / f"{name}-ptuning-v2.yaml"
     enqueue.parent.mkdir(parents=True, exist_ok=True)
     backbone = load_backbone(args.model)
@@ -185,6 +185,7 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
     cmd += ["--num-samples", str(args.study_trials), "--max-concurrent", str(args.jobs), "--scheduler", "asha"]
     cmd += ["--finalists", str(args.study_finalists), "--seeds", str(len(args.seeds)), "--enqueue", str(enqueue)]
     cmd += ["--search-seed", str(args.study_search_seed)]
+    cmd += ["--max-trainable", args.study_max_trainable] if args.study_max_trainable else []
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return [{"arm": arm, "seed": 0, "error": proc.stderr.strip().splitlines()[-1:]}]
@@ -208,6 +209,8 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
         "finalist_worker_seconds": sum(r["worker_seconds"] or 0.0 for rs in runs.values() for r in rs),
         "finalist_steps": sum(r["last_step"] or 0 for rs in runs.values() for r in rs),
         "search_seed": args.study_search_seed,
+        "max_trainable": args.study_max_trainable,
+        "over_budget_draws": over_budget_draws(Path(args.study_dir) / name),
         "best_trial": best,
         "best_search_dev": chosen["dev_score"],
         "finalists": {t: [r["dev_score"] for r in rs] for t, rs in runs.items()},
@@ -264,6 +267,7 @@ def main() -> None:
     ap.add_argument(
         "--study-search-seed", type=int, default=0, help="study arm: Optuna's sampler seed (row `study-s<N>`)"
     )
+    ap.add_argument("--study-max-trainable", default="", help="study arm: --max-trainable of the search (e.g. 0.5%%)")
     ap.add_argument("--study-dir", default="../bench-studies", help="study arm: where the study directory goes")
     ap.add_argument("--out", default="")
     ap.add_argument("--table-only", action="store_true", help="rewrite <out>.md from <out>.jsonl; run nothing")
@@ -298,7 +302,7 @@ def main() -> None:
         return
     done = {(r["arm"], r["seed"]) for r in rows if "error" not in r}
     arms = [arm for arm in args.arms if arm != "study"]
-    study = study_arm(args.study_search_seed)
+    study = study_arm(args.study_search_seed, args.study_max_trainable)
     todo = [(arm, seed) for seed in args.seeds for arm in arms if (arm, seed) not in done]
     with ThreadPoolExecutor(args.jobs) as pool:
         for row in pool.map(lambda job: run_one(*job, args), todo):
@@ -380,9 +384,20 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def study_arm(search_seed: int) -> str:
-    """The study arm's name: `study` for sampler seed 0, `study-s<N>` for another search of the same space."""
-    return f"study-s{search_seed}" if search_seed else "study"
+def over_budget_draws(study_dir: Path) -> int:
+    """Configurations the search drew over its parameter budget and never trained (Optuna's journal)."""
+    from autoprompt_search.study.group_search import open_study
+    from autoprompt_search.study.options import StudyOptions
+
+    study = open_study(str(study_dir / "optuna.journal"), StudyOptions.load(study_dir).name)
+    return sum(1 for t in study.trials if t.state.name == "PRUNED" and t.constraints.get("trainable_params", 0) > 0)
+
+
+def study_arm(search_seed: int, max_trainable: str = "") -> str:
+    """The study arm's name: `study` for sampler seed 0, `study-s<N>` for another search of the same
+    space; `-max<budget>` where the search has a trainable-parameter budget (`study-max0.5pct`)."""
+    budget = f"-max{max_trainable.replace('%', 'pct')}" if max_trainable else ""
+    return (f"study-s{search_seed}" if search_seed else "study") + budget
 
 
 def study_paragraph(arm: str, study: dict[str, Any], full_ft: list[dict[str, Any]]) -> str:
@@ -396,6 +411,11 @@ def study_paragraph(arm: str, study: dict[str, Any], full_ft: list[dict[str, Any
         + "; ".join(f"{t}: {', '.join(f'{100 * d:.1f}' for d in ds)}" for t, ds in study["finalists"].items())
         + f". Worker time: search {search:,.0f} s, finalists {finalists:,.0f} s."
     )
+    if study.get("max_trainable"):
+        text += (
+            f" Parameter budget `--max-trainable {study['max_trainable']}`: {study['over_budget_draws']} draws over it "
+            "were refused before training (PRUNED in Optuna, not counted among the trials)."
+        )
     if full_ft:
         ft = statistics.median(r["train_seconds"] for r in full_ft)
         text += (

@@ -165,6 +165,13 @@ def search(
         int, Opt(help="after the search, retrain its top K configurations over --seeds fresh seeds (0 = none)")
     ] = 3,
     seeds: Annotated[int, Opt(help="seeds per finalist; the study's best is the best median")] = 3,
+    max_trainable: Annotated[
+        str,
+        Opt(
+            help="trainable-parameter budget per trial: a count (150000) or a share of the model (0.5%); "
+            "draws over it are never trained"
+        ),
+    ] = "",
     enqueue: Annotated[
         Optional[list[str]], Opt(help="a config (exported config.yaml, or method/train) to try first; repeatable")
     ] = None,
@@ -251,6 +258,7 @@ def search(
                 num_samples=num_samples, max_concurrent=max_concurrent, fuse=fuse,
                 objectives=objective or ["dev_score:max"], finalists=finalists, seeds=seeds, sampler=sampler,
                 startup_trials=startup_trials, enqueue=enqueue or [], warm_start=warm_start,
+                max_trainable=max_trainable,
                 scheduler=scheduler, grace_period=grace_period, cpus_per_worker=cpus_per_worker,
                 gpus_per_worker=gpus_per_worker, workers_per_trial=workers_per_trial, max_failures=max_failures,
                 # the base experiment (flags over --config over the embedded default)

@@ -152,6 +152,10 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str]] = [
     ("study: unknown objective", lambda b: b.search("--objective", "accuracy:max"), "'accuracy' is not a reported"),
     ("study: NSGA-II with one objective", lambda b: b.search("--sampler", "nsga2"), "nsga2 is for several objectives"),
     ("study: unknown scheduler", lambda b: b.search("--scheduler", "hyperband"), "study.scheduler: 'hyperband'"),
+    ("study: a budget that is not one", lambda b: b.search("--max-trainable", "lots"),
+     "study.max_trainable: 'lots' is not a budget; give a parameter count (e.g. 150000) or a share"),
+    ("study: a budget nothing in the space fits", lambda b: b.search("--max-trainable", "10"),
+     "none of 200 random draws of the space fits 10 trainable parameters (the smallest had 130); raise"),
     # resume, status, export
     ("resume: no such study", lambda b: ["search", "--resume", "ghost", "--results-dir", b.results], "not found"),
     ("resume: corrupt study.json", lambda b: ["search", "--resume", "corrupt", "--results-dir", b.results],

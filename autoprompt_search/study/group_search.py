@@ -20,6 +20,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from .budget import MAX_DRAWS, ParamBudget
+
 
 def open_study(storage_path: str, name: str, sampler: Any = None, pruner: Any = None, directions: Any = None) -> Any:
     """The study's Optuna study over its journal file (created when `directions` is given)."""
@@ -50,8 +52,10 @@ class GroupSearcher(Searcher):
         group_size: int,
         metric: str,
         mode: str,
+        budget: ParamBudget | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
+        self.budget = budget  # draws over it are PRUNED and drawn again (budget.py)
         self.space, self.sampler = space, sampler
         self.storage_path, self.study_name, self.directions = storage_path, study_name, directions
         self.metrics = metrics  # the objectives' metric names, in order
@@ -78,8 +82,7 @@ class GroupSearcher(Searcher):
             return Searcher.FINISHED  # type: ignore[return-value]
         members = []
         for _ in range(min(self.group_size, self.num_samples - self.asked)):
-            trial = self.study.ask()
-            sampled = self.space(trial)
+            trial, sampled = self._draw()
             # What optuna-dashboard shows beside the parameters: which row of trials.parquet this is.
             trial.set_user_attr("tune_trial_id", f"{trial_id}-{len(members)}")
             trial.set_user_attr("method", sampled["method"]["name"])
@@ -88,6 +91,19 @@ class GroupSearcher(Searcher):
             self.asked += 1
         self.groups[trial_id] = [m["number"] for m in members]
         return {"members": members}
+
+    def _draw(self) -> tuple[Any, dict[str, Any]]:
+        """A new Optuna trial and its configuration, within the budget where there is one."""
+        from optuna.trial import TrialState
+
+        for _ in range(MAX_DRAWS):
+            trial = self.study.ask()
+            sampled = self.space(trial)
+            if self.budget is None or self.budget.admits(trial, sampled):
+                return trial, sampled
+            trial.set_user_attr("method", sampled["method"]["name"])
+            self.study.tell(trial, state=TrialState.PRUNED)  # never trained: over the budget
+        raise self.budget.exhausted(MAX_DRAWS)  # type: ignore[union-attr]
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """A member's final report: tell Optuna how it ended."""

@@ -59,6 +59,25 @@ class Objective:
         return f"{self.metric}:{self.mode}"
 
 
+def parse_budget(text: str) -> tuple[float, bool] | None:
+    """`max_trainable` as (value, is a percentage of the model's weights), or None when unset."""
+    text = str(text).strip()
+    if not text:
+        return None
+    percent = text.endswith("%")
+    try:
+        value = float(text[:-1] if percent else text.replace(",", "").replace("_", ""))
+    except ValueError:
+        value = float("nan")
+    ok = value > 0 and (value <= 100 if percent else float(value).is_integer())
+    require(
+        ok,
+        f"study.max_trainable: {text!r} is not a budget; give a parameter count (e.g. 150000) "
+        "or a share of the model's weights (e.g. 0.5%)",
+    )
+    return value, percent
+
+
 RENAMED = {"cpus_per_trial": "cpus_per_worker", "gpus_per_trial": "gpus_per_worker"}  # they were per worker
 
 
@@ -87,6 +106,7 @@ class StudyOptions:
     seeds: int = 3  # seeds per finalist
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # {'method', 'train'} configs tried first
     warm_start: str = ""  # a finished study whose completed trials the sampler learns from first
+    max_trainable: str = ""  # trainable-parameter budget: a count ("150000") or a share of the model ("0.5%")
 
     def __post_init__(self) -> None:
         self.experiment = absolute_paths(self.experiment)  # Ray workers run in other directories
@@ -110,6 +130,7 @@ class StudyOptions:
         require(self.startup_trials >= 0, f"study.startup_trials: must be >= 0 (0 = auto), got {self.startup_trials}")
         require(self.grace_period >= 1, f"study.grace_period: must be >= 1, got {self.grace_period}")
         require(self.reduction_factor >= 2, f"study.reduction_factor: must be >= 2, got {self.reduction_factor}")
+        parse_budget(self.max_trainable)  # a malformed budget fails here
         objectives = [Objective.parse(o) for o in self.objectives]
         require(bool(objectives), "study.objectives: give at least one, e.g. dev_score:max")
         metrics = [o.metric for o in objectives]
@@ -174,6 +195,7 @@ STUDY_FLAGS = {
     "scheduler": "scheduler",
     "grace_period": "grace_period", "cpus_per_worker": "cpus_per_worker", "gpus_per_worker": "gpus_per_worker",
     "workers_per_trial": "workers_per_trial", "max_failures": "max_failures", "search_seed": "seed",
+    "max_trainable": "max_trainable",
 }  # fmt: skip
 EXPERIMENT_FLAGS = {
     "model": ("model",), "task": ("data", "task"), "source": ("data", "source"), "data_dir": ("data", "data_dir"),

@@ -18,7 +18,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ..config import ExperimentConfig
 from ..dataclass_io import to_dict
 from ..errors import ConfigError
-from ..search_space import SearchSpace
+from ..search_space import SearchSpace, sampled_of
+from .budget import MAX_DRAWS, ParamBudget, check_budget, param_budget
 from .cluster import ClusterInfo, RaySettings, check_before_connecting, check_resources, connect, shutdown
 from .finalists import run_finalists
 from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, journal_storage, resume_conflicts, study_path
@@ -37,8 +38,17 @@ class StudyRun:
     wall_seconds: float
 
 
-def check_study(options: StudyOptions) -> tuple[SearchSpace, ExperimentConfig, int]:
-    """Everything that can be checked before Ray starts: space, model depth, data, tokens (cached)."""
+@dataclass(frozen=True)
+class CheckedStudy:
+    space: SearchSpace
+    base: ExperimentConfig
+    num_layers: int
+    budget: ParamBudget | None  # --max-trainable resolved against the model
+
+
+def check_study(options: StudyOptions) -> CheckedStudy:
+    """Everything that can be checked before Ray starts: space, model depth, data, tokens (cached),
+    the parameter budget."""
     from ..data import load_task_data, tokenize
     from ..runs import num_layers_of
     from ..workspace import load_tokenizer
@@ -56,7 +66,10 @@ def check_study(options: StudyOptions) -> tuple[SearchSpace, ExperimentConfig, i
     for name, examples in data.splits.items():
         if name != "test":  # warm the token cache the workers read
             tokenize(tokenizer, examples, base.data.max_length, False)
-    return space, base, num_layers
+    budget = param_budget(options, len(data.task.labels))
+    if budget is not None:
+        check_budget(budget, sampler, options.enqueue, options.seed)
+    return CheckedStudy(space, base, num_layers, budget)
 
 
 def evaluations_per_trial(options: StudyOptions, base: ExperimentConfig) -> int:
@@ -86,13 +99,14 @@ def make_sampler(options: StudyOptions) -> Any:
         )
 
 
-def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, study_dir: Path) -> Any:
+def build_searcher(options: StudyOptions, checked: CheckedStudy, study_dir: Path) -> Any:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objectives = options.parsed_objectives
     sampler = make_sampler(options)
+    space, num_layers = checked.space, checked.num_layers
     if options.enqueue or options.warm_start:
         seed_study(options, space, num_layers, study_dir)
     if options.fuse > 1:
@@ -109,6 +123,7 @@ def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, s
             options.fuse,
             objectives[0].metric,
             objectives[0].mode,
+            checked.budget,
         )
         return ConcurrencyLimiter(group, max_concurrent=options.max_concurrent)
     storage = journal_storage(study_dir / OPTUNA_FILE)
@@ -119,6 +134,7 @@ def build_searcher(options: StudyOptions, space: SearchSpace, num_layers: int, s
         sampler=sampler,
         study_name=options.name,
         storage=storage,
+        budget=checked.budget,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
 
@@ -171,17 +187,31 @@ class ResumableOptunaSearch(OptunaSearch):
     After a driver crash, Tune's saved state (every few seconds) may be older than the Optuna
     journal: a trial that finished in between is replayed (its recorded result, no training),
     and OptunaSearch would report an intermediate value to a finished Optuna trial and abort
-    the study.
+    the study. With a parameter `budget`, a draw over it is PRUNED and drawn again (budget.py).
     """
 
+    def __init__(self, *args: Any, budget: ParamBudget | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.budget = budget
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        config = super().suggest(trial_id)
-        trial = self._ot_trials.get(trial_id)
-        if trial is not None and isinstance(config, dict):
+        from optuna.trial import TrialState
+
+        if trial_id in self._ot_trials:  # a restored trial asks again: its draw was admitted before
+            return super().suggest(trial_id)
+        for _ in range(MAX_DRAWS):
+            config = super().suggest(trial_id)
+            trial = self._ot_trials.get(trial_id)
+            if trial is None or not isinstance(config, dict):
+                return config
             # What optuna-dashboard shows beside the parameters: which row of trials.parquet this is.
             trial.set_user_attr("tune_trial_id", trial_id)
             trial.set_user_attr("method", config["method"]["name"])
-        return config
+            if self.budget is None or self.budget.admits(trial, sampled_of(config)):
+                return config
+            self._ot_study.tell(trial, state=TrialState.PRUNED)  # never trained: over the budget
+            del self._ot_trials[trial_id]
+        raise self.budget.exhausted(MAX_DRAWS)  # type: ignore[union-attr]
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
@@ -227,12 +257,7 @@ def tune_trials(options: StudyOptions) -> int:
 
 
 def build_tuner(
-    options: StudyOptions,
-    study_dir: Path,
-    space: SearchSpace,
-    base: ExperimentConfig,
-    num_layers: int,
-    callbacks: list[Any] | None = None,
+    options: StudyOptions, study_dir: Path, checked: CheckedStudy, callbacks: list[Any] | None = None
 ) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -242,7 +267,7 @@ def build_tuner(
     if single and options.scheduler == "asha" and options.fuse == 1:
         scheduler: Any = ASHAScheduler(
             time_attr="training_iteration",
-            max_t=evaluations_per_trial(options, base),
+            max_t=evaluations_per_trial(options, checked.base),
             grace_period=options.grace_period,
             reduction_factor=options.reduction_factor,
         )
@@ -256,7 +281,7 @@ def build_tuner(
     return tune.Tuner(
         trainable(options, study_dir),
         tune_config=tune.TuneConfig(
-            search_alg=build_searcher(options, space, num_layers, study_dir),
+            search_alg=build_searcher(options, checked, study_dir),
             scheduler=scheduler,
             num_samples=tune_trials(options),
             metric=objectives[0].metric if single else None,
@@ -327,13 +352,13 @@ def run_study(
     """Validate everything, start or join Ray, and run the study to the end. `callbacks`: more
     Ray Tune callbacks for the search (the study's recorder and progress bar always run)."""
     study_dir = prepare_study_dir(results_dir, options.name, overwrite)
-    space, base, num_layers = check_study(options)
+    checked = check_study(options)
     check_writable(study_dir)
 
     def fit() -> None:
         study_dir.mkdir(parents=True, exist_ok=True)
         options.save(study_dir)
-        build_tuner(options, study_dir, space, base, num_layers, callbacks).fit()
+        build_tuner(options, study_dir, checked, callbacks).fit()
         run_finalists(options, study_dir)
 
     return _on_ray(options, study_dir, fit, ray_settings, on_connect)
