@@ -298,7 +298,10 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
     rows = study_rows(study_dir)
     summary = summarize(rows, options.parsed_objectives)
     finalist_text = f", {summary['finalist_runs']} finalist runs" if summary["finalist_runs"] else ""
-    table = Table(title=f"study {options.name}: {summary['trials']} trials{finalist_text} {summary['counts']}")
+    budget_text = f", at most {options.max_trainable} trainable" if options.max_trainable else ""
+    table = Table(
+        title=f"study {options.name}: {summary['trials']} trials{finalist_text}{budget_text} {summary['counts']}"
+    )
     for column in (
         "#",
         "trial",
