@@ -81,6 +81,7 @@ def test_draws_over_the_budget_are_pruned_and_never_handed_to_tune(tmp_path: Pat
     over = [t for t in trials if t.state.name == "PRUNED"]
     assert over, "the space draws over the budget: some draws must have been refused"
     assert all(t.user_attrs["trainable_params"] > 300 and t.constraints[CONSTRAINT] > 0 for t in over)
+    assert not any("tune_trial_id" in t.user_attrs for t in over)  # no row of the table is theirs
     running = [t for t in trials if t.state.name == "RUNNING"]
     assert [t.user_attrs["tune_trial_id"] for t in running] == [f"t{i}" for i in range(6)]
     assert all(t.constraints[CONSTRAINT] <= 0 for t in running)

@@ -204,10 +204,10 @@ class ResumableOptunaSearch(OptunaSearch):
             trial = self._ot_trials.get(trial_id)
             if trial is None or not isinstance(config, dict):
                 return config
-            # What optuna-dashboard shows beside the parameters: which row of trials.parquet this is.
-            trial.set_user_attr("tune_trial_id", trial_id)
             trial.set_user_attr("method", config["method"]["name"])
             if self.budget is None or self.budget.admits(trial, sampled_of(config)):
+                # What optuna-dashboard shows beside the parameters: which row of trials.parquet this is.
+                trial.set_user_attr("tune_trial_id", trial_id)
                 return config
             self._ot_study.tell(trial, state=TrialState.PRUNED)  # never trained: over the budget
             del self._ot_trials[trial_id]
