@@ -386,11 +386,11 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 def over_budget_draws(study_dir: Path) -> int:
     """Configurations the search drew over its parameter budget and never trained (Optuna's journal)."""
+    from autoprompt_search.study.budget import refused_draws
     from autoprompt_search.study.group_search import open_study
     from autoprompt_search.study.options import StudyOptions
 
-    study = open_study(str(study_dir / "optuna.journal"), StudyOptions.load(study_dir).name)
-    return sum(1 for t in study.trials if t.state.name == "PRUNED" and t.constraints.get("trainable_params", 0) > 0)
+    return refused_draws(open_study(str(study_dir / "optuna.journal"), StudyOptions.load(study_dir).name).trials)
 
 
 def study_arm(search_seed: int, max_trainable: str = "") -> str:

@@ -18,6 +18,7 @@ from autoprompt_search.search_space import SearchSpace
 from autoprompt_search.study.budget import CONSTRAINT, ParamBudget, check_budget, param_budget
 from autoprompt_search.study.group_search import GroupSearcher
 from autoprompt_search.study.options import StudyOptions, journal_storage
+from autoprompt_search.study.report import budget_note
 from autoprompt_search.study.runner import ResumableOptunaSearch
 from autoprompt_search.workspace import build_model, count_trainable, prepare_workspace
 
@@ -72,12 +73,12 @@ def test_draws_over_the_budget_are_pruned_and_never_handed_to_tune(tmp_path: Pat
     budget = budget_for(300)
     searcher = ResumableOptunaSearch(
         space=SearchSpace.from_dict(SPACE).sampler(num_layers=4), metric="dev_score", mode="max",
-        sampler=optuna.samplers.RandomSampler(seed=0), study_name="s", storage=journal_storage(tmp_path / "j"),
-        budget=budget,
+        sampler=optuna.samplers.RandomSampler(seed=0), study_name="s",
+        storage=journal_storage(tmp_path / "optuna.journal"), budget=budget,
     )  # fmt: skip
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
     assert all(budget.count(c) <= 300 for c in configs)  # type: ignore[arg-type]
-    trials = held(tmp_path / "j")
+    trials = held(tmp_path / "optuna.journal")
     over = [t for t in trials if t.state.name == "PRUNED"]
     assert over, "the space draws over the budget: some draws must have been refused"
     assert all(t.user_attrs["trainable_params"] > 300 and t.constraints[CONSTRAINT] > 0 for t in over)
@@ -85,6 +86,9 @@ def test_draws_over_the_budget_are_pruned_and_never_handed_to_tune(tmp_path: Pat
     running = [t for t in trials if t.state.name == "RUNNING"]
     assert [t.user_attrs["tune_trial_id"] for t in running] == [f"t{i}" for i in range(6)]
     assert all(t.constraints[CONSTRAINT] <= 0 for t in running)
+    # The study's report says how many draws the budget refused (they have no row in the table).
+    note = budget_note(tmp_path, StudyOptions(name="s", max_trainable="300"))
+    assert f"--max-trainable 300: {len(over)} draw(s) over it were refused" in note
 
 
 def test_a_fused_searcher_keeps_its_members_within_the_budget(tmp_path: Path) -> None:

@@ -49,6 +49,11 @@ class ParamBudget:
         )
 
 
+def refused_draws(trials: list[Any]) -> int:
+    """How many of a study's Optuna trials are draws refused for the budget (never trained)."""
+    return sum(1 for t in trials if t.state.name == "PRUNED" and t.constraints.get(CONSTRAINT, 0) > 0)
+
+
 def param_budget(options: StudyOptions, num_classes: int) -> ParamBudget | None:
     """The study's budget resolved against its model, or None when it has none."""
     from ..backbones import backbone_info

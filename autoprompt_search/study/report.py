@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .budget import refused_draws
 from .options import OPTUNA_FILE, Objective, StudyOptions, journal_storage
 from .ranking import SELECTABLE, objective_value, pareto_front, searched_rows
 from .runner import study_rows
@@ -142,6 +143,23 @@ def importances(study_dir: Path, options: StudyOptions) -> tuple[dict[str, float
     return dict(values), note
 
 
+def budget_note(study_dir: Path, options: StudyOptions) -> str:
+    """The study's parameter budget and how many draws it refused; '' for a study without one."""
+    import optuna
+
+    if not options.max_trainable:
+        return ""
+    journal = study_dir / OPTUNA_FILE
+    refused = 0
+    if journal.is_file():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        refused = refused_draws(optuna.load_study(study_name=options.name, storage=journal_storage(journal)).trials)
+    return (
+        f"Parameter budget --max-trainable {options.max_trainable}: {refused} draw(s) over it were refused "
+        "before training (PRUNED in Optuna, no row here)."
+    )
+
+
 def _plots(data: dict[str, Any], out: Path, objective: Objective) -> list[tuple[str, str]]:
     """Write the PNGs; (file name, caption) of each."""
     import matplotlib
@@ -255,6 +273,7 @@ def report_data(study_dir: Path) -> dict[str, Any]:
         "finalists": finalist_spread(rows, objective),
         "importances": values,
         "importance_note": note,
+        "budget_note": budget_note(study_dir, options),
         "pareto": [],
         "pareto_all": [],
     }
@@ -311,6 +330,8 @@ def _html(data: dict[str, Any], figures: list[tuple[str, str]]) -> str:
         + (f". Best searched trial {html.escape(best.best_trial)}: {best.best:.4f}." if best else ".")
         + " The page shows what the study had written when it was made.</p>",
     ]
+    if data["budget_note"]:
+        parts.append(f"<p>{html.escape(data['budget_note'])}</p>")
     spread = data["finalists"]
     if spread:
         lines = [
