@@ -356,7 +356,10 @@ def _average_gradients(params: list[Tensor], world: int) -> None:
     DDP's buckets would be). Not DDP itself: a fused group's members leave it mid-run (stopped,
     failed), so DDP would need find_unused_parameters (a graph walk every step) and a rebuilt
     wrapper whenever one leaves; the prompts are small (thousands to a few million numbers), so
-    one flat all-reduce after backward costs what DDP's overlap would save."""
+    one flat all-reduce after backward costs what DDP's overlap would save. Measured on CPU
+    (benchmarks/ddp_sync.py, results/benchmarks/ddp_sync_cpu.md: 2 gloo ranks, a fused group of 4):
+    DDP with find_unused_parameters steps as fast (1.00x) and ends with identical parameters, so
+    speed is no reason either way there; GPU/NCCL is unmeasured."""
     import torch.distributed as dist
 
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
