@@ -2,9 +2,9 @@
 
 Every configuration the sampler draws is counted on the driver (its method built on the meta
 device, no weights) before it trains. One over the budget never becomes a trial: its Optuna trial
-is told PRUNED with the excess as a constraint, and the searcher draws again. TPE and NSGA-II rank
-a trial that violates a constraint below every feasible one, so the sampler learns where the
-budget lies instead of drawing blindly until something fits.
+is told PRUNED with the excess as a constraint, and the searcher draws again. TPE ranks such a
+trial below every trained one, so it learns where the budget lies instead of drawing blindly
+until something fits; NSGA-II breeds from completed trials only, so it just draws again.
 """
 
 from __future__ import annotations
