@@ -210,6 +210,7 @@ def train_group(
         raise ConfigError(unfit[0][1])
     model: PromptedModel = members[0].model if len(members) == 1 else FusedModel([m.model for m in members])
     model.train()
+    step_model = _data_parallel(model, device) if world[1] > 1 else model  # training steps only
     task = ws.data.task
     num_classes = len(task.labels)
     feeder = prefix_feeder(cfgs[0], ws, model, device)
@@ -231,7 +232,7 @@ def train_group(
         for m in active:
             m.model.method.on_step(step, m.cfg.train.steps)
         with autocast(device, tc0.precision):
-            logits = model(batch)
+            logits = step_model(batch)
         losses = []
         lo = 0
         for _, part in parts:
@@ -247,8 +248,6 @@ def train_group(
             m.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
         if trainable:
             torch.stack([loss for m, loss in finite if m.optimizer is not None]).sum().backward()
-        if world[1] > 1:
-            _average_gradients([p for m in trainable for p in m.params], world[1])
         for m in trainable:
             if m.cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(m.params, m.cfg.train.grad_clip)
@@ -351,29 +350,21 @@ def _mean_across_ranks(values: list[float]) -> list[float]:
     return (total / dist.get_world_size()).tolist()
 
 
-def _average_gradients(params: list[Tensor], world: int) -> None:
-    """Average every member's gradients over the ranks in one all-reduce per dtype (flattened, as
-    DDP's buckets would be). Not DDP itself: a fused group's members leave it mid-run (stopped,
-    failed), so DDP would need find_unused_parameters (a graph walk every step) and a rebuilt
-    wrapper whenever one leaves; the prompts are small (thousands to a few million numbers), so
-    one flat all-reduce after backward costs what DDP's overlap would save. Measured on CPU
-    (benchmarks/ddp_sync.py, results/benchmarks/ddp_sync_cpu.md: 2 gloo ranks, a fused group of 4):
-    DDP with find_unused_parameters steps as fast (1.00x) and ends with identical parameters, so
-    speed is no reason either way there; GPU/NCCL is unmeasured."""
-    import torch.distributed as dist
+def _data_parallel(model: PromptedModel | FusedModel, device: torch.device) -> torch.nn.Module:
+    """The model under DDP: each rank's backward averages the gradients over the ranks.
 
-    by_dtype: dict[torch.dtype, list[Tensor]] = {}
-    for p in params:
-        if p.grad is not None:  # the same on every rank: ranks train the same members
-            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-    for grads in by_dtype.values():
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat.div_(world)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+    find_unused_parameters: a fused group's members leave it mid-run (stopped, failed) and their
+    parameters then get no gradient. Measured on CPU against one flat all-reduce after backward
+    (benchmarks/ddp_sync.py, results/benchmarks/ddp_sync_cpu.md: 2 gloo ranks, a fused group of 4):
+    as fast (1.00x), identical parameters. The frozen backbone is left out of DDP's start-up
+    broadcast: every rank loads the same weights, and on a 7B model that broadcast is 14 GB."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    frozen += [name for name, _ in model.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
+    ids = [device] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
 
 
 def _snapshot(model: PromptedModel) -> dict[str, Tensor]:

@@ -1,14 +1,14 @@
-"""Gradient sync across Train workers: our one flat all-reduce per dtype vs torch's DDP.
+"""Gradient sync across Train workers: one flat all-reduce per dtype vs torch's DDP.
 
-`trainer._average_gradients` averages a fused group's gradients in one all-reduce after backward
-instead of wrapping the model in `DistributedDataParallel`; its docstring gives the reason (members
-leave a group mid-run, so DDP would need `find_unused_parameters`). This measures it: 2 gloo ranks
-(one torch thread each), a fused group of `--members` key/value-prefix configurations over one
-packaged MiniLM-L6, the same batches in each mode, and per mode the median step time of `--steps`
-timed steps (after 3 warm-up steps) over `--rounds` interleaved rounds. Modes: `flat` (ours),
-`ddp-unused` (DDP with find_unused_parameters=True: what a group whose members can leave needs),
-`ddp` (DDP with every parameter used every step: its best case, only valid while no member has
-left). It also checks that one step of each mode leaves the same parameters.
+The trainer used to average a fused group's gradients with one flat all-reduce after backward
+(`flat` below) instead of `DistributedDataParallel`, because members leave a group mid-run, so DDP
+needs `find_unused_parameters`. This measured whether that was a reason: 2 gloo ranks (one torch
+thread each), a fused group of `--members` key/value-prefix configurations over one packaged
+MiniLM-L6, the same batches in each mode, and per mode the median step time of `--steps` timed
+steps (after 3 warm-up steps) over `--rounds` interleaved rounds. Modes: `flat`, `ddp-unused` (DDP
+with find_unused_parameters=True: what a group whose members can leave needs, and what the trainer
+now uses), `ddp` (DDP with every parameter used every step: its best case, only valid while no
+member has left). It also checks that one step of each mode leaves the same parameters.
 
 Usage (CPU): python benchmarks/ddp_sync.py --out results/benchmarks/ddp_sync_cpu
 """
@@ -45,12 +45,27 @@ def configs(members: int, steps: int) -> list[Any]:
     ]  # fmt: skip
 
 
+def flat_all_reduce(params: list[torch.Tensor], world: int) -> None:
+    """Average the gradients over the ranks: one all-reduce of all of them flattened, per dtype."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(world)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
 def step_times(rank: int, args: argparse.Namespace, mode: str, ws: Any) -> tuple[list[float], list[torch.Tensor]]:
     from torch.nn.parallel import DistributedDataParallel
 
     from autoprompt_search.batch import concat_batches
     from autoprompt_search.fused import FusedModel
-    from autoprompt_search.trainer import _average_gradients
     from autoprompt_search.workspace import build_model
 
     cfgs = configs(args.members, args.steps)
@@ -74,7 +89,7 @@ def step_times(rank: int, args: argparse.Namespace, mode: str, ws: Any) -> tuple
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if mode == "flat":
-            _average_gradients(params, dist.get_world_size())
+            flat_all_reduce(params, dist.get_world_size())
         optimizer.step()
         times.append(time.perf_counter() - t0)
     return times[3:], [p.detach().clone() for p in params]
@@ -120,7 +135,7 @@ def main() -> None:
     medians = {m: statistics.median(v) for m, v in result["ms_per_step"].items()}
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}"
     lines = [
-        "# Gradient sync over 2 ranks: one flat all-reduce (ours) vs DDP",
+        "# Gradient sync over 2 ranks: one flat all-reduce vs DDP",
         "",
         f"Fused group of {args.members} kv-prefix members (L = 20) over MiniLM-L6, TREC batches of 16 rows per "
         f"member per rank, gloo, 1 thread per rank; median of {args.steps} steps, median of {args.rounds} "

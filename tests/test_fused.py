@@ -128,13 +128,20 @@ def test_partition_groups_by_key_then_first_layer_and_length(tiny_model_dir: str
     assert partition(cfgs, info, 2, text_tokens=40.0) == [[0], [2, 1], [3], [4], [5], [6]]
 
 
+def ddp_members(model_dir: str, data_dir: str) -> list[ExperimentConfig]:
+    """The three members, the first leaving after 3 of 6 steps (its parameters unused from step 4)."""
+    cfgs = members(model_dir, data_dir, steps=6, eval_every=3, prefix_cache=False)
+    cfgs[0].train.steps = 3
+    return cfgs
+
+
 def _rank_trains(rank: int, model_dir: str, data_dir: str, port: int, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        cfgs = members(model_dir, data_dir, steps=6, eval_every=3, prefix_cache=False)
+        cfgs = ddp_members(model_dir, data_dir)
         results = train_group(cfgs, prepare_workspace(cfgs[0]))
         if rank == 0:
             torch.save([(r.status, r.best_state, r.history) for r in results], out)
@@ -152,7 +159,7 @@ def test_two_ddp_ranks_train_a_group_as_one_process_does(tiny_model_dir: str, ti
         port = s.getsockname()[1]
     out = str(tmp_path / "ddp.pt")
     mp.spawn(_rank_trains, args=(tiny_model_dir, tiny_sst_dir, port, out), nprocs=2)
-    cfgs = members(tiny_model_dir, tiny_sst_dir, steps=6, eval_every=3, prefix_cache=False)
+    cfgs = ddp_members(tiny_model_dir, tiny_sst_dir)
     alone = train_group(cfgs, prepare_workspace(cfgs[0]))
     for (status, state, history), one in zip(torch.load(out), alone, strict=True):
         assert status == one.status in ("TERMINATED", "COLLAPSED")
