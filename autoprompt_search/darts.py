@@ -225,6 +225,7 @@ def gate_search(cfg: ExperimentConfig, ws: Workspace) -> tuple[ExperimentConfig,
     if not cfg.method.search:
         return cfg, {}
     search = BilevelSearch(cfg, ws).run()
+    search.derived = _rank_zero(search.derived)
     retrain_cfg = replace(cfg, method=search.derived)
     metrics: dict[str, Any] = {}
     metrics["spt_search"] = {
@@ -246,3 +247,16 @@ def describe_search(found: dict[str, Any]) -> str:
     """One line: the final gate probability per candidate layer and the layers retrained."""
     probs = ", ".join(f"{layer}:{p:.2f}" for layer, p in zip(found["candidates"], found["gate_probs"], strict=True))
     return f"spt gates (layer:P) {probs} -> retrained layers {found['derived_layers']}"
+
+
+def _rank_zero(derived: Any) -> Any:
+    """Under several Train ranks, rank 0's derived method on every rank. Each rank runs the whole
+    gate search on the same data; nondeterministic kernels (GPU) could tip a gate near its
+    threshold differently on one rank, and DDP then meets models of different shapes."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return derived
+    box = [derived]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

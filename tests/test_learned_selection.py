@@ -150,6 +150,49 @@ def test_spt_darts_end_to_end_retrains_the_derived_layers(tiny_model_dir: str, t
     assert metrics["score"] == pytest.approx(result.metrics["dev"]["score"], abs=1e-6)
 
 
+def _rank_searches(rank: int, model_dir: str, data_dir: str, port: int, out: str) -> None:
+    """One of two gloo ranks: an SPT-DARTS run whose gate search derives other layers on rank 1
+    (as a nondeterministic kernel could tip a gate there)."""
+    import torch.distributed as dist
+
+    from autoprompt_search import darts
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        search_run = darts.BilevelSearch.run
+
+        def run(self):  # type: ignore[no-untyped-def]
+            found = search_run(self)
+            if rank == 1:
+                found.derived = SptConfig(layers=(1,), search=False, length=2, bottleneck=8)
+            return found
+
+        darts.BilevelSearch.run = run  # type: ignore[method-assign]
+        cfg = experiment(model_dir, data_dir, SptConfig(length=2, bottleneck=8, top_k=2, search_steps=4))
+        result = train(cfg, prepare_workspace(cfg))
+        assert isinstance(result.config.method, SptConfig)
+        torch.save((list(result.config.method.layers), result.best_state), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_retrains_rank_zeros_derived_layers(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "rank")
+    mp.spawn(_rank_searches, args=(tiny_model_dir, tiny_sst_dir, port, out), nprocs=2)
+    (layers0, state0), (layers1, state1) = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    assert layers0 == layers1 and len(layers0) == 2  # rank 0's top-2, not rank 1's [1]
+    for name, value in state0.items():
+        torch.testing.assert_close(state1[name], value)  # one model, trained under DDP
+
+
 def test_a_resumed_spt_darts_run_continues_its_derived_layers_without_searching_again(
     tiny_model_dir: str, tiny_sst_dir: str, tmp_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
