@@ -291,7 +291,7 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
     from autoprompt_search.study.options import StudyOptions
-    from autoprompt_search.study.ranking import summarize
+    from autoprompt_search.study.ranking import stopped_note, summarize
     from autoprompt_search.study.runner import study_rows
 
     options = StudyOptions.load(study_dir)
@@ -334,6 +334,9 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
         )
     console = Console() if sys.stdout.isatty() else Console(width=180)
     console.print(table)
+    note = stopped_note(rows, options)
+    if note:
+        console.print(note)
     metric = summary["objective"].split(":")[0]
     if summary["finalists"]:
         finals = Table(title="finalists: median over seeds (range); a failed or collapsed seed counts as the worst")

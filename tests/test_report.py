@@ -106,6 +106,31 @@ def test_the_page_has_its_images_and_lists_failures(tmp_path: Path) -> None:
     assert "importances need at least 3" in text or "no Optuna journal yet" in text
 
 
+def test_status_and_report_say_why_trials_stopped(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    study = tmp_path / "asha"
+    study.mkdir()
+    StudyOptions(
+        name="asha",
+        space={"methods": {"deep": {}}},
+        experiment={"model": "minilm-l6"},
+        reduction_factor=4,
+        grace_period=2,
+    ).save(study)
+    write_trials(study, ROWS)  # t1 STOPPED
+    res = CliRunner().invoke(app, ["status", str(study)])
+    assert res.exit_code == 0, res.output
+    why = "STOPPED: 1 trial(s) ended early by ASHA: at a rung (every 4x more evaluations, the first after 2)"
+    assert why in " ".join(res.stdout.split())  # rich wraps long lines
+    assert "below the top 1/4" in " ".join(res.stdout.split())
+    assert why in write_report(study).read_text(encoding="utf-8")
+    write_trials(study, [r for r in ROWS if r["status"] != "STOPPED"])
+    assert "STOPPED:" not in CliRunner().invoke(app, ["status", str(study)]).stdout
+
+
 def test_importances_come_from_the_studys_own_journal(tmp_path: Path) -> None:
     """PED-ANOVA over the journal's COMPLETE trials: the parameter the score depends on ranks first."""
     import optuna

@@ -12,7 +12,7 @@ import math
 import statistics
 from typing import Any
 
-from .options import Objective
+from .options import Objective, StudyOptions
 
 SELECTABLE = ("TERMINATED", "STOPPED")  # statuses whose best checkpoint may be chosen
 
@@ -148,3 +148,18 @@ def summarize(rows: list[dict[str, Any]], objectives: list[Objective]) -> dict[s
         "best": best_row(rows, objectives),
         "objective": str(objectives[0]),
     }
+
+
+def stopped_note(rows: list[dict[str, Any]], options: StudyOptions) -> str:
+    """Why the search's STOPPED trials ended early ('' when none did). Only ASHA stops trials (FIFO
+    runs every trial to its last step): at a rung, a trial whose objective is below the top
+    1/reduction_factor of the trials that reached that rung ends there."""
+    stopped = [r for r in searched_rows(rows) if r["status"] == "STOPPED"]
+    if not stopped:
+        return ""
+    objective = options.parsed_objectives[0]
+    return (
+        f"STOPPED: {len(stopped)} trial(s) ended early by ASHA: at a rung (every {options.reduction_factor}x "
+        f"more evaluations, the first after {options.grace_period}) their {objective.metric} was below the "
+        f"top 1/{options.reduction_factor} of the trials that reached it; each keeps its best checkpoint and score"
+    )

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import ConfigError
 from .budget import refused_draws
 from .options import OPTUNA_FILE, Objective, StudyOptions, journal_storage
-from .ranking import SELECTABLE, objective_value, pareto_front, searched_rows
+from .ranking import SELECTABLE, objective_value, pareto_front, searched_rows, stopped_note
 from .runner import study_rows
 
 REPORT_DIR = "report"
@@ -274,6 +274,7 @@ def report_data(study_dir: Path) -> dict[str, Any]:
         "importances": values,
         "importance_note": note,
         "budget_note": budget_note(study_dir, options),
+        "stopped_note": stopped_note(rows, options),
         "pareto": [],
         "pareto_all": [],
     }
@@ -357,6 +358,8 @@ def _html(data: dict[str, Any], figures: list[tuple[str, str]]) -> str:
     parts.append(_table(["trial", "status", "method", "reason"], failed) if failed else "<p>None.</p>")
     early = [[r["trial_id"], r["method"], r["last_step"], _fmt(objective_value(r, objective.metric))] for r in stopped]
     parts.append("<h2>Stopped early (ASHA)</h2>")
+    if data["stopped_note"]:
+        parts.append(f"<p>{html.escape(data['stopped_note'])}.</p>")
     parts.append(_table(["trial", "method", "steps", objective.metric], early) if early else "<p>None.</p>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
