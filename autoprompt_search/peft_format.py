@@ -70,6 +70,10 @@ def peft_adapter(model: Any, cfg: Any, model_path: str) -> tuple[dict[str, Any],
     backbone = model.backbone
     model_type = backbone.model.config.model_type
     why = refusal(cfg, model_type, backbone.num_layers)
+    if not why and getattr(backbone.model, "pooler", None) is None:
+        # Ours then classifies the raw first token; peft's BertForSequenceClassification would put
+        # a randomly initialised pooler before its classifier.
+        why = "the model's checkpoint has no pooler, so BertForSequenceClassification would start a random one"
     if why:
         raise ConfigError(f"export --format peft: {why}; export it without --format peft")
     method = model.method

@@ -55,6 +55,26 @@ def bert_with_pooler(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFacto
     return str(root)
 
 
+def test_a_model_without_a_pooler_is_refused(tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path) -> None:
+    """The tiny BERT is saved from an MLM model (no pooler): our head reads the raw first token,
+    peft's classifier would read it through a random pooler, so nothing is written."""
+    from autoprompt_search.errors import ConfigError
+
+    cfg = ExperimentConfig.from_dict(
+        {
+            "model": tiny_model_dir,
+            "data": {"task": "sst2", "data_dir": tiny_sst_dir, "max_length": 16},
+            "method": {"name": "deep", "layers": [0], "length": 3},
+            "head": {"pooling": "first"},
+            "train": {"steps": 2, "batch_size": 8, "eval_every": 2, "device": "cpu"},
+        }
+    )
+    run = tmp_path / "run"
+    train_to_directory(cfg, run)
+    with pytest.raises(ConfigError, match="checkpoint has no pooler, so BertForSequenceClassification would start"):
+        run_adapter(run)
+
+
 @pytest.mark.parametrize("reparam", [0, 16])
 @pytest.mark.parametrize(
     ("method", "head", "peft_type"),
