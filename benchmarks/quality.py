@@ -169,7 +169,7 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
     from autoprompt_search.backbones import load_backbone
 
     started = time.perf_counter()
-    arm = study_arm(args.study_search_seed, args.study_max_trainable)
+    arm = study_arm(args.study_search_seed, args.study_max_trainable, args.study_grace_period)
     name = f"{args.task}-{args.model}-{args.steps}-{arm}"
     enqueue = Path(args.study_dir) / f"{name}-ptuning-v2.yaml"
     enqueue.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +186,7 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
     cmd += ["--finalists", str(args.study_finalists), "--seeds", str(len(args.seeds)), "--enqueue", str(enqueue)]
     cmd += ["--search-seed", str(args.study_search_seed)]
     cmd += ["--max-trainable", args.study_max_trainable] if args.study_max_trainable else []
+    cmd += ["--grace-period", str(args.study_grace_period)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return [{"arm": arm, "seed": 0, "error": proc.stderr.strip().splitlines()[-1:]}]
@@ -210,6 +211,7 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
         "finalist_steps": sum(r["last_step"] or 0 for rs in runs.values() for r in rs),
         "search_seed": args.study_search_seed,
         "max_trainable": args.study_max_trainable,
+        "grace_period": args.study_grace_period,
         "over_budget_draws": over_budget_draws(Path(args.study_dir) / name),
         "best_trial": best,
         "best_search_dev": chosen["dev_score"],
@@ -268,6 +270,9 @@ def main() -> None:
         "--study-search-seed", type=int, default=0, help="study arm: Optuna's sampler seed (row `study-s<N>`)"
     )
     ap.add_argument("--study-max-trainable", default="", help="study arm: --max-trainable of the search (e.g. 0.5%%)")
+    ap.add_argument(
+        "--study-grace-period", type=int, default=1, help="study arm: evaluations before ASHA may stop a trial"
+    )
     ap.add_argument("--study-dir", default="../bench-studies", help="study arm: where the study directory goes")
     ap.add_argument("--out", default="")
     ap.add_argument("--table-only", action="store_true", help="rewrite <out>.md from <out>.jsonl; run nothing")
@@ -302,7 +307,7 @@ def main() -> None:
         return
     done = {(r["arm"], r["seed"]) for r in rows if "error" not in r}
     arms = [arm for arm in args.arms if arm != "study"]
-    study = study_arm(args.study_search_seed, args.study_max_trainable)
+    study = study_arm(args.study_search_seed, args.study_max_trainable, args.study_grace_period)
     todo = [(arm, seed) for seed in args.seeds for arm in arms if (arm, seed) not in done]
     with ThreadPoolExecutor(args.jobs) as pool:
         for row in pool.map(lambda job: run_one(*job, args), todo):
@@ -393,11 +398,13 @@ def over_budget_draws(study_dir: Path) -> int:
     return refused_draws(open_study(str(study_dir / "optuna.journal"), StudyOptions.load(study_dir).name).trials)
 
 
-def study_arm(search_seed: int, max_trainable: str = "") -> str:
+def study_arm(search_seed: int, max_trainable: str = "", grace_period: int = 1) -> str:
     """The study arm's name: `study` for sampler seed 0, `study-s<N>` for another search of the same
-    space; `-max<budget>` where the search has a trainable-parameter budget (`study-max0.5pct`)."""
+    space; `-max<budget>` where the search has a trainable-parameter budget (`study-max0.5pct`);
+    `-g<N>` where ASHA's grace period is not 1 evaluation."""
     budget = f"-max{max_trainable.replace('%', 'pct')}" if max_trainable else ""
-    return (f"study-s{search_seed}" if search_seed else "study") + budget
+    grace = f"-g{grace_period}" if grace_period != 1 else ""
+    return (f"study-s{search_seed}" if search_seed else "study") + budget + grace
 
 
 def study_paragraph(arm: str, study: dict[str, Any], full_ft: list[dict[str, Any]]) -> str:
