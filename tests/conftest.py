@@ -11,6 +11,7 @@ import torch
 from transformers import (
     BertConfig,
     BertForMaskedLM,
+    BertModel,
     BertTokenizerFast,
     GPT2Config,
     LlamaConfig,
@@ -124,6 +125,17 @@ def _sentence(rng: random.Random, positive: bool) -> str:
     words = [rng.choice(filler) for _ in range(rng.randint(1, 4))]
     words.insert(rng.randint(0, len(words)), rng.choice(mood))
     return " ".join(words)
+
+
+@pytest.fixture(scope="session")
+def bert_with_pooler(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny BERT saved as a BertModel with a (random) pooler, as BertForSequenceClassification
+    uses: the model a run needs to be exported as a peft adapter."""
+    root = tmp_path_factory.mktemp("tiny-bert-pooler")
+    torch.manual_seed(1)
+    BertModel(BertConfig.from_pretrained(tiny_model_dir)).save_pretrained(root)
+    BertTokenizerFast.from_pretrained(tiny_model_dir).save_pretrained(root)
+    return str(root)
 
 
 @pytest.fixture(scope="session")

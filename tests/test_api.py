@@ -44,6 +44,11 @@ def test_a_study_from_python(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -
     if result.best is not None:  # tiny trials may all collapse; then there is no best to name
         assert result.best_config is not None and result.best_config["method"]["name"] == "deep"
         assert "seed" not in result.best_config["train"]  # the searched configuration, not one seed's run
+        # Input prompts read on [CLS]: peft's prompt tuning cannot hold them (its classifier reads a
+        # virtual token), so the export refuses before it writes anything.
+        with pytest.raises(ConfigError, match="peft's prompt tuning puts the prompt before"):
+            export_study(result.study_dir, top=1, form="peft", output=tmp_path / "peft")
+        assert not (tmp_path / "peft").exists()
         (exported,) = export_study(result.study_dir, top=1)  # an exported trial loads like a run
         _, preds = predict_run(exported, "dev", device="cpu")
         dev = load_task_data(DataConfig(task="sst2", data_dir=tiny_sst_dir)).splits["dev"]

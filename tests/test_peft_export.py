@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import AutoTokenizer
 
 from autoprompt_search.batch import Batch
 from autoprompt_search.config import ExperimentConfig
@@ -43,16 +43,6 @@ def cfg_of(method: dict, head: dict | None = None) -> ExperimentConfig:
 def test_what_peft_cannot_hold_is_refused_with_the_reason(method: dict, head: dict, model_type: str, why: str) -> None:
     reason = refusal(cfg_of(method, head), model_type, num_layers=4)
     assert (why in reason and "\n" not in reason) if why else reason == ""
-
-
-@pytest.fixture(scope="module")
-def bert_with_pooler(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The tiny BERT saved as a BertModel with a (random) pooler, as BertForSequenceClassification uses."""
-    root = tmp_path_factory.mktemp("tiny-bert-pooler")
-    torch.manual_seed(1)
-    BertModel(BertConfig.from_pretrained(tiny_model_dir)).save_pretrained(root)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(root)
-    return str(root)
 
 
 def test_a_model_without_a_pooler_is_refused(tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path) -> None:

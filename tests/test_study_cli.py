@@ -134,17 +134,20 @@ def test_search_joins_an_existing_cluster(
 
 @pytest.mark.slow
 def test_finalists_retrain_the_top_configurations_over_seeds(
-    tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+    bert_with_pooler: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
-    """`--finalists 2 --seeds 2` on a local Ray: 4 finalist rows, the best is the best median, export ranks by it."""
+    """`--finalists 2 --seeds 2` on a local Ray: 4 finalist rows, the best is the best median, export
+    ranks by it, natively and as peft adapters that give our logits."""
     space = tmp_path / "space.yaml"
-    # Configurations that learn within 12 tiny steps, differing in prompt length.
+    # Configurations that learn within 12 tiny steps, differing in prompt length; the classifier on
+    # the first prompt slot through the pooler, as peft's prompt tuning reads it.
     space.write_text(yaml.safe_dump({"methods": {"deep": {"layers": [0], "length": {"type": "categorical", "choices": [2, 3]}}},
-                                     "train": {"lr": {"type": "categorical", "choices": [0.3]}}}))  # fmt: skip
+                                     "train": {"lr": {"type": "categorical", "choices": [0.3]}},
+                                     "head": {"pooling": "first"}}))  # fmt: skip
     results = tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(
-        [*AUTOPROMPT, *search_args(tiny_model_dir, tiny_sst_dir, results, space, "--num-samples", "4", "--sampler",
+        [*AUTOPROMPT, *search_args(bert_with_pooler, tiny_sst_dir, results, space, "--num-samples", "4", "--sampler",
                                    "random", "--name", "finals", "--finalists", "2", "--seeds", "2", "--num-cpus", "2",
                                    "--steps", "12", "--eval-every", "4")],
         capture_output=True, text=True, env=env, timeout=900,
@@ -197,10 +200,15 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
         and "finalists: median over seeds" in res.stdout
         and "the configuration of trial" in res.stdout
     )
-    # Input prompts: peft's prompt tuning cannot hold them (its classifier reads a virtual token).
-    res = runner.invoke(app, ["export", str(study), "--format", "peft", "--output", str(tmp_path / "peft")])
-    assert res.exit_code == 2 and "export --format peft: peft's prompt tuning puts the prompt before" in res.output
-    assert not (tmp_path / "peft").exists()
+    # Both finalist configurations as peft adapters; the best loads in PeftModel with our logits.
+    res = runner.invoke(
+        app, ["export", str(study), "--format", "peft", "--top", "2", "--output", str(tmp_path / "peft")]
+    )
+    assert res.exit_code == 0, res.output
+    adapters = sorted(p for p in (tmp_path / "peft").iterdir() if p.is_dir())
+    assert len(adapters) == 2 and all((p / "adapter_model.safetensors").is_file() for p in adapters)
+    assert json.loads((adapters[0] / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
+    assert_peft_gives_our_logits(adapters[0], bert_with_pooler)
     res = runner.invoke(app, ["export", str(study), "--top", "1"])
     assert res.exit_code == 0, res.output
     (summary,) = json.loads((study / "export" / "exported.json").read_text())
@@ -209,3 +217,20 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
     res = runner.invoke(app, ["predict", str(exported), "--split", "dev", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["score"] == pytest.approx(summary["checkpoint_dev_score"], abs=1e-6)
+
+
+def assert_peft_gives_our_logits(run: Path, model: str) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from autoprompt_search.api import load
+    from autoprompt_search.batch import Batch
+
+    enc = AutoTokenizer.from_pretrained(model)(["good fine great", "bad awful dull"], padding=True, return_tensors="pt")
+    base = AutoModelForSequenceClassification.from_pretrained(model, num_labels=2)
+    theirs = PeftModel.from_pretrained(base, str(run)).eval()
+    with torch.no_grad():
+        expected = theirs(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+        ours = load(run, device="cpu").model(Batch(enc.input_ids, enc.attention_mask.bool()))
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
