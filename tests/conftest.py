@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -136,6 +137,26 @@ def bert_with_pooler(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFacto
     BertModel(BertConfig.from_pretrained(tiny_model_dir)).save_pretrained(root)
     BertTokenizerFast.from_pretrained(tiny_model_dir).save_pretrained(root)
     return str(root)
+
+
+def peft_and_our_logits(run: str | Path, model: str) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Load a run written as a peft adapter with `PeftModel.from_pretrained` on `model` and with our
+    loader; return peft's model and both sides' logits on two sentences."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from autoprompt_search.api import load
+    from autoprompt_search.batch import Batch
+
+    enc = AutoTokenizer.from_pretrained(model)(
+        ["good fine great", "bad awful poor terrible dull"], padding=True, return_tensors="pt"
+    )
+    base = AutoModelForSequenceClassification.from_pretrained(model, num_labels=2)
+    theirs = PeftModel.from_pretrained(base, str(run)).eval()
+    with torch.no_grad():
+        expected = theirs(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+        ours = load(run, device="cpu").model(Batch(enc.input_ids, enc.attention_mask.bool()))
+    return theirs, ours, expected
 
 
 @pytest.fixture(scope="session")

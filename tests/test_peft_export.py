@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from conftest import peft_and_our_logits
 
-from autoprompt_search.batch import Batch
 from autoprompt_search.config import ExperimentConfig
 from autoprompt_search.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, refusal, run_adapter, write_peft_adapter
 from autoprompt_search.runs import train_to_directory
@@ -79,10 +78,6 @@ def test_a_run_loads_in_peft_with_our_logits(
     method: dict, head: dict, peft_type: str, reparam: int, bert_with_pooler: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
     peft = pytest.importorskip("peft")
-    from transformers import AutoModelForSequenceClassification
-
-    from autoprompt_search.api import load
-
     cfg = ExperimentConfig.from_dict(
         {
             "model": bert_with_pooler,
@@ -97,20 +92,12 @@ def test_a_run_loads_in_peft_with_our_logits(
     write_peft_adapter(*run_adapter(run), run)
     assert (run / ADAPTER_CONFIG).is_file() and (run / ADAPTER_WEIGHTS).is_file()
 
-    ours = load(run, device="cpu")
-    tokenizer = AutoTokenizer.from_pretrained(bert_with_pooler)
-    enc = tokenizer(["good fine great", "bad awful poor terrible dull"], padding=True, return_tensors="pt")
-    base = AutoModelForSequenceClassification.from_pretrained(bert_with_pooler, num_labels=2)
     try:
-        theirs_model = peft.PeftModel.from_pretrained(base, str(run)).eval()
-        with torch.no_grad():
-            theirs = theirs_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+        theirs_model, mine, theirs = peft_and_our_logits(run, bert_with_pooler)
     except ValueError as exc:  # a transformers version peft's prefix tuning does not support
         if peft_type != "PREFIX_TUNING":
             raise
         pytest.skip(f"peft {peft.__version__} prefix tuning unsupported here: {exc}")
     assert theirs_model.peft_config["default"].peft_type.value == peft_type
-    with torch.no_grad():
-        mine = ours.model(Batch(enc.input_ids, enc.attention_mask.bool()))
     assert mine.abs().max() > 0.05  # a trained head, not zeros
     torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
+from conftest import peft_and_our_logits
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -208,7 +210,8 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
     adapters = sorted(p for p in (tmp_path / "peft").iterdir() if p.is_dir())
     assert len(adapters) == 2 and all((p / "adapter_model.safetensors").is_file() for p in adapters)
     assert json.loads((adapters[0] / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
-    assert_peft_gives_our_logits(adapters[0], bert_with_pooler)
+    _, ours, theirs = peft_and_our_logits(adapters[0], bert_with_pooler)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
     res = runner.invoke(app, ["export", str(study), "--top", "1"])
     assert res.exit_code == 0, res.output
     (summary,) = json.loads((study / "export" / "exported.json").read_text())
@@ -217,20 +220,3 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
     res = runner.invoke(app, ["predict", str(exported), "--split", "dev", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["score"] == pytest.approx(summary["checkpoint_dev_score"], abs=1e-6)
-
-
-def assert_peft_gives_our_logits(run: Path, model: str) -> None:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from autoprompt_search.api import load
-    from autoprompt_search.batch import Batch
-
-    enc = AutoTokenizer.from_pretrained(model)(["good fine great", "bad awful dull"], padding=True, return_tensors="pt")
-    base = AutoModelForSequenceClassification.from_pretrained(model, num_labels=2)
-    theirs = PeftModel.from_pretrained(base, str(run)).eval()
-    with torch.no_grad():
-        expected = theirs(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
-        ours = load(run, device="cpu").model(Batch(enc.input_ids, enc.attention_mask.bool()))
-    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
