@@ -36,6 +36,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PEERS = {"peft-prompt": 3e-2, "peft-prefix": 1e-2, "full-ft": 5e-5, "hf-probe": 1e-2}  # arm -> lr
+# Diagnostic arms: a peer run with another learning rate (arm -> (peer arm, lr)). 8e-2 is the rate
+# the TREC studies' best kv configurations were sampled at, so `peft-prefix-lr8e-2` asks whether a
+# user of peft gets the study's gain by raising the rate alone.
+PEER_VARIANTS = {"peft-prefix-lr8e-2": ("peft-prefix", 8e-2)}
 
 
 def our_arms(num_layers: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
@@ -49,6 +53,9 @@ def our_arms(num_layers: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]
         "prompt-tuning-as-peft": ({"name": "deep", "layers": [0], "length": 20, "init": "normal"}, {"lr": 3e-2}),
         "deep-hidden": ({"name": "deep", "layers": every, "length": 20}, {"lr": 1e-2}),
         "deep-kv": ({"name": "deep", "layers": every, "length": 20, "form": "kv"}, {"lr": 1e-2}),
+        # diagnostics (not a method's preset): deep-kv at the studies' sampled rate, then with mean pooling
+        "deep-kv-lr8e-2": ({"name": "deep", "layers": every, "length": 20, "form": "kv"}, {"lr": 8e-2}),
+        "deep-kv-lr8e-2-mean": ({"name": "deep", "layers": every, "length": 20, "form": "kv"}, {"lr": 8e-2}),
         "lpt-half": (
             {"name": "late", "layer": num_layers // 2, "length": 5, "generator": "npg", "bottleneck": 128},
             {"lr": 3e-3, "weight_decay": 0.1},
@@ -68,6 +75,7 @@ ARM_HEADS = {
     "prompt-tuning-first": {"pooling": "first"},
     "prompt-tuning-normal": {"pooling": "first"},
     "prompt-tuning-as-peft": {"pooling": "first", "dropout": 0.1},
+    "deep-kv-lr8e-2-mean": {"pooling": "mean"},
 }
 
 
@@ -151,10 +159,11 @@ def command(arm: str, seed: int, args: argparse.Namespace) -> list[str]:
     shared = ["--seed", str(seed), "--model", args.model, "--task", args.task, "--data-dir", args.data_dir]
     shared += ["--max-length", str(args.max_length), "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     shared += ["--threads", str(args.threads), "--time-steps", str(args.time_steps)]
-    if arm in PEERS:
+    if arm in PEERS or arm in PEER_VARIANTS:
         if not args.peer_python:
             raise SystemExit(f"error: arm {arm} runs through peft: give --peer-python (a venv with peft)")
-        return [args.peer_python, str(HERE / "peft_peers.py"), "--arm", arm, "--lr", str(PEERS[arm]), *shared]
+        peer, lr = PEER_VARIANTS.get(arm, (arm, PEERS.get(arm, 0.0)))
+        return [args.peer_python, str(HERE / "peft_peers.py"), "--arm", peer, "--lr", str(lr), *shared]
     return [sys.executable, str(Path(__file__).resolve()), "--one", arm, *shared]
 
 
@@ -244,7 +253,7 @@ def run_one(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     if proc.returncode != 0:
         return {"arm": arm, "seed": seed, "error": proc.stderr.strip().splitlines()[-1:]}
     row = json.loads(proc.stdout.strip().splitlines()[-1])
-    return row | {"wall_seconds": time.perf_counter() - started}
+    return row | {"arm": arm, "wall_seconds": time.perf_counter() - started}  # a peer variant: its own name
 
 
 def main() -> None:
@@ -375,7 +384,7 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         trainable, total = rs[0]["trainable_params"], rs[0].get("total_params") or 0
         share = f"{100 * trainable / total:.2f}%" if total else "-"
         ms = statistics.median(r["ms_per_step"] for r in rs)
-        side = "peer" if arm in PEERS else "ours"
+        side = "peer" if arm in PEERS or arm in PEER_VARIANTS else "ours"
         lines.append(
             f"| {arm} | {side} | {len(rs)} | {spread(dev)} | {spread(test)} | {trainable:,} | {share} | {ms:.0f} "
             f"| {sum(bool(r['collapsed']) for r in rs)}/{len(rs)} |"
