@@ -11,8 +11,11 @@ alternates, as in DARTS (Liu et al. 2019):
    get a gradient, AdamW at `train.lr` with the usual warmup/decay.
 
 Gradients are taken with `torch.autograd.grad` on exactly one group, so a step can never leak
-into the other group's `.grad`. Every evaluation logs the gate probabilities per layer. After
-the search, `derived_config()` picks the layers and `train()` retrains a fresh model on them.
+into the other group's `.grad`. Under several Train ranks each rank takes its share of every
+batch and the gradients are averaged over the ranks (what DDP does for `.backward`), so the ranks
+split the search's work and keep identical gates. Every evaluation logs the gate probabilities
+per layer. After the search, `derived_config()` picks the layers and `train()` retrains a fresh
+model on them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,17 @@ from .errors import ConfigError, TrainingError
 from .evaluation import evaluate
 from .precision import autocast
 from .prompts import SelectivePrompt, SptConfig, method_to_dict
-from .recipe import loss_not_finite, lr_lambda, seed_everything, train_batches
+from .recipe import (
+    average_gradients,
+    loss_not_finite,
+    lr_lambda,
+    mean_across_ranks,
+    param_groups,
+    rank_share,
+    ranks,
+    seed_everything,
+    train_batches,
+)
 from .stages import register_stage
 from .workspace import Workspace, batch_fetcher, build_model, prefix_feeder, resolve_device
 
@@ -67,6 +80,7 @@ class BilevelSearch:
             raise ConfigError("method: the gate search needs method spt with search: true")
         self.cfg, self.ws = cfg, ws
         self.device = resolve_device(cfg.train.device)
+        self.world = ranks()
         seed_everything(cfg.train.seed)
         self.model: PromptedModel = build_model(cfg, ws).to(self.device)
         self.model.train()
@@ -75,10 +89,14 @@ class BilevelSearch:
         self.method = method
         self.gates = method.gate_parameters()
         gate_ids = {id(p) for p in self.gates}
-        self.weights = [p for p in self.model.trainable_parameters().values() if id(p) not in gate_ids]
+        named = {k: p for k, p in self.model.trainable_parameters().items() if id(p) not in gate_ids}
+        self.weights = list(named.values())
         tc, sc = cfg.train, cfg.method
         self.steps = sc.search_steps or tc.steps
-        self.weight_opt = torch.optim.AdamW(self.weights, lr=tc.lr, weight_decay=tc.weight_decay)
+        # The loop's AdamW groups: no weight decay on biases and norms (recipe.param_groups).
+        self.weight_opt = torch.optim.AdamW(
+            param_groups(named, tc.weight_decay), lr=tc.lr, weight_decay=tc.weight_decay
+        )
         self.weight_sched = torch.optim.lr_scheduler.LambdaLR(self.weight_opt, lr_lambda(self.steps, tc.warmup_ratio))
         # DARTS' architecture optimiser: Adam, beta1 0.5, small weight decay on the logits.
         self.gate_opt = torch.optim.Adam(self.gates, lr=sc.arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
@@ -91,7 +109,7 @@ class BilevelSearch:
         self.fetch = {name: batch_fetcher(self.feeder, ws, name, self.device) for name in ("train", "dev")}
 
     def batch(self, rows: Tensor) -> Batch:
-        return self.fetch["train"](rows)
+        return self.fetch["train"](rank_share(rows, self.world))
 
     def loss(self, batch: Batch) -> Tensor:
         with autocast(self.device, self.cfg.train.precision):
@@ -111,7 +129,7 @@ class BilevelSearch:
             grads, loss = self._second_order_gate_grads(arch, train)
         else:
             loss = self.loss(arch)
-            grads = torch.autograd.grad(loss + self.penalty(), self.gates)
+            grads = average_gradients(torch.autograd.grad(loss + self.penalty(), self.gates), self.world)
         for p, g in zip(self.gates, grads, strict=True):
             p.grad = g
         self.gate_opt.step()
@@ -121,7 +139,7 @@ class BilevelSearch:
     def weight_step(self, train: Batch) -> float:
         """Update everything but the gate logits."""
         loss = self.loss(train)
-        grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
+        grads = average_gradients(torch.autograd.grad(loss, self.weights, allow_unused=True), self.world)
         for p, g in zip(self.weights, grads, strict=True):
             p.grad = g
         if self.cfg.train.grad_clip:
@@ -143,6 +161,7 @@ class BilevelSearch:
                     p.sub_(xi * g)
         loss = self.loss(arch)
         both = torch.autograd.grad(loss + self.penalty(), [*self.gates, *self.weights], allow_unused=True)
+        both = average_gradients(both, self.world)
         gate_grads, dw = both[: len(self.gates)], both[len(self.gates) :]
         norm = torch.sqrt(sum((g.float() ** 2).sum() for g in dw if g is not None))
         eps = 0.01 / (float(norm) + 1e-12)
@@ -165,7 +184,7 @@ class BilevelSearch:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             with torch.enable_grad():
-                return torch.autograd.grad(self.loss(batch), wrt, allow_unused=True)
+                return average_gradients(torch.autograd.grad(self.loss(batch), wrt, allow_unused=True), self.world)
 
     def run(self, on_eval: Callable[[dict[str, Any]], None] | None = None) -> GateSearch:
         tc = self.cfg.train
@@ -180,6 +199,8 @@ class BilevelSearch:
             arch = self.batch(next(self.arch_batches))
             arch_loss = self.arch_step(arch, train)
             train_loss = self.weight_step(train)
+            if self.world[1] > 1:  # the whole batch's losses: not finite on one rank = on every rank
+                arch_loss, train_loss = mean_across_ranks([arch_loss, train_loss])
             for loss in (arch_loss, train_loss):
                 if not math.isfinite(loss):
                     raise TrainingError(loss_not_finite(loss, step, "gate search ", "lower --lr or method.arch_lr"))
@@ -250,9 +271,9 @@ def describe_search(found: dict[str, Any]) -> str:
 
 
 def _rank_zero(derived: Any) -> Any:
-    """Under several Train ranks, rank 0's derived method on every rank. Each rank runs the whole
-    gate search on the same data; nondeterministic kernels (GPU) could tip a gate near its
-    threshold differently on one rank, and DDP then meets models of different shapes."""
+    """Under several Train ranks, rank 0's derived method on every rank. The ranks' gates are
+    updated with the same averaged gradients, but nondeterministic kernels (GPU) could still tip a
+    gate near its threshold differently on one rank, and DDP then meets models of different shapes."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

@@ -1,6 +1,6 @@
 """The training recipe's pieces that the loop (`trainer.py`) and SPT-DARTS' gate search
-(`darts.py`) share: seeding, the seeded batch order, AdamW's parameter groups, epochs as steps
-and the warmup + linear decay schedule."""
+(`darts.py`) share: seeding, the seeded batch order and each rank's share of it, AdamW's
+parameter groups, epochs as steps, the warmup + linear decay schedule, and averages over ranks."""
 
 from __future__ import annotations
 
@@ -61,3 +61,41 @@ def lr_lambda(steps: int, warmup_ratio: float) -> Callable[[int], float]:
 def loss_not_finite(value: float, step: int, stage: str = "", fix: str = "lower --lr or check the data") -> str:
     """The one-line error of a run whose loss is NaN or infinite (the training loop, the gate search)."""
     return f"{stage}loss became {value} at step {step}; {fix}"
+
+
+def ranks() -> tuple[int, int]:
+    """(this rank, number of ranks) of the data-parallel group; (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_share(rows: Tensor, world: tuple[int, int]) -> Tensor:
+    """This rank's rows of a batch (B,) -> (B / ranks,): every rank takes one share of each batch."""
+    rank, size = world
+    return rows[rank::size] if size > 1 else rows
+
+
+def mean_across_ranks(values: list[float]) -> list[float]:
+    """Losses averaged over the ranks (NaN or inf on one rank stays not finite on every rank)."""
+    import torch.distributed as dist
+
+    total = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(total)
+    return (total / dist.get_world_size()).tolist()
+
+
+def average_gradients(grads: tuple[Tensor | None, ...], world: tuple[int, int]) -> tuple[Tensor | None, ...]:
+    """Gradients from `torch.autograd.grad` averaged over the ranks, in place: the gradient of the
+    whole batch's mean loss when every rank holds an equal share (DDP does this for `.backward`)."""
+    if world[1] == 1:
+        return grads
+    import torch.distributed as dist
+
+    for g in grads:
+        if g is not None:
+            dist.all_reduce(g)
+            g.div_(world[1])
+    return grads

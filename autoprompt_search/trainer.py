@@ -27,7 +27,17 @@ from .fused import FusedModel, fusable, fusion_key
 from .metrics import COLLAPSED
 from .precision import autocast
 from .prefix_cache import PrefixFeeder
-from .recipe import loss_not_finite, lr_lambda, param_groups, resolve_epochs, seed_everything, train_batches
+from .recipe import (
+    loss_not_finite,
+    lr_lambda,
+    mean_across_ranks,
+    param_groups,
+    rank_share,
+    ranks,
+    resolve_epochs,
+    seed_everything,
+    train_batches,
+)
 from .stages import before_training
 from .workspace import Workspace, batch_fetcher, build_model, check_fits, prefix_feeder, resolve_device
 
@@ -158,8 +168,7 @@ class _Member:
         if self.batches is None:
             self.batches = train_batches(torch.arange(n_train), self.cfg.train.batch_size, self.cfg.train.seed)
         rows = next(self.batches)
-        rank, world = self.world
-        return rows[rank::world] if world > 1 else rows
+        return rank_share(rows, self.world)
 
     def runs_at(self, step: int) -> bool:
         return self.status == "RUNNING" and self.steps_done < step <= self.cfg.train.steps
@@ -195,7 +204,7 @@ def train_group(
     tc0 = cfgs[0].train
     device = resolve_device(tc0.device)
     seed_everything(tc0.seed)
-    world = _world()
+    world = ranks()
     members, unfit = [], []
     info = BackboneInfo.of(ws.backbone)
     for i, cfg in enumerate(cfgs):
@@ -241,7 +250,7 @@ def train_group(
             lo = hi
         values = torch.stack([loss.detach() for loss in losses]).cpu().tolist()  # the step's one host sync
         if world[1] > 1:  # the loss over the whole batch; not finite on one rank = not finite on every rank
-            values = _mean_across_ranks(values)
+            values = mean_across_ranks(values)
         finite = [(m, loss) for m, loss, v in zip(active, losses, values, strict=True) if math.isfinite(v)]
         trainable = [m for m, _ in finite if m.optimizer is not None]
         for m in trainable:
@@ -331,23 +340,6 @@ def _member_result(
         "group_size": group,
     }
     return TrainResult(m.model, metrics, m.history, m.best_state, m.cfg, m.status, m.error)
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _mean_across_ranks(values: list[float]) -> list[float]:
-    """Per-member losses averaged over the ranks (NaN or inf on one rank stays not finite)."""
-    import torch.distributed as dist
-
-    total = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(total)
-    return (total / dist.get_world_size()).tolist()
 
 
 def _data_parallel(model: PromptedModel | FusedModel, device: torch.device) -> torch.nn.Module:

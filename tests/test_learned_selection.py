@@ -193,6 +193,52 @@ def test_every_rank_retrains_rank_zeros_derived_layers(tiny_model_dir: str, tiny
         torch.testing.assert_close(state1[name], value)  # one model, trained under DDP
 
 
+def _gate_search_config(model_dir: str, data_dir: str, second_order: bool):  # type: ignore[no-untyped-def]
+    # No dropout: each rank draws its own masks for its share, one process draws them for the batch.
+    spt = SptConfig(length=2, bottleneck=8, search_steps=6, dropout=0.0, second_order=second_order)
+    return experiment(model_dir, data_dir, spt, batch_size=8, eval_every=3, prefix_cache=False)
+
+
+def _rank_gate_search(rank: int, model_dir: str, data_dir: str, port: int, out: str, second_order: bool) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        cfg = _gate_search_config(model_dir, data_dir, second_order)
+        search = BilevelSearch(cfg, prepare_workspace(cfg))
+        rows: list = []
+        search.fetch["train"] = lambda batch_rows, fetch=search.fetch["train"]: (
+            rows.append(len(batch_rows)) or fetch(batch_rows)
+        )
+        found = search.run()
+        torch.save((found.probabilities, [h["train_loss"] for h in found.history], rows), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_two_ranks_split_the_gate_search_and_find_what_one_process_finds(
+    tiny_model_dir: str, tiny_sst_dir: str, tmp_path, second_order: bool
+) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "rank")
+    mp.spawn(_rank_gate_search, args=(tiny_model_dir, tiny_sst_dir, port, out, second_order), nprocs=2)
+    cfg = _gate_search_config(tiny_model_dir, tiny_sst_dir, second_order)
+    alone = BilevelSearch(cfg, prepare_workspace(cfg)).run()
+    for rank in (0, 1):
+        probabilities, losses, rows = torch.load(f"{out}.{rank}")
+        assert set(rows) == {4}  # each rank trains on half of every batch of 8
+        assert probabilities == pytest.approx(alone.probabilities, abs=1e-5)  # the same gates
+        assert losses == pytest.approx([h["train_loss"] for h in alone.history], rel=1e-4)  # the whole batch's
+
+
 def test_a_resumed_spt_darts_run_continues_its_derived_layers_without_searching_again(
     tiny_model_dir: str, tiny_sst_dir: str, tmp_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from autoprompt_search.backbones import backbone_from_config
 from autoprompt_search.config import ExperimentConfig, TrainConfig
 from autoprompt_search.data import DataConfig
 from autoprompt_search.errors import TrainingError
-from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig
+from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig, SptConfig
 from autoprompt_search.trainer import train
 from autoprompt_search.workspace import build_model, prepare_workspace
 
@@ -191,6 +191,19 @@ def test_no_weight_decay_on_biases_and_norms(tiny_model_dir: str, tiny_sst_dir: 
         cfg, ws, on_eval=lambda record, state, trained: groups.append(record["training_state"]().meta["param_groups"])
     )
     assert [g["weight_decay"] for g in groups[-1]] == [0.1, 0.0]  # the trainer's AdamW uses these groups
+
+
+def test_the_gate_search_decays_no_bias_or_norm(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    from autoprompt_search.darts import BilevelSearch
+
+    spt = SptConfig(length=2, bottleneck=8, top_k=2, search_steps=2)
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, spt, weight_decay=0.1, prefix_cache=False)
+    search = BilevelSearch(cfg, prepare_workspace(cfg))
+    decay, plain = search.weight_opt.param_groups
+    assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in plain["params"]} == {id(p) for p in search.weights if p.ndim == 1} != set()
+    gates = {id(p) for p in search.gates}
+    assert not gates & {id(p) for g in (decay, plain) for p in g["params"]}  # the gates have their own Adam
 
 
 def test_first_pooling_is_refused_on_a_decoder() -> None:
