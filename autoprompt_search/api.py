@@ -42,6 +42,8 @@ class SearchResult:
     best: dict[str, Any] | None  # the best finalist (median over seeds) or trial row, see study.ranking
     best_config: dict[str, Any] | None  # the best's sampled {'method': ..., 'train': ...}
     wall_seconds: float
+    interrupted: bool = False  # stopped by Ctrl-C before the end: `resume(study_dir)` goes on
+    finished_before: bool = False  # a resume of a study that had already finished: nothing ran
 
     @property
     def table(self) -> Any:
@@ -120,7 +122,8 @@ def _search_result(run: Any) -> SearchResult:
     if best is not None:
         source = best.get("finalist_of") or best["trial_id"]
         config = next(r for r in run.rows if r["trial_id"] == source)["config"]
-    return SearchResult(run.study_dir, run.rows, best, None if config is None else json.loads(config), run.wall_seconds)
+    sampled = None if config is None else json.loads(config)
+    return SearchResult(run.study_dir, run.rows, best, sampled, run.wall_seconds, run.interrupted, run.finished_before)
 
 
 def train(output: str | Path = "runs/train", overwrite: bool = False, **options: Any) -> TrainResult:

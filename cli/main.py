@@ -269,7 +269,15 @@ def search(
     except ConfigError as exc:
         fail(exc)
     _print_status(run.study_dir)
-    typer.echo(f"study wall time {run.wall_seconds:.1f} s; export with: autoprompt export {run.study_dir} --top 3")
+    if run.finished_before:
+        typer.echo(
+            f"nothing left to run: the study had finished; export with: autoprompt export {run.study_dir} --top 3"
+        )
+    elif run.interrupted:
+        typer.echo(f"interrupted: continue with autoprompt search --resume {run.study_dir}", err=True)
+        raise typer.Exit(130)  # the shell's code for Ctrl-C
+    else:
+        typer.echo(f"study wall time {run.wall_seconds:.1f} s; export with: autoprompt export {run.study_dir} --top 3")
 
 
 # What --resume may take: where the study is and how to reach Ray; the rest is the stored study's.

@@ -430,20 +430,27 @@ def test_spt_darts_trials_checkpoint_and_export_the_retrained_layers(
 def test_resume_after_interruption_runs_no_trial_twice(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
-    opts = options(tiny_model_dir, tiny_sst_dir, max_concurrent=1, sampler="random", seed=5)
+    opts = options(tiny_model_dir, tiny_sst_dir, max_concurrent=1, sampler="random", seed=5, finalists=1, seeds=1)
     marker = str(tmp_path / "interrupted")
-    run_study(opts, tmp_path / "r", callbacks=[InterruptAfter(2, marker)])
+    interrupted = run_study(opts, tmp_path / "r", callbacks=[InterruptAfter(2, marker)])
     # 6 tiny steps: a trial may predict one class at every evaluation and end COLLAPSED instead
     ended = ("TERMINATED", "COLLAPSED")
     first = {r["trial_id"]: r for r in read_trials(tmp_path / "r" / "s") if r["status"] in ended}
     assert os.path.exists(marker) and 2 <= len(first) < 4
+    # Tune returns from a Ctrl-C: the study says so and never picks finalists from a partial search.
+    assert interrupted.interrupted and not any(r["finalist_of"] for r in interrupted.rows)
     with pytest.raises(ConfigError, match="already exists; continue it with --resume s"):
         run_study(opts, tmp_path / "r")
 
-    resume_study("s", tmp_path / "r")
+    resumed = resume_study("s", tmp_path / "r")
     rows = read_trials(tmp_path / "r" / "s")
-    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
-    assert all(r["status"] in ended for r in rows)
+    searched = [r for r in rows if not r["finalist_of"]]
+    assert not resumed.interrupted and len(rows) == 5 and len({r["trial_id"] for r in rows}) == 5
+    assert len(searched) == 4 and all(r["status"] in ended for r in rows)
+    # Resuming the finished study runs nothing and joins no Ray.
+    joined: list[object] = []
+    again = resume_study("s", tmp_path / "r", on_connect=lambda *a: joined.append(a))
+    assert again.finished_before and not joined and again.rows == rows
     for trial_id, before in first.items():  # finished trials were not run again
         after = next(r for r in rows if r["trial_id"] == trial_id)
         assert after["started_at"] == before["started_at"] and after["finished_at"] == before["finished_at"]
@@ -452,8 +459,9 @@ def test_resume_after_interruption_runs_no_trial_twice(
     from optuna.storages.journal import JournalFileBackend
 
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "r" / "s" / "optuna.journal")))
-    states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
-    collapsed = sum(r["status"] == "COLLAPSED" for r in rows)
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    states = [t.state.name for t in trials if "finalist_of" not in t.user_attrs]  # the finalist's median apart
+    collapsed = sum(r["status"] == "COLLAPSED" for r in searched)
     assert (states.count("COMPLETE"), states.count("FAIL")) == (4 - collapsed, collapsed)  # each told once
 
 

@@ -220,3 +220,9 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
     res = runner.invoke(app, ["predict", str(exported), "--split", "dev", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["score"] == pytest.approx(summary["checkpoint_dev_score"], abs=1e-6)
+    # --resume of the finished study: its table, nothing run, no Ray started here.
+    import ray
+
+    res = runner.invoke(app, ["search", "--resume", str(study)])
+    assert res.exit_code == 0 and "nothing left to run: the study had finished" in res.stdout, res.output
+    assert "ray:" not in res.output and not ray.is_initialized()

@@ -60,30 +60,31 @@ def fused_groups(options: StudyOptions, runs: list[dict[str, Any]]) -> list[list
     return [[runs[i] for i in group] for group in partition(cfgs, info, options.fuse)]
 
 
-def run_finalists(options: StudyOptions, study_dir: Path) -> None:
-    """Train the finalists (or continue them after an interruption) on the connected Ray."""
+def run_finalists(options: StudyOptions, study_dir: Path) -> Any:
+    """Train the finalists (or continue them after an interruption) on the connected Ray; returns
+    Tune's ResultGrid (None: nothing to retrain), which says whether an interruption cut it short."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
     if options.finalists == 0:
-        return
+        return None
     experiment = study_dir / FINALISTS_TUNE_DIR
     objective = options.parsed_objectives[0]
     if tune.Tuner.can_restore(str(experiment)):
         # The finalists were chosen when this phase first started; a resume keeps them.
-        tune.Tuner.restore(
+        grid = tune.Tuner.restore(
             str(experiment),
             trainable_for(options, study_dir, fused=True),
             resume_unfinished=True,
             restart_errored=False,
         ).fit()
         tell_optuna(options, study_dir)
-        return
+        return grid
     runs = finalist_runs(options, read_trials(study_dir))
     if not runs:
-        return  # no trial of the search ended with a score: nothing to retrain
+        return None  # no trial of the search ended with a score: nothing to retrain
     groups = fused_groups(options, runs)
-    tune.Tuner(
+    grid = tune.Tuner(
         trainable_for(options, study_dir, fused=True),
         param_space={"members": tune.grid_search(groups)},
         tune_config=tune.TuneConfig(
@@ -104,6 +105,7 @@ def run_finalists(options: StudyOptions, study_dir: Path) -> None:
         ),
     ).fit()
     tell_optuna(options, study_dir)
+    return grid
 
 
 def tell_optuna(options: StudyOptions, study_dir: Path) -> list[int]:

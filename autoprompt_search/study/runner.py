@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -28,14 +29,19 @@ from .records import TRIALS_FILE, TrialRecorder, read_trials
 from .trial import devices_per_trial, trainable_for, trial_dirname
 
 TUNE_DIR = "tune"  # Tune experiment: trial dirs with result.json, progress.csv, TensorBoard events
+# Written once the search and its finalists have ended: a resume of the study then has nothing to
+# run and need not start Ray. An interrupted study has none (overwrite removes the directory).
+FINISHED_FILE = "finished.json"
 
 
 @dataclass
 class StudyRun:
     study_dir: Path
-    cluster: ClusterInfo
+    cluster: ClusterInfo | None  # None: a resume found the study finished and joined no Ray
     rows: list[dict[str, Any]]
     wall_seconds: float
+    finished_before: bool = False  # a resume found nothing left to run
+    interrupted: bool = False  # Ctrl-C (Tune stops its trials and returns): resume to go on
 
 
 @dataclass(frozen=True)
@@ -355,11 +361,10 @@ def run_study(
     checked = check_study(options)
     check_writable(study_dir)
 
-    def fit() -> None:
+    def fit() -> bool:
         study_dir.mkdir(parents=True, exist_ok=True)
         options.save(study_dir)
-        build_tuner(options, study_dir, checked, callbacks).fit()
-        run_finalists(options, study_dir)
+        return search_then_finalists(options, study_dir, build_tuner(options, study_dir, checked, callbacks))
 
     return _on_ray(options, study_dir, fit, ray_settings, on_connect)
 
@@ -385,18 +390,38 @@ def resume_study(
             f"--resume {name}: {conflicts[0]}{more}; a resumed study keeps its options: drop the flag, "
             "or start a new study under another --name"
         )
+    if (study_dir / FINISHED_FILE).is_file():
+        return StudyRun(study_dir, None, read_trials(study_dir), 0.0, finished_before=True)
     if not tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
         raise ConfigError(f"study: {str(study_dir)!r} has no Tune state to resume; start it again with --overwrite")
     check_study(options)
     check_writable(study_dir)
 
-    def fit() -> None:
-        tune.Tuner.restore(
+    def fit() -> bool:
+        tuner = tune.Tuner.restore(
             str(study_dir / TUNE_DIR), trainable(options, study_dir), resume_unfinished=True, restart_errored=False
-        ).fit()
-        run_finalists(options, study_dir)
+        )
+        return search_then_finalists(options, study_dir, tuner)
 
     return _on_ray(options, study_dir, fit, ray_settings, on_connect)
+
+
+def search_then_finalists(options: StudyOptions, study_dir: Path, tuner: Any) -> bool:
+    """Run the search, then its finalists, then mark the study finished; False where an
+    interruption (Ctrl-C: Tune stops its trials, saves its state and returns) cut a phase short,
+    so the finalists are never chosen from a partial search."""
+    if not all_ended(tuner.fit(), tune_trials(options)):
+        return False
+    grid = run_finalists(options, study_dir)
+    if grid is not None and not all_ended(grid, len(grid)):
+        return False
+    (study_dir / FINISHED_FILE).write_text(json.dumps({"finished_at": time.time()}) + "\n")
+    return True
+
+
+def all_ended(grid: Any, expected: int) -> bool:
+    """Whether Tune ran all `expected` trials to an end (finished, stopped early or failed)."""
+    return len(grid) >= expected and grid.num_terminated + grid.num_errors == len(grid)
 
 
 def _on_ray(
@@ -414,8 +439,9 @@ def _on_ray(
         if on_connect is not None:
             on_connect(cluster, study_dir)
         started = time.perf_counter()
-        fit()
-        return StudyRun(study_dir, cluster, read_trials(study_dir), time.perf_counter() - started)
+        finished = fit()
+        rows = read_trials(study_dir)
+        return StudyRun(study_dir, cluster, rows, time.perf_counter() - started, interrupted=not finished)
     finally:
         shutdown(cluster)
 
