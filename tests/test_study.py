@@ -428,9 +428,9 @@ def test_spt_darts_trials_checkpoint_and_export_the_retrained_layers(
 
 @pytest.mark.slow
 def test_resume_after_interruption_runs_no_trial_twice(
-    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    opts = options(tiny_model_dir, tiny_sst_dir, max_concurrent=1, sampler="random", seed=5, finalists=1, seeds=1)
+    opts = options(tiny_model_dir, tiny_sst_dir, max_concurrent=1, sampler="random", seed=5, finalists=1, seeds=2)
     marker = str(tmp_path / "interrupted")
     interrupted = run_study(opts, tmp_path / "r", callbacks=[InterruptAfter(2, marker)])
     # 6 tiny steps: a trial may predict one class at every evaluation and end COLLAPSED instead
@@ -442,10 +442,19 @@ def test_resume_after_interruption_runs_no_trial_twice(
     with pytest.raises(ConfigError, match="already exists; continue it with --resume s"):
         run_study(opts, tmp_path / "r")
 
+    # Resumed, the search ends; Ctrl-C again after the first of the two finalist runs.
+    from autoprompt_search.study import finalists
+
+    marker2 = str(tmp_path / "interrupted-finalists")
+    with monkeypatch.context() as m:
+        m.setattr(finalists, "ProgressBar", lambda *a, **k: InterruptAfter(1, marker2))
+        cut = resume_study("s", tmp_path / "r")
+    assert os.path.exists(marker2) and cut.interrupted and not (tmp_path / "r" / "s" / "finished.json").exists()
+    assert len([r for r in cut.rows if not r["finalist_of"]]) == 4
     resumed = resume_study("s", tmp_path / "r")
     rows = read_trials(tmp_path / "r" / "s")
     searched = [r for r in rows if not r["finalist_of"]]
-    assert not resumed.interrupted and len(rows) == 5 and len({r["trial_id"] for r in rows}) == 5
+    assert not resumed.interrupted and len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
     assert len(searched) == 4 and all(r["status"] in ended for r in rows)
     # Resuming the finished study runs nothing and joins no Ray.
     joined: list[object] = []

@@ -146,6 +146,8 @@ def discrete_search(
         seed=options.search_seed,
     )
     run = run_study(study, out, overwrite=True, ray_settings=ray_settings)
+    if run.interrupted:  # Ctrl-C inside the search (Tune returned): stop, as Ctrl-C does elsewhere
+        raise KeyboardInterrupt
     finished = [r for r in run.rows if r["dev_score"] is not None and r["status"] in ("TERMINATED", "STOPPED")]
     if not finished:
         errors = "; ".join(sorted({r["error"] or r["status"] for r in run.rows}))
