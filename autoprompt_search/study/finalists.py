@@ -22,7 +22,8 @@ from .options import OPTUNA_FILE, StudyOptions
 from .progress import ProgressBar
 from .ranking import choose_finalists, finalist_groups
 from .records import TrialRecorder, read_trials
-from .trial import devices_per_trial, experiment_for, trainable_for, trial_dirname
+from .trainable import trainable_for
+from .trial import devices_per_trial, experiment_for, trial_dirname
 
 FINALISTS_TUNE_DIR = "tune-finalists"  # the finalists' Tune experiment (the search's is TUNE_DIR)
 

@@ -26,7 +26,8 @@ from .finalists import run_finalists
 from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, journal_storage, resume_conflicts, study_path
 from .progress import ProgressBar
 from .records import TRIALS_FILE, TrialRecorder, read_trials
-from .trial import devices_per_trial, trainable_for, trial_dirname
+from .trainable import trainable_for
+from .trial import devices_per_trial, trial_dirname
 
 TUNE_DIR = "tune"  # Tune experiment: trial dirs with result.json, progress.csv, TensorBoard events
 # Written once the search and its finalists have ended: a resume of the study then has nothing to

@@ -81,16 +81,6 @@ def trial_payload(options: StudyOptions, study_dir: Path) -> dict[str, Any]:
     }
 
 
-def trainable_for(options: StudyOptions, study_dir: Path, fused: bool) -> Any:
-    """The Tune trainable: one configuration per trial, or a fused group (`members`) per trial."""
-    from ray import tune
-
-    from .fused_trial import run_group
-
-    function = run_group if fused else run_trial
-    return tune.with_resources(tune.with_parameters(function, study=trial_payload(options, study_dir)), TRIAL_RESOURCES)
-
-
 def trial_dirname(trial: Any) -> str:
     return trial.trial_id
 
