@@ -153,17 +153,8 @@ class Predictor:
 
 def load(run_dir: str | Path, device: str = "auto") -> Predictor:
     """A run directory (`autoprompt train` or `export`) as a Predictor; its data files are not needed."""
-    from .backbones import load_backbone
-    from .checkpoint import load_weights, read_run
-    from .config import ExperimentConfig
-    from .data import TaskData, get_task
-    from .workspace import Workspace, build_model, load_tokenizer, resolve_device
+    from .checkpoint import load_run
+    from .workspace import resolve_device
 
-    cfg = ExperimentConfig.from_dict(read_run(run_dir)["config"])
-    task = get_task(cfg.data.task)
-    backbone = load_backbone(cfg.model, lm_head=cfg.head.kind == "label_words")
-    ws = Workspace(backbone, load_tokenizer(cfg.model), TaskData(task, {}, {}))
-    model = build_model(cfg, ws)
-    load_weights(model, run_dir)
-    target = resolve_device(device)
-    return Predictor(model.to(target).eval(), cfg, ws.tokenizer, tuple(task.labels), target)
+    model, cfg, ws = load_run(run_dir, device=device, with_data=False)
+    return Predictor(model, cfg, ws.tokenizer, tuple(ws.data.task.labels), resolve_device(device))

@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .evaluation import predict_split
 from .metrics import classification_metrics
 from .trainer import TrainingState, TrainResult
-from .workspace import Workspace, build_model, prepare_workspace, resolve_device
+from .workspace import Workspace, build_model, model_workspace, prepare_workspace, resolve_device
 
 WEIGHTS = "prompt.safetensors"
 CONFIG = "config.json"
@@ -137,13 +137,16 @@ def load_weights(model: torch.nn.Module, directory: str | Path) -> None:
 
 
 def load_run(
-    directory: str | Path, ws: Workspace | None = None, device: str = "auto"
+    directory: str | Path, ws: Workspace | None = None, device: str = "auto", with_data: bool = True
 ) -> tuple[Any, ExperimentConfig, Workspace]:
-    """Rebuild the trained model of a run directory; returns (model, config, workspace)."""
+    """Rebuild the trained model of a run directory; returns (model, config, workspace). Without
+    data the workspace holds the model, tokenizer and task but no splits (predicting given texts,
+    exporting): the run's data files need not exist."""
     record = read_run(directory)
     cfg = ExperimentConfig.from_dict(record["config"])
     cfg.train.device = device
-    ws = ws if ws is not None else prepare_workspace(cfg)
+    if ws is None:
+        ws = prepare_workspace(cfg) if with_data else model_workspace(cfg)
     model = build_model(cfg, ws)
     load_weights(model, directory)
     return model.to(resolve_device(device)).eval(), cfg, ws

@@ -138,14 +138,12 @@ def _prompt_tuning_adapter(model: Any, model_path: str) -> tuple[dict[str, Any],
 
 def run_adapter(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The peft adapter of a run directory (`autoprompt train`, a study checkpoint or export)."""
-    from .api import load
     from .backbones import resolve_model
+    from .checkpoint import load_run
 
-    predictor = load(run_dir, device="cpu")
-    source = resolve_model(predictor.cfg.model)
-    return peft_adapter(
-        predictor.model, predictor.cfg, str(Path(source.path).resolve()) if Path(source.path).exists() else source.path
-    )
+    model, cfg, _ = load_run(run_dir, device="cpu", with_data=False)
+    source = resolve_model(cfg.model)
+    return peft_adapter(model, cfg, str(Path(source.path).resolve()) if Path(source.path).exists() else source.path)
 
 
 def loading_code(run_dir: str | Path) -> str:

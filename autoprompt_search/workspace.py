@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .backbones import Backbone, BackboneInfo, load_backbone, resolve_model
 from .batch import Batch
 from .config import ExperimentConfig
-from .data import TaskData, TokenizedSplit, load_task_data, tokenize
+from .data import TaskData, TokenizedSplit, get_task, load_task_data, tokenize
 from .engine import PromptedModel
 from .errors import ConfigError
 from .heads import ClassifierHead, LabelWordHead, label_word_ids
@@ -78,6 +78,12 @@ def prepare_workspace(cfg: ExperimentConfig, backbone: Backbone | None = None, t
     for name, examples in data.splits.items():
         ws.splits[name] = tokenize(tokenizer, examples, cfg.data.max_length, append_mask)
     return ws
+
+
+def model_workspace(cfg: ExperimentConfig) -> Workspace:
+    """The model, tokenizer and task of a configuration, without loading its data (no splits)."""
+    backbone = load_backbone(cfg.model, lm_head=cfg.head.kind == "label_words")
+    return Workspace(backbone, load_tokenizer(cfg.model), TaskData(get_task(cfg.data.task), {}, {}))
 
 
 def check_fits(cfg: ExperimentConfig, info: BackboneInfo) -> None:
