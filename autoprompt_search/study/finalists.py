@@ -61,14 +61,18 @@ def fused_groups(options: StudyOptions, runs: list[dict[str, Any]]) -> list[list
     return [[runs[i] for i in group] for group in partition(cfgs, info, options.fuse)]
 
 
-def run_finalists(options: StudyOptions, study_dir: Path) -> Any:
-    """Train the finalists (or continue them after an interruption) on the connected Ray; returns
-    Tune's ResultGrid (None: nothing to retrain), which says whether an interruption cut it short."""
+def run_finalists(options: StudyOptions, study_dir: Path) -> bool:
+    """Train the finalists (or continue them after an interruption) on the connected Ray; True
+    when every finalist run ended (or there is none to train), False when Ctrl-C cut it short."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
     if options.finalists == 0:
-        return None
+        return True
+    # The searched rows no longer change once the search ended, so a resume finds the same runs.
+    groups = fused_groups(options, finalist_runs(options, read_trials(study_dir)))
+    if not groups:
+        return True  # no trial of the search ended with a score: nothing to retrain
     experiment = study_dir / FINALISTS_TUNE_DIR
     objective = options.parsed_objectives[0]
     if tune.Tuner.can_restore(str(experiment)):
@@ -80,11 +84,7 @@ def run_finalists(options: StudyOptions, study_dir: Path) -> Any:
             restart_errored=False,
         ).fit()
         tell_optuna(options, study_dir)
-        return grid
-    runs = finalist_runs(options, read_trials(study_dir))
-    if not runs:
-        return None  # no trial of the search ended with a score: nothing to retrain
-    groups = fused_groups(options, runs)
+        return all_ended(grid, len(groups))
     grid = tune.Tuner(
         trainable_for(options, study_dir, fused=True),
         param_space={"members": tune.grid_search(groups)},
@@ -106,7 +106,14 @@ def run_finalists(options: StudyOptions, study_dir: Path) -> Any:
         ),
     ).fit()
     tell_optuna(options, study_dir)
-    return grid
+    return all_ended(grid, len(groups))
+
+
+def all_ended(grid: Any, expected: int) -> bool:
+    """Whether Tune ran all `expected` trials to an end (finished, stopped early or failed). Tune
+    returns from Ctrl-C with its state saved; it creates trials lazily, so an interrupted
+    experiment can hold fewer than `expected`."""
+    return len(grid) >= expected and grid.num_terminated + grid.num_errors == len(grid)
 
 
 def tell_optuna(options: StudyOptions, study_dir: Path) -> list[int]:

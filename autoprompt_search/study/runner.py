@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..search_space import SearchSpace, sampled_of
 from .budget import MAX_DRAWS, ParamBudget, check_budget, param_budget
 from .cluster import ClusterInfo, RaySettings, check_before_connecting, check_resources, connect, shutdown
-from .finalists import run_finalists
+from .finalists import all_ended, run_finalists
 from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, journal_storage, resume_conflicts, study_path
 from .progress import ProgressBar
 from .records import TRIALS_FILE, TrialRecorder, read_trials
@@ -411,18 +411,10 @@ def search_then_finalists(options: StudyOptions, study_dir: Path, tuner: Any) ->
     """Run the search, then its finalists, then mark the study finished; False where an
     interruption (Ctrl-C: Tune stops its trials, saves its state and returns) cut a phase short,
     so the finalists are never chosen from a partial search."""
-    if not all_ended(tuner.fit(), tune_trials(options)):
-        return False
-    grid = run_finalists(options, study_dir)
-    if grid is not None and not all_ended(grid, len(grid)):
+    if not all_ended(tuner.fit(), tune_trials(options)) or not run_finalists(options, study_dir):
         return False
     (study_dir / FINISHED_FILE).write_text(json.dumps({"finished_at": time.time()}) + "\n")
     return True
-
-
-def all_ended(grid: Any, expected: int) -> bool:
-    """Whether Tune ran all `expected` trials to an end (finished, stopped early or failed)."""
-    return len(grid) >= expected and grid.num_terminated + grid.num_errors == len(grid)
 
 
 def _on_ray(
