@@ -1,7 +1,7 @@
 """autoprompt-search: find where and how to prompt-tune a frozen transformer.
 
-`from autoprompt_search import search, resume, train, load` is the Python API (`api.py`); it is imported on
-first use, so `import autoprompt_search` stays light.
+The Python API: `search` and `resume` run studies (`study/runner.py`), `train` and `load` one
+configuration (`runs.py`). Each is imported on first use, so `import autoprompt_search` stays light.
 """
 
 from typing import Any
@@ -11,8 +11,12 @@ __all__ = ["Predictor", "SearchResult", "__version__", "load", "resume", "search
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("search", "resume", "train", "load", "Predictor", "SearchResult"):
-        from . import api
+    if name in ("search", "resume", "SearchResult"):
+        from .study import runner
 
-        return getattr(api, name)
+        return getattr(runner, name)
+    if name in ("train", "load", "Predictor"):
+        from . import runs
+
+        return getattr(runs, name)
     raise AttributeError(f"module 'autoprompt_search' has no attribute {name!r}")

@@ -1,15 +1,28 @@
-"""What the `train` and `predict` commands do, as library calls (the CLI only parses)."""
+"""One run: what the `train` and `predict` commands do, as library calls (the CLI only parses),
+and the Python API for a single configuration.
+
+    from autoprompt_search import load, train
+
+    run = train(output="runs/best", task="trec", method="late", layer=3, steps=300)
+    model = load("runs/best")
+    model.predict(["How far is the moon?"])   # -> ['NUM']
+
+Keyword arguments are `TrainOptions`' fields (the command line's: model, task, data_dir, steps,
+lr, method, layers, ...).
+"""
 
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import trainer
 from .backbones import load_config, resolve_model
 from .checkpoint import predict_run, save_run
 from .config import ExperimentConfig, load_config_file
@@ -18,7 +31,7 @@ from .dataclass_io import to_dict
 from .errors import ConfigError, require
 from .prompts import method_config
 from .staging import staged_directory
-from .trainer import TrainResult, train
+from .trainer import TrainResult
 from .workspace import prepare_workspace, resolve_device
 
 
@@ -63,6 +76,15 @@ class TrainOptions:
     device: str | None = None
     precision: str | None = None
     prefix_cache: bool | None = None
+
+
+def train_options(values: dict[str, Any]) -> TrainOptions:
+    """Keyword arguments as TrainOptions; a name that is not an option is a ConfigError."""
+    known = {f.name for f in fields(TrainOptions)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not an experiment option; use one of {', '.join(sorted(known))}")
+    return TrainOptions(**values)
 
 
 def num_layers_of(model: str) -> int:
@@ -186,7 +208,7 @@ def train_to_directory(cfg: ExperimentConfig, output: str | Path, overwrite: boo
     out = check_output_dir(output, overwrite)
     resolve_device(cfg.train.device)  # a GPU asked for where none exists fails here, before loading
     ws = prepare_workspace(cfg)
-    result = train(cfg, ws)
+    result = trainer.train(cfg, ws)
     with staged_directory(out) as staging:
         save_run(result, staging)
     return result
@@ -202,3 +224,36 @@ def predict_to_file(run_dir: str, split: str, device: str, output: str = "") -> 
             "".join(json.dumps({"index": i, "label": names[int(p)]}) + "\n" for i, p in enumerate(preds))
         )
     return metrics
+
+
+def train(output: str | Path = "runs/train", overwrite: bool = False, **options: Any) -> TrainResult:
+    """Train one configuration (the `autoprompt train` options) and save it to `output`."""
+    return train_to_directory(experiment_from_options(train_options(options)), output, overwrite)
+
+
+class Predictor:
+    """A trained run, ready to label texts."""
+
+    def __init__(self, model: Any, cfg: ExperimentConfig, tokenizer: Any, labels: tuple[str, ...], device: Any) -> None:
+        self.model, self.cfg, self.tokenizer, self.labels, self.device = model, cfg, tokenizer, labels, device
+
+    def predict(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> list[str]:
+        """The predicted label of each text (or text pair, for pair tasks)."""
+        from .data import Examples, tokenize
+        from .evaluation import predict_split
+
+        pairs = [t if isinstance(t, tuple) else (t,) for t in texts]
+        text_b = [p[1] for p in pairs] if pairs and len(pairs[0]) > 1 else None
+        examples = Examples([p[0] for p in pairs], text_b, [0] * len(pairs))
+        append_mask = self.cfg.head.kind == "label_words" and not self.model.backbone.causal
+        split = tokenize(self.tokenizer, examples, self.cfg.data.max_length, append_mask, use_cache=False)
+        preds = predict_split(self.model, split, self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision)
+        return [self.labels[int(i)] for i in preds]
+
+
+def load(run_dir: str | Path, device: str = "auto") -> Predictor:
+    """A run directory (`autoprompt train` or `export`) as a Predictor; its data files are not needed."""
+    from .checkpoint import load_run
+
+    model, cfg, ws = load_run(run_dir, device=device, with_data=False)
+    return Predictor(model, cfg, ws.tokenizer, tuple(ws.data.task.labels), resolve_device(device))

@@ -64,26 +64,25 @@ def load_tokenizer(model: str) -> Any:
         ) from exc
 
 
-def prepare_workspace(cfg: ExperimentConfig, backbone: Backbone | None = None, tokenizer: Any = None) -> Workspace:
-    """Load model, tokenizer and data, validate the config against them, and tokenise (cached)."""
+def model_workspace(cfg: ExperimentConfig, backbone: Backbone | None = None, tokenizer: Any = None) -> Workspace:
+    """The model and tokenizer of a configuration (loaded unless given), checked to fit it, and its
+    task; no data (no splits): what a trained run needs to predict."""
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     backbone = backbone if backbone is not None else load_backbone(cfg.model, lm_head=cfg.head.kind == "label_words")
     check_fits(cfg, BackboneInfo.of(backbone))
-    info = BackboneInfo.of(backbone)
-    data = load_task_data(cfg.data)
-    ws = Workspace(backbone, tokenizer, data)
-    append_mask = cfg.head.kind == "label_words" and not info.causal
-    if append_mask and tokenizer.mask_token_id is None:
+    return Workspace(backbone, tokenizer, TaskData(get_task(cfg.data.task), {}, {}))
+
+
+def prepare_workspace(cfg: ExperimentConfig, backbone: Backbone | None = None, tokenizer: Any = None) -> Workspace:
+    """`model_workspace` with the task's data loaded and tokenised (cached): what a run trains on."""
+    ws = model_workspace(cfg, backbone, tokenizer)
+    ws.data = load_task_data(cfg.data)
+    append_mask = cfg.head.kind == "label_words" and not BackboneInfo.of(ws.backbone).causal
+    if append_mask and ws.tokenizer.mask_token_id is None:
         raise ConfigError("head.kind: label_words on an encoder needs a tokenizer with a mask token")
-    for name, examples in data.splits.items():
-        ws.splits[name] = tokenize(tokenizer, examples, cfg.data.max_length, append_mask)
+    for name, examples in ws.data.splits.items():
+        ws.splits[name] = tokenize(ws.tokenizer, examples, cfg.data.max_length, append_mask)
     return ws
-
-
-def model_workspace(cfg: ExperimentConfig) -> Workspace:
-    """The model, tokenizer and task of a configuration, without loading its data (no splits)."""
-    backbone = load_backbone(cfg.model, lm_head=cfg.head.kind == "label_words")
-    return Workspace(backbone, load_tokenizer(cfg.model), TaskData(get_task(cfg.data.task), {}, {}))
 
 
 def check_fits(cfg: ExperimentConfig, info: BackboneInfo) -> None:

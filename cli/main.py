@@ -84,13 +84,13 @@ def train(
 ) -> None:
     """Train and evaluate one prompt configuration; saves safetensors weights and config.json."""
     values = {k: v for k, v in locals().items() if k not in ("output", "overwrite", "config")}
-    from autoprompt_search import api
+    from autoprompt_search import train as train_run
 
     values["config_file"] = config
     values["columns"] = values["columns"] or []
     values["method_options"] = values["method_options"] or []
     try:
-        result = api.train(output, overwrite, **values)
+        result = train_run(output, overwrite, **values)
     except ConfigError as exc:
         fail(exc)
     m = result.metrics
@@ -229,7 +229,8 @@ def search(
     ] = None,
 ) -> None:
     """Run a search study on Ray: Optuna proposes configurations, each trial is a Ray Train run."""
-    from autoprompt_search import api
+    from autoprompt_search import resume as resume_study
+    from autoprompt_search import search as search_study
 
     def announce(cluster, study_dir) -> None:  # type: ignore[no-untyped-def]
         where = f"joined {cluster.address}" if cluster.address != "local" else "started a local Ray"
@@ -250,9 +251,9 @@ def search(
     connect = {"ray_settings": ray_settings, "on_connect": announce}
     try:
         if resume:
-            run = api.resume(resume, results_dir=results_dir, **connect, given=_given_flags(ctx, RESUME_FLAGS))
+            run = resume_study(resume, results_dir=results_dir, **connect, given=_given_flags(ctx, RESUME_FLAGS))
         else:
-            run = api.search(
+            run = search_study(
                 space, name=name, results_dir=results_dir, overwrite=overwrite, search_seed=search_seed, **connect,
                 # the study's knobs
                 num_samples=num_samples, max_concurrent=max_concurrent, fuse=fuse,

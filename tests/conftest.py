@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ def peft_and_our_logits(run: str | Path, model: str) -> tuple[Any, torch.Tensor,
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from autoprompt_search.api import load
+    from autoprompt_search import load
     from autoprompt_search.batch import Batch
 
     enc = AutoTokenizer.from_pretrained(model)(
@@ -182,3 +183,19 @@ def shared_glue(task: str) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class InterruptAfter:
+    """Ctrl-C the study once `n` trials have finished (once per marker file: resumed runs go on)."""
+
+    def __init__(self, n: int, marker: str) -> None:
+        from ray.tune import Callback
+
+        self.__class__ = type("InterruptAfterCallback", (InterruptAfter, Callback), {})
+        self.n, self.marker, self.done = n, marker, 0
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.done += 1
+        if self.done >= self.n and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGINT)

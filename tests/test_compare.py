@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import InterruptAfter
 from typer.testing import CliRunner
 
 from autoprompt_search.compare.arms import CompareOptions
 from autoprompt_search.compare.report import pareto, read_runs
 from autoprompt_search.compare.runner import run_compare
 from autoprompt_search.errors import ConfigError
+from autoprompt_search.study.records import read_trials
 from cli.main import app
 
 SPACE = {
@@ -83,6 +85,33 @@ def test_compare_every_arm_with_a_real_study(tiny_model_dir: str, tiny_sst_dir: 
     chosen = {json.loads(r["method"])["layers"].__repr__() for r in finals if r["arm"] == "discrete-search"}
     assert chosen == {json.loads(best["method"])["layers"].__repr__()}
     assert (tmp_path / "all" / "search" / "trials.parquet").is_file()
+
+
+@pytest.mark.slow
+def test_compare_stops_when_its_search_is_interrupted(
+    tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C inside the discrete search (Tune returns normally): the comparison stops there; no
+    arm is chosen from the partial search, no final run or report is written, its Ray is stopped."""
+    import ray
+
+    from autoprompt_search.study import runner
+    from autoprompt_search.study.cluster import RaySettings
+
+    run_study = runner.run_study
+    marker = str(tmp_path / "interrupted")
+    monkeypatch.setattr(runner, "run_study", lambda *a, **k: run_study(*a, **k, callbacks=[InterruptAfter(1, marker)]))
+    options = CompareOptions(
+        name="cut", experiment=experiment(tiny_model_dir, {"data_dir": tiny_sst_dir}), space=SPACE,
+        search_trials=3, max_concurrent=1, seeds=(1,), arms=("discrete-search", "probe"), **small_arms(),
+    )  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(options, tmp_path, ray_settings=RaySettings(num_cpus=2), log=lambda _: None)
+    assert Path(marker).exists() and not ray.is_initialized()
+    out = tmp_path / "cut"
+    assert not (out / "runs.parquet").exists() and not (out / "report.md").exists()
+    searched = read_trials(out / "search")
+    assert 1 <= len([r for r in searched if r["status"] == "TERMINATED"]) < 3, searched
 
 
 def test_compare_cli_bad_input_exits_2_and_writes_nothing(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import InterruptAfter
 
 from autoprompt_search.checkpoint import predict_run
 from autoprompt_search.config import load_config_file
@@ -248,22 +248,6 @@ def assert_no_placement_group_left(wait_s: float = 15.0) -> None:
     ) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, left
-
-
-class InterruptAfter:
-    """Ctrl-C the study once `n` trials have finished (once per marker file: resumed runs go on)."""
-
-    def __init__(self, n: int, marker: str) -> None:
-        from ray.tune import Callback
-
-        self.__class__ = type("InterruptAfterCallback", (InterruptAfter, Callback), {})
-        self.n, self.marker, self.done = n, marker, 0
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.done += 1
-        if self.done >= self.n and not os.path.exists(self.marker):
-            Path(self.marker).touch()
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -280,6 +280,27 @@ def make_options(space: str, base: TrainOptions, **study: Any) -> StudyOptions:
             f"--steps {base.steps}: {path} searches train.steps; drop --steps or fix it in the space",
         )
     return StudyOptions(space=mapping, space_file=path, experiment=experiment.to_dict(), **study)
+
+
+# What the study's owner sets beside the space and base experiment: every StudyOptions field but
+# these (search_seed sets `seed`, the sampler's seed; the experiment's own `seed` trains).
+NOT_KNOBS = ("name", "space", "space_file", "experiment", "seed")
+
+
+def study_options(
+    space: str, *, name: str, results_dir: str | Path, search_seed: int = 0, **options: Any
+) -> StudyOptions:
+    """The study that `search(space, **options)` asks for: keyword arguments that name a study knob
+    (a StudyOptions field) set it, the rest describe the base experiment (TrainOptions' fields)."""
+    from ..runs import train_options
+
+    knobs = {f.name for f in fields(StudyOptions)} - set(NOT_KNOBS)
+    study = {k: options.pop(k) for k in list(options) if k in knobs}
+    # enqueue: files of configurations to try first; warm_start: a study directory, or a name under results_dir
+    study["enqueue"] = read_enqueued([str(p) for p in study.get("enqueue") or []])
+    if study.get("warm_start"):
+        study["warm_start"] = str(study_path(study["warm_start"], results_dir).resolve())
+    return make_options(space, train_options(options), name=name, seed=search_seed, **study)
 
 
 def read_enqueued(paths: list[str]) -> list[dict[str, Any]]:

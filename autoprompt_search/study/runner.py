@@ -1,4 +1,16 @@
-"""Launch, resume and inspect a search study: Ray Tune + OptunaSearch (+ ASHA), trials as Ray Train runs."""
+"""Run a search study: `search` and `resume` (the Python API and the CLI call these), Ray Tune
+over the study's Optuna searcher (+ ASHA), each trial a Ray Train run, then the finalists.
+
+    from autoprompt_search import resume, search
+
+    result = search("all", task="trec", steps=150, num_samples=6, finalists=2, seeds=2)
+    result = resume(result.study_dir)   # after an interruption: finished trials are kept
+    result.table            # pandas DataFrame of trials.parquet (finalist runs included)
+    result.best_config      # {'method': {...}, 'train': {...}} of the study's best
+
+Keyword arguments are the study's knobs (`StudyOptions`' fields: num_samples, finalists, ...)
+and the base experiment's (`TrainOptions`' fields: model, task, steps, ...).
+"""
 
 from __future__ import annotations
 
@@ -19,12 +31,21 @@ from ray.tune.search.optuna import OptunaSearch
 from ..config import ExperimentConfig
 from ..dataclass_io import to_dict
 from ..errors import ConfigError
-from ..search_space import SearchSpace, sampled_of
+from ..search_space import SearchSpace, SpaceSampler, sampled_of
 from .budget import MAX_DRAWS, ParamBudget, check_budget, param_budget
-from .cluster import ClusterInfo, RaySettings, check_before_connecting, check_resources, connect, shutdown
+from .cluster import RaySettings, check_before_connecting, check_resources, connect, shutdown
 from .finalists import all_ended, run_finalists
-from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, journal_storage, resume_conflicts, study_path
+from .options import (
+    OPTUNA_FILE,
+    STUDY_FILE,
+    StudyOptions,
+    journal_storage,
+    resume_conflicts,
+    study_options,
+    study_path,
+)
 from .progress import ProgressBar
+from .ranking import best_row
 from .records import TRIALS_FILE, TrialRecorder, read_trials
 from .trainable import trainable_for
 from .trial import devices_per_trial, trial_dirname
@@ -36,20 +57,81 @@ FINISHED_FILE = "finished.json"
 
 
 @dataclass
-class StudyRun:
+class SearchResult:
+    """A finished (or interrupted) study: where it is, its rows, and its best configuration."""
+
     study_dir: Path
-    cluster: ClusterInfo | None  # None: a resume found the study finished and joined no Ray
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]  # trials.parquet (finalist runs included)
+    best: dict[str, Any] | None  # the best finalist (median over seeds) or trial row, see study.ranking
+    best_config: dict[str, Any] | None  # the best's sampled {'method': ..., 'train': ...}
     wall_seconds: float
-    finished_before: bool = False  # a resume found nothing left to run
-    interrupted: bool = False  # Ctrl-C (Tune stops its trials and returns): resume to go on
+    interrupted: bool = False  # stopped by Ctrl-C before the end: `resume(study_dir)` goes on
+    finished_before: bool = False  # a resume of a study that had already finished: nothing ran
+
+    @property
+    def table(self) -> Any:
+        """trials.parquet as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+
+def search_result(study_dir: Path, wall_seconds: float, interrupted: bool, finished_before: bool) -> SearchResult:
+    """The study's rows as they stand, with its best row and that row's sampled configuration."""
+    rows = read_trials(study_dir)
+    best = best_row(rows, StudyOptions.load(study_dir).parsed_objectives)
+    config = None
+    if best is not None:
+        source = best.get("finalist_of") or best["trial_id"]
+        config = json.loads(next(r for r in rows if r["trial_id"] == source)["config"])
+    return SearchResult(study_dir, rows, best, config, wall_seconds, interrupted, finished_before)
+
+
+def search(
+    space: str = "all",
+    *,
+    name: str = "default",
+    results_dir: str | Path = "results",
+    overwrite: bool = False,
+    search_seed: int = 0,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    callbacks: list[Any] | None = None,
+    ray_settings: RaySettings | None = None,
+    on_connect: Any = None,
+    **options: Any,
+) -> SearchResult:
+    """Run a study on Ray (a local one unless `address`) and return its result. `options`: the
+    study's knobs (num_samples, finalists, seeds, objectives, ...) and the experiment's (model,
+    task, steps, seed: the training seed, ...); `search_seed` seeds the sampler. `ray_settings`
+    replaces address/num_cpus; `on_connect(cluster, study_dir)` runs once Ray is up; `callbacks`:
+    more Ray Tune callbacks for the search."""
+    study = study_options(space, name=name, results_dir=results_dir, search_seed=search_seed, **options)
+    settings = ray_settings or RaySettings(address=address, num_cpus=num_cpus)
+    return run_study(study, results_dir, overwrite, settings, on_connect, callbacks)
+
+
+def resume(
+    study: str | Path,
+    *,
+    results_dir: str | Path = "results",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    ray_settings: RaySettings | None = None,
+    on_connect: Any = None,
+    given: dict[str, Any] | None = None,
+) -> SearchResult:
+    """Continue an interrupted study (a name under `results_dir`, or its directory) with its stored
+    options: finished trials are kept, the rest run, then its finalists. `given`: options the caller
+    set (name -> value); one that differs from the stored study is a ConfigError."""
+    settings = ray_settings or RaySettings(address=address, num_cpus=num_cpus)
+    return resume_study(str(study), results_dir, settings, on_connect, given)
 
 
 @dataclass(frozen=True)
 class CheckedStudy:
-    space: SearchSpace
     base: ExperimentConfig
-    num_layers: int
+    sampler: SpaceSampler  # the space over this model's layers
     budget: ParamBudget | None  # --max-trainable resolved against the model
 
 
@@ -76,7 +158,7 @@ def check_study(options: StudyOptions) -> CheckedStudy:
     budget = param_budget(options, len(data.task.labels))
     if budget is not None:
         check_budget(budget, sampler, options.enqueue, options.seed)
-    return CheckedStudy(space, base, num_layers, budget)
+    return CheckedStudy(base, sampler, budget)
 
 
 def evaluations_per_trial(options: StudyOptions, base: ExperimentConfig) -> int:
@@ -106,21 +188,22 @@ def make_sampler(options: StudyOptions) -> Any:
         )
 
 
-def build_searcher(options: StudyOptions, checked: CheckedStudy, study_dir: Path) -> Any:
+def build_searcher(options: StudyOptions, space: SpaceSampler, budget: ParamBudget | None, study_dir: Path) -> Any:
+    """Tune's search algorithm for the study: Optuna over `space` (its sampler, journal and
+    budget), or the group searcher of a fused study, under the concurrency limit."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objectives = options.parsed_objectives
     sampler = make_sampler(options)
-    space, num_layers = checked.space, checked.num_layers
     if options.enqueue or options.warm_start:
-        seed_study(options, space, num_layers, study_dir)
+        seed_study(options, space, study_dir)
     if options.fuse > 1:
         from .group_search import GroupSearcher
 
         group = GroupSearcher(
-            space.sampler(num_layers),
+            space,
             sampler,
             str(study_dir / OPTUNA_FILE),
             options.name,
@@ -130,18 +213,18 @@ def build_searcher(options: StudyOptions, checked: CheckedStudy, study_dir: Path
             options.fuse,
             objectives[0].metric,
             objectives[0].mode,
-            checked.budget,
+            budget,
         )
         return ConcurrencyLimiter(group, max_concurrent=options.max_concurrent)
     storage = journal_storage(study_dir / OPTUNA_FILE)
     searcher = ResumableOptunaSearch(
-        space=space.sampler(num_layers),
+        space=space,
         metric=[o.metric for o in objectives] if options.multi_objective else objectives[0].metric,
         mode=[o.mode for o in objectives] if options.multi_objective else objectives[0].mode,
         sampler=sampler,
         study_name=options.name,
         storage=storage,
-        budget=checked.budget,
+        budget=budget,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
 
@@ -165,7 +248,7 @@ def warm_start_trials(options: StudyOptions) -> list[Any]:
     return [t for t in study.trials if t.state == TrialState.COMPLETE]
 
 
-def seed_study(options: StudyOptions, space: SearchSpace, num_layers: int, study_dir: Path) -> None:
+def seed_study(options: StudyOptions, space: SpaceSampler, study_dir: Path) -> None:
     """Before the search: the `--enqueue`d configurations queued first, and the `--warm-start`
     study's completed trials added as history the sampler learns from (not run again)."""
     import optuna
@@ -174,9 +257,8 @@ def seed_study(options: StudyOptions, space: SearchSpace, num_layers: int, study
 
     directions = ["maximize" if o.mode == "max" else "minimize" for o in options.parsed_objectives]
     study = open_study(str(study_dir / OPTUNA_FILE), options.name, directions=directions)
-    sampler = space.sampler(num_layers)
     for config in options.enqueue:
-        study.enqueue_trial(sampler.params_of(config))
+        study.enqueue_trial(space.params_of(config))
     source = Path(options.warm_start).name if options.warm_start else ""
     for trial in warm_start_trials(options) if options.warm_start else []:
         study.add_trial(
@@ -288,7 +370,7 @@ def build_tuner(
     return tune.Tuner(
         trainable(options, study_dir),
         tune_config=tune.TuneConfig(
-            search_alg=build_searcher(options, checked, study_dir),
+            search_alg=build_searcher(options, checked.sampler, checked.budget, study_dir),
             scheduler=scheduler,
             num_samples=tune_trials(options),
             metric=objectives[0].metric if single else None,
@@ -355,7 +437,7 @@ def run_study(
     ray_settings: RaySettings | None = None,
     on_connect: Any = None,
     callbacks: list[Any] | None = None,
-) -> StudyRun:
+) -> SearchResult:
     """Validate everything, start or join Ray, and run the study to the end. `callbacks`: more
     Ray Tune callbacks for the search (the study's recorder and progress bar always run)."""
     study_dir = prepare_study_dir(results_dir, options.name, overwrite)
@@ -376,7 +458,7 @@ def resume_study(
     ray_settings: RaySettings | None = None,
     on_connect: Any = None,
     given: dict[str, Any] | None = None,
-) -> StudyRun:
+) -> SearchResult:
     """Continue an interrupted study: finished trials are kept, unfinished ones rerun, the sampler's
     history reloads. `given`: search flags passed with the resume (flag -> value); one that
     differs from the stored study is a ConfigError, since a resumed study keeps its options."""
@@ -392,7 +474,7 @@ def resume_study(
             "or start a new study under another --name"
         )
     if (study_dir / FINISHED_FILE).is_file():
-        return StudyRun(study_dir, None, read_trials(study_dir), 0.0, finished_before=True)
+        return search_result(study_dir, 0.0, interrupted=False, finished_before=True)
     if not tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
         raise ConfigError(f"study: {str(study_dir)!r} has no Tune state to resume; start it again with --overwrite")
     check_study(options)
@@ -423,7 +505,7 @@ def _on_ray(
     fit: Any,
     ray_settings: RaySettings | None,
     on_connect: Any,
-) -> StudyRun:
+) -> SearchResult:
     """Start or join Ray, refuse resources a trial can never get, run `fit`, and stop what we started."""
     check_before_connecting(options, ray_settings)
     cluster = connect(ray_settings)
@@ -433,8 +515,7 @@ def _on_ray(
             on_connect(cluster, study_dir)
         started = time.perf_counter()
         finished = fit()
-        rows = read_trials(study_dir)
-        return StudyRun(study_dir, cluster, rows, time.perf_counter() - started, interrupted=not finished)
+        return search_result(study_dir, time.perf_counter() - started, interrupted=not finished, finished_before=False)
     finally:
         shutdown(cluster)
 
