@@ -44,13 +44,32 @@ def load_training_state(directory: str | Path) -> TrainingState | None:
     path = Path(directory)
     if not (path / TRAINING_TENSORS).is_file() or not (path / TRAINING_META).is_file():
         return None
-    try:
-        meta = json.loads((path / TRAINING_META).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"checkpoint: {path / TRAINING_META} is not valid JSON; the checkpoint is corrupt (delete it to start over)"
-        ) from exc
+    meta = read_json(path / TRAINING_META, "checkpoint", "the checkpoint is corrupt (delete it to start over)")
     return TrainingState(read_safetensors(path / TRAINING_TENSORS, "checkpoint"), meta)
+
+
+def training_step(directory: str | Path) -> int:
+    """The step of a checkpoint's training state; -1 when it holds weights only."""
+    path = Path(directory) / TRAINING_META
+    if not path.is_file():
+        return -1
+    meta = read_json(path, "checkpoint", "the checkpoint is corrupt (delete it to start over)")
+    return int(meta["step"]) if isinstance(meta, dict) and "step" in meta else -1
+
+
+def read_json(path: Path, what: str, fix: str) -> Any:
+    """A JSON file this tool wrote; an unreadable or corrupt one is a one-line ConfigError
+    ("<what>: <path> is not valid JSON; <fix>")."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path} ({exc.strerror}); {fix}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what}: {path} is not valid JSON; {fix}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what}: {path} is not valid JSON; {fix}") from exc
 
 
 def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -61,7 +80,9 @@ def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{what}: {path} is not a readable safetensors file ({reason}); the file is corrupt") from exc
+        raise ConfigError(
+            f"{what}: {path} is not a readable safetensors file ({reason}); the file is corrupt: train or export the run again"
+        ) from exc
 
 
 def save_run(result: TrainResult, directory: str | Path) -> Path:
@@ -100,10 +121,7 @@ def read_run(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG
     if not path.is_file():
         raise ConfigError(f"run: {str(path)!r} not found; give a directory written by `autoprompt train`")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"run: {path} is not valid JSON; the run directory is corrupt") from exc
+    record = read_json(path, "run", "the run directory is corrupt")
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise ConfigError(
             f"run: {path} has no 'config' section; give a directory written by `autoprompt train` or `export` "

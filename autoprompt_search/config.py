@@ -134,7 +134,9 @@ def load_config_file(path: str | Path) -> ExperimentConfig:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0]
-        raise ConfigError(f"config: {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'} ({first})") from exc
+        kind = "JSON" if p.suffix == ".json" else "YAML"
+        fix = "fix the file" if kind == "JSON" else "write plain YAML (tags such as !!python/... are never loaded)"
+        raise ConfigError(f"config: {p} is not valid {kind} ({first}); {fix}") from exc
     if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
         data = data["config"]
     return ExperimentConfig.from_dict(data)

@@ -148,10 +148,10 @@ def run_adapter(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
 
 def loading_code(run_dir: str | Path) -> str:
     """The peft call that loads the adapter written in `run_dir`."""
-    from .checkpoint import read_run
+    from .checkpoint import read_json, read_run
     from .data import get_task
 
-    adapter = json.loads((Path(run_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    adapter = read_json(Path(run_dir) / ADAPTER_CONFIG, "peft adapter", "export it again")
     labels = len(get_task(read_run(run_dir)["config"]["data"]["task"]).labels)
     base = adapter["base_model_name_or_path"]
     return (

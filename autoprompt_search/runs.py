@@ -24,7 +24,7 @@ import yaml
 
 from . import trainer
 from .backbones import load_config, resolve_model
-from .checkpoint import predict_run, save_run
+from .checkpoint import predict_run, read_run, save_run
 from .config import ExperimentConfig, load_config_file
 from .data import get_task
 from .dataclass_io import to_dict
@@ -218,7 +218,7 @@ def predict_to_file(run_dir: str, split: str, device: str, output: str = "") -> 
     """Reload a run, evaluate it on `split`, optionally write predictions as JSON lines."""
     metrics, preds = predict_run(run_dir, split, device=device)
     if output:
-        task = json.loads((Path(run_dir) / "config.json").read_text())["config"]["data"]["task"]
+        task = read_run(run_dir)["config"]["data"]["task"]
         names = get_task(task).labels
         Path(output).write_text(
             "".join(json.dumps({"index": i, "label": names[int(p)]}) + "\n" for i, p in enumerate(preds))

@@ -51,3 +51,23 @@ def test_weights_that_do_not_match_the_config_are_refused(tiny_model_dir: str, t
     (tmp_path / "run" / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"is not valid JSON"):
         load_run(tmp_path / "run", ws=ws, device="cpu")
+
+
+def test_a_corrupt_training_state_is_one_line_config_error(tmp_path) -> None:
+    """What a resumed trial reads back (training_state.json / .safetensors) fails with the file and the fix."""
+    from autoprompt_search.checkpoint import load_training_state, save_training_state, training_step
+    from autoprompt_search.errors import ConfigError
+    from autoprompt_search.trainer import TrainingState
+
+    save_training_state(TrainingState({"param.w": torch.ones(3)}, {"step": 7}), tmp_path)
+    assert training_step(tmp_path) == 7 and load_training_state(tmp_path).meta["step"] == 7  # type: ignore[union-attr]
+    meta = tmp_path / "training_state.json"
+    meta.write_text(meta.read_text()[:5])
+    for read in (training_step, load_training_state):
+        with pytest.raises(ConfigError, match="training_state.json is not valid JSON; the checkpoint is corrupt"):
+            read(tmp_path)
+    meta.write_text(json.dumps({"step": 7}))
+    tensors = tmp_path / "training_state.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:20])
+    with pytest.raises(ConfigError, match="training_state.safetensors is not a readable safetensors file"):
+        load_training_state(tmp_path)

@@ -10,8 +10,9 @@ from test_training import experiment
 from autoprompt_search.backbones import backbone_from_config
 from autoprompt_search.config import ExperimentConfig
 from autoprompt_search.errors import ConfigError
+from autoprompt_search.fused_trainer import train_group
 from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig
-from autoprompt_search.trainer import TrainResult, train, train_group
+from autoprompt_search.trainer import TrainResult, train
 from autoprompt_search.workspace import build_model, prepare_workspace
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import ConfigError
 from ..study.options import Objective
 from ..study.ranking import pareto_front
 
@@ -49,7 +50,15 @@ def write_runs(out: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_runs(out: str | Path) -> list[dict[str, Any]]:
-    return pq.read_table(Path(out) / RUNS_FILE).to_pylist()
+    """A comparison's runs.parquet; an unreadable one is a one-line ConfigError."""
+    path = Path(out) / RUNS_FILE
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowException) as exc:
+        raise ConfigError(
+            f"compare: {path} is not a readable parquet table ({str(exc).splitlines()[0][:120]}); "
+            "run the comparison again with --overwrite"
+        ) from exc
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,9 +81,8 @@ def tokenize(
     if key in _MEMO:
         return _MEMO[key]
     path = cache_dir("tokens") / f"{key}.safetensors"
-    if use_cache and path.is_file():
-        split = _from_tensors(load_file(str(path)))
-    else:
+    split = _cached(path) if use_cache else None
+    if split is None:
         split = _tokenize(tokenizer, examples, max_length, append_mask)
         if use_cache:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +91,19 @@ def tokenize(
             os.replace(tmp, path)  # atomic: concurrent trials never read half a file
     _MEMO[key] = split
     return split
+
+
+def _cached(path: Path) -> TokenizedSplit | None:
+    """A tokenised split from the cache; None when it is not there or unreadable (a cache file
+    cut short, say by a full disk, is tokenised again and replaced)."""
+    from safetensors import SafetensorError
+
+    if not path.is_file():
+        return None
+    try:
+        return _from_tensors(load_file(str(path)))
+    except (SafetensorError, OSError, KeyError):
+        return None
 
 
 def _tokenize(tokenizer: Any, examples: Examples, max_length: int, append_mask: bool) -> TokenizedSplit:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..checkpoint import CONFIG, WEIGHTS
+from ..checkpoint import CONFIG, WEIGHTS, read_run
 from ..errors import ConfigError
 from ..peft_format import run_adapter, write_peft_adapter
 from ..staging import staged_directory
@@ -99,7 +99,7 @@ def write_run(row: dict[str, Any], options: StudyOptions, directory: Path) -> No
     directory.mkdir(parents=True)
     checkpoint = Path(row["checkpoint"])
     shutil.copy2(checkpoint / WEIGHTS, directory / WEIGHTS)
-    record = json.loads((checkpoint / CONFIG).read_text(encoding="utf-8"))
+    record = read_run(checkpoint)
     record["config"]["train"]["device"] = "auto"  # the trial's device is not the user's
     record["study"] = {"name": options.name, "trial_id": row["trial_id"], "status": row["status"]}
     (directory / CONFIG).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")

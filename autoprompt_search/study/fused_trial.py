@@ -100,7 +100,7 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
     from ..backbones import BackboneInfo
     from ..checkpoint import load_training_state, save_state, save_training_state
     from ..fused import fusable, partition
-    from ..trainer import train_group
+    from ..fused_trainer import train_group
     from ..workspace import prepare_workspace
     from .group_search import open_study
     from .records import ENDED, recorded_row

@@ -524,5 +524,8 @@ def study_rows(study_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(study_dir)
     StudyOptions.load(path)
     if not (path / TRIALS_FILE).is_file():
-        raise ConfigError(f"study: {str(path)!r} has no {TRIALS_FILE} yet; no trial has started")
+        raise ConfigError(
+            f"study: {str(path)!r} has no {TRIALS_FILE} yet (no trial has started); resume it with "
+            f"autoprompt search --resume {path}"
+        )
     return read_trials(path)

@@ -185,7 +185,7 @@ def resume_point(cfg: ExperimentConfig, run_dir: Path) -> tuple[ExperimentConfig
     """
     import ray.train
 
-    from ..checkpoint import CONFIG, TRAINING_META, load_training_state
+    from ..checkpoint import TRAINING_META, load_training_state, read_run, training_step
     from ..config import ExperimentConfig
 
     checkpoint = ray.train.get_checkpoint()
@@ -196,12 +196,9 @@ def resume_point(cfg: ExperimentConfig, run_dir: Path) -> tuple[ExperimentConfig
             candidates = [d for d in run_dir.glob("checkpoint_*") if (d / TRAINING_META).is_file()]
         if not candidates:
             return cfg, None
-        latest = max(
-            candidates,
-            key=lambda d: json.loads((d / TRAINING_META).read_text())["step"] if (d / TRAINING_META).is_file() else -1,
-        )
+        latest = max(candidates, key=training_step)
         state = load_training_state(latest)
-        trained = ExperimentConfig.from_dict(json.loads((latest / CONFIG).read_text())["config"])
+        trained = ExperimentConfig.from_dict(read_run(latest)["config"])
     if state is None:
         return cfg, None
     trained.train.device = cfg.train.device
