@@ -57,7 +57,12 @@ class TrainConfig:
 
     @property
     def eval_interval(self) -> int:
-        return self.eval_every or max(1, self.steps // 5)
+        return evaluation_interval(self.eval_every, self.steps)
+
+
+def evaluation_interval(eval_every: int, steps: int) -> int:
+    """Steps between evaluations: `eval_every`, or 0 = five evaluations over `steps`."""
+    return eval_every or max(1, steps // 5)
 
 
 @dataclass

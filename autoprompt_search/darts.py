@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, evaluation_interval
 from .engine import Batch, PromptedModel
 from .errors import ConfigError, TrainingError
 from .evaluation import evaluate
@@ -189,7 +189,7 @@ class BilevelSearch:
     def run(self, on_eval: Callable[[dict[str, Any]], None] | None = None) -> GateSearch:
         tc = self.cfg.train
         task = self.ws.data.task
-        interval = tc.eval_every or max(1, self.steps // 5)
+        interval = evaluation_interval(tc.eval_every, self.steps)  # the search's own step count
         history: list[dict[str, Any]] = []
         started = time.perf_counter()
         sums = {"arch": 0.0, "train": 0.0, "n": 0}

@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .backbones import Backbone, BackboneInfo
+from .backbones import Backbone
 from .batch import Batch
-from .prompts import BatchContext, LinearProbe, PromptMethod
+from .prompts import BatchContext, PromptMethod
 
 
 class Layout(NamedTuple):
@@ -72,12 +72,12 @@ def frozen_eval(module: nn.Module) -> Iterator[None]:
 
 
 class PromptedModel(nn.Module):
-    """Frozen backbone + prompt method + head (a method of None is the linear probe)."""
+    """Frozen backbone + prompt method (`probe`: none at all) + head."""
 
-    def __init__(self, backbone: Backbone, method: PromptMethod | None, head: nn.Module) -> None:
+    def __init__(self, backbone: Backbone, method: PromptMethod, head: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
-        self.method: PromptMethod = method if method is not None else LinearProbe(None, BackboneInfo.of(backbone))
+        self.method = method
         self.head = head
 
     # ---- modes and parameters ----------------------------------------------------------
@@ -166,7 +166,7 @@ class PromptedModel(nn.Module):
                     h = torch.cat([new, h[:, length:]], 1)
             prefix = method.kv_prefix(i, ctx)
             h = bb.run_block(i, h, layouts.inputs(i, h), prefix)  # (B, L+T, d)
-        if first >= n_layers:  # linear probe: no slots were ever added
+        if first >= n_layers:  # a method that starts after the last block (probe) added no slots
             return bb.final_norm(h), sequence_layout(empty[:, :0], empty[:, :0], text_mask, bb.causal)
         return bb.final_norm(h), layouts.at(n_layers)
 

@@ -168,7 +168,7 @@ class FusedModel(PromptedModel):
 
 def fusable(cfg: ExperimentConfig) -> bool:
     """Whether `cfg` can train inside a fused group (SPT-DARTS runs its own bi-level loop)."""
-    return not METHODS[method_name(cfg.method)].module_class.trains_alone(cfg.method)
+    return not METHODS[method_name(cfg.method)].trains_alone(cfg.method)
 
 
 def fusion_key(cfg: ExperimentConfig) -> tuple[Any, ...]:

@@ -179,7 +179,7 @@ def validate(data: Any) -> list[str]:
                 _check_train(f"methods.{method}.train", spec, problems)
                 continue
             if name not in fields:
-                owner = [m for m, e in METHODS.items() if name in {f.name for f in dataclasses.fields(e.config_class)}]
+                owner = [m for m, c in METHODS.items() if name in {f.name for f in dataclasses.fields(c.config_class)}]
                 hint = f" (it is a {owner[0]} option: put it under methods.{owner[0]})" if owner else ""
                 problems.append(f"methods.{method}.{name}: not a {method} option{hint}")
                 continue
@@ -317,8 +317,8 @@ class SpaceSampler:
             params[name] = value
             return
         allowed = depth_range(tuple(spec.get("depth", (0.0, 1.0))), self.num_layers)
-        entry = METHODS.get(name.split(".")[0])
-        first = getattr(entry.config_class if entry is not None else None, "first_layer", 0)
+        method = METHODS.get(name.split(".")[0])
+        first = getattr(method.config_class if method is not None else None, "first_layer", 0)
         allowed = range(max(allowed.start, first), max(allowed.stop, first + 1))
         chosen = [value] if kind == "layer" else list(value)
         outside = [i for i in chosen if i not in allowed]
@@ -345,8 +345,8 @@ class SpaceSampler:
             return trial.suggest_categorical(name, spec["choices"])
         allowed = depth_range(tuple(spec.get("depth", (0.0, 1.0))), self.num_layers)
         # Generator methods (late, spt) start at block 1: a generator at 0 reads word embeddings.
-        entry = METHODS.get(name.split(".")[0])
-        config_class = entry.config_class if entry is not None else None
+        method = METHODS.get(name.split(".")[0])
+        config_class = method.config_class if method is not None else None
         first = getattr(config_class, "first_layer", 0)
         allowed = range(max(allowed.start, first), max(allowed.stop, first + 1))
         if kind == "layer":

@@ -101,6 +101,7 @@ def train(
     world = ranks()
     model = build_model(cfg, ws).to(device).train()
     run = Run(cfg, model, world)
+    run.stage_metrics = stage_metrics
     step_model = data_parallel(model, device) if world[1] > 1 else model  # training steps only
     task = ws.data.task
     feeder = prefix_feeder(cfg, ws, model, device)
@@ -144,7 +145,7 @@ def train(
             model, ws.splits["test"], task.metric, len(task.labels), tc.eval_batch_size, device, tc.precision,
             fetch["test"],
         )  # fmt: skip
-    result.metrics.update(stage_metrics)
+    result.metrics.update(run.stage_metrics)
     return result
 
 
@@ -172,6 +173,7 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.best_score, self.best_state, self.best_metrics = -math.inf, snapshot(model), {}
         self.examples, self.loss_sum, self.loss_n, self.steps_done = 0, 0.0, 0, 0
+        self.stage_metrics: dict[str, Any] = {}  # what a method's stage reported (SPT-DARTS' gate search)
 
     def next_rows(self, n_train: int) -> Tensor:
         """This rank's share of the next batch of training rows, in the run's seeded order."""
@@ -263,6 +265,7 @@ class Run:
             "best_score": self.best_score,
             "best_metrics": self.best_metrics,
             "examples": self.examples,
+            "stage_metrics": self.stage_metrics,  # a resumed run reports its stage, which does not run again
         }
         if self.optimizer is not None and self.scheduler is not None:
             optim = self.optimizer.state_dict()
@@ -292,6 +295,7 @@ class Run:
         self.history, self.best_metrics = list(meta["history"]), dict(meta["best_metrics"])
         self.best_score, self.examples = float(meta["best_score"]), int(meta["examples"])
         self.steps_done = int(meta["step"])
+        self.stage_metrics = dict(meta.get("stage_metrics") or self.stage_metrics)
         for _ in range(self.steps_done):  # the data order continues where it stopped
             self.next_rows(n_train)
 

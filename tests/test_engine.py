@@ -9,7 +9,7 @@ from conftest import DECODERS, ENCODERS, FAMILIES, tiny_configs
 from autoprompt_search.backbones import Backbone, BackboneInfo, backbone_from_config
 from autoprompt_search.engine import Batch, PromptedModel
 from autoprompt_search.heads import ClassifierHead
-from autoprompt_search.prompts import DeepConfig, LateConfig, PromptMethod, SlotLayout, build_method
+from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig, PromptMethod, SlotLayout, build_method
 from autoprompt_search.prompts.base import BatchContext
 
 ATOL = 1e-5
@@ -17,9 +17,9 @@ ATOL = 1e-5
 
 def make(family: str, method_config: object | None, seed: int = 0) -> PromptedModel:
     bb = backbone_from_config(tiny_configs()[family], seed=seed)
-    method = None if method_config is None else build_method(method_config, BackboneInfo.of(bb))
-    if method is not None:
-        method.init_parameters(bb.word_embeddings, torch.Generator().manual_seed(seed))
+    # no method config: the linear probe
+    method = build_method(method_config if method_config is not None else ProbeConfig(), BackboneInfo.of(bb))
+    method.init_parameters(bb.word_embeddings, torch.Generator().manual_seed(seed))
     return PromptedModel(bb, method, ClassifierHead(bb, 3, pooler=True)).eval()
 
 

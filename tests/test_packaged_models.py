@@ -10,7 +10,7 @@ import torch
 from autoprompt_search.backbones import BackboneInfo, load_backbone
 from autoprompt_search.engine import Batch, PromptedModel
 from autoprompt_search.heads import ClassifierHead
-from autoprompt_search.prompts import DeepConfig, LateConfig, build_method
+from autoprompt_search.prompts import DeepConfig, LateConfig, LinearProbe, ProbeConfig, build_method
 from autoprompt_search.workspace import load_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,9 @@ def test_packaged_model_trains_a_prompt(name: str, module: str) -> None:
         logits.sum().backward()
         assert all(p.grad is not None for p in model.trainable_parameters().values())
     # the real model's own forward agrees with ours when no prompt is present
-    probe = PromptedModel(bb, None, ClassifierHead(bb, 2, pooler=False)).eval()
+    probe = PromptedModel(
+        bb, LinearProbe(ProbeConfig(), BackboneInfo.of(bb)), ClassifierHead(bb, 2, pooler=False)
+    ).eval()
     ours, _ = probe.hidden_states(Batch(enc["input_ids"][:1], enc["attention_mask"][:1].bool()))
     theirs = bb.model(input_ids=enc["input_ids"][:1], attention_mask=enc["attention_mask"][:1]).last_hidden_state
     n = int(enc["attention_mask"][0].sum())

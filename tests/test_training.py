@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import tiny_configs
 
-from autoprompt_search.backbones import backbone_from_config
+from autoprompt_search.backbones import BackboneInfo, backbone_from_config
 from autoprompt_search.config import ExperimentConfig, TrainConfig
 from autoprompt_search.data import DataConfig
 from autoprompt_search.errors import TrainingError
-from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig, SptConfig
+from autoprompt_search.prompts import DeepConfig, LateConfig, LinearProbe, ProbeConfig, SptConfig
 from autoprompt_search.trainer import train
 from autoprompt_search.workspace import build_model, prepare_workspace
 
@@ -146,7 +146,7 @@ def test_label_word_head_on_decoder() -> None:
     from autoprompt_search.heads import LabelWordHead
 
     bb = backbone_from_config(tiny_configs()["gpt2"], lm_head=True)
-    model = PromptedModel(bb, None, LabelWordHead(bb, [5, 9]))
+    model = PromptedModel(bb, LinearProbe(ProbeConfig(), BackboneInfo.of(bb)), LabelWordHead(bb, [5, 9]))
     ids = torch.randint(0, 120, (2, 5))
     full = bb.lm_head(bb.model(input_ids=ids).last_hidden_state)[:, -1]  # the HF model's next-token logits
     torch.testing.assert_close(model(Batch(ids, torch.ones(2, 5, dtype=torch.bool))), full[:, [5, 9]])

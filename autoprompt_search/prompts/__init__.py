@@ -8,7 +8,7 @@ from ..backbones import BackboneInfo
 from ..dataclass_io import from_dict, to_dict
 from ..errors import ConfigError
 from .base import BatchContext, PromptMethod, SlotLayout
-from .registry import METHODS, MethodEntry, register_method
+from .registry import METHODS, register_method
 
 # Importing a method's module registers it; this order is the order users see.
 # isort: off
@@ -28,16 +28,16 @@ def method_config(name: str, options: dict[str, Any] | None = None) -> Any:
 
 
 def method_name(config: Any) -> str:
-    for entry in METHODS.values():
-        if isinstance(config, entry.config_class):
-            return entry.name
+    for method in METHODS.values():
+        if isinstance(config, method.config_class):
+            return method.name
     raise ConfigError(f"method: no method takes a {type(config).__name__}")
 
 
 def build_method(config: Any, info: BackboneInfo) -> PromptMethod:
     """The method module for `config`, validated against the backbone."""
     config.check(info)
-    return METHODS[method_name(config)].module_class(config, info)
+    return METHODS[method_name(config)](config, info)
 
 
 def method_to_dict(config: Any) -> dict[str, Any]:
@@ -62,7 +62,6 @@ __all__ = [
     "LateConfig",
     "LatePrompt",
     "LinearProbe",
-    "MethodEntry",
     "ProbeConfig",
     "PromptMethod",
     "SelectivePrompt",

@@ -26,9 +26,6 @@ class ProbeConfig:
 
 @register_method("probe", ProbeConfig)
 class LinearProbe(PromptMethod):
-    def __init__(self, config: ProbeConfig | None, info: BackboneInfo) -> None:
-        super().__init__(config if config is not None else ProbeConfig(), info)
-
     @property
     def length(self) -> int:
         return 0

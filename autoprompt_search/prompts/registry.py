@@ -1,10 +1,10 @@
 """The registry of prompt methods: each method registers itself next to its code, as peft's
-tuners do (`@register_method("deep", DeepConfig)` on the module class)."""
+tuners do (`@register_method("deep", DeepConfig)` on the module class, which then carries its
+`name` and `config_class`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -12,25 +12,18 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound="type[PromptMethod]")
 
-
-@dataclass(frozen=True)
-class MethodEntry:
-    name: str
-    config_class: type  # the method's options (a dataclass with `check(info)`)
-    module_class: type[PromptMethod]  # the nn.Module the engine runs
-
-
-METHODS: dict[str, MethodEntry] = {}  # name -> entry, in registration order
+METHODS: dict[str, type[PromptMethod]] = {}  # name -> the method's module class, in registration order
 
 
 def register_method(name: str, config_class: type) -> Callable[[M], M]:
-    """Class decorator: register a PromptMethod subclass under `name` with its config class."""
+    """Class decorator: register a PromptMethod subclass under `name`, taking options of
+    `config_class` (a dataclass with `check(info)`)."""
 
     def register(module_class: M) -> M:
-        if name in METHODS and METHODS[name].module_class is not module_class:
+        if name in METHODS and METHODS[name] is not module_class:
             raise ValueError(f"prompt method {name!r} is registered twice")
         module_class.name, module_class.config_class = name, config_class
-        METHODS[name] = MethodEntry(name, config_class, module_class)
+        METHODS[name] = module_class
         return module_class
 
     return register
