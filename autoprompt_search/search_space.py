@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from .config import TrainConfig
+from .config import ExperimentConfig, TrainConfig
 from .errors import ConfigError
 from .heads import HeadConfig
 from .prompts import METHODS
@@ -60,6 +60,15 @@ def sampled_of(mapping: dict[str, Any]) -> dict[str, Any]:
     if mapping.get("head"):
         out["head"] = dict(mapping["head"])
     return out
+
+
+def experiment_for(base: dict[str, Any], sampled: dict[str, Any]) -> ExperimentConfig:
+    """The base experiment with a sampled {'method': {...}, 'train': {...}[, 'head': {...}]} applied."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    data["method"] = dict(sampled["method"])
+    data["train"] = {**data.get("train", {}), **sampled.get("train", {})}
+    data["head"] = {**(data.get("head") or {}), **(sampled.get("head") or {})}
+    return ExperimentConfig.from_dict(data)
 
 
 class SearchSpaceError(ConfigError):

@@ -26,9 +26,8 @@ from autoprompt_search.backbones import BackboneInfo
 from autoprompt_search.fused import partition
 from autoprompt_search.fused_trainer import train_group
 from autoprompt_search.runs import TrainOptions, experiment_from_options
-from autoprompt_search.search_space import SearchSpace
+from autoprompt_search.search_space import SearchSpace, experiment_for
 from autoprompt_search.study.options import resolve_space
-from autoprompt_search.study.trial import experiment_for
 from autoprompt_search.trainer import train
 from autoprompt_search.workspace import prepare_workspace
 

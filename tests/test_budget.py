@@ -147,7 +147,8 @@ def test_a_study_with_a_budget_trains_only_configurations_within_it(
     tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
     """The whole path on a local Ray: the budget in study.json, every trained row within it (as the
-    worker counts it), the refused draws in the Optuna journal and never in the table."""
+    worker counts it), the refused draws in the Optuna journal and never in the table; the control,
+    the same study without the budget, trains configurations over it."""
     import ray
 
     from autoprompt_search.study.cluster import start_local
@@ -169,11 +170,15 @@ def test_a_study_with_a_budget_trains_only_configurations_within_it(
         name="s", space=space, experiment=experiment, num_samples=4, max_concurrent=2, scheduler="fifo",
         sampler="random", max_trainable="250",
     )  # fmt: skip
+    control = StudyOptions(**{**vars(options), "name": "control", "max_trainable": ""})
     start_local(num_cpus=2)
     try:
         run_study(options, tmp_path)
+        run_study(control, tmp_path)  # the same study and sampler seed without the budget
     finally:
         ray.shutdown()
+    unbudgeted = read_trials(tmp_path / "control")
+    assert len(unbudgeted) == 4 and max(r["trainable_params"] for r in unbudgeted) > 250, unbudgeted
     rows = read_trials(tmp_path / "s")
     assert len(rows) == 4 and all(0 < r["trainable_params"] <= 250 for r in rows)
     assert StudyOptions.load(tmp_path / "s").max_trainable == "250"

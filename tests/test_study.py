@@ -17,7 +17,7 @@ from autoprompt_search.checkpoint import predict_run
 from autoprompt_search.config import load_config_file
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.prompts import method_to_dict
-from autoprompt_search.search_space import SearchSpaceError
+from autoprompt_search.search_space import SearchSpaceError, experiment_for
 from autoprompt_search.study.cluster import ClusterInfo, check_resources, start_local
 from autoprompt_search.study.export import export_study
 from autoprompt_search.study.options import Objective, StudyOptions
@@ -31,7 +31,7 @@ from autoprompt_search.study.ranking import (
 )
 from autoprompt_search.study.records import error_line, read_trials
 from autoprompt_search.study.runner import resume_study, run_study
-from autoprompt_search.study.trial import LOGICAL_GPUS_ENV, experiment_for, worker_resources
+from autoprompt_search.study.trial import LOGICAL_GPUS_ENV, worker_resources
 
 
 def base_experiment(model: str, data: str, steps: int = 6) -> dict[str, Any]:
@@ -129,7 +129,6 @@ def test_finalist_jobs_hold_only_runs_that_train_as_one_fused_group(tiny_model_d
     from autoprompt_search.backbones import BackboneInfo, backbone_info, load_backbone
     from autoprompt_search.fused import partition
     from autoprompt_search.study.finalists import fused_groups
-    from autoprompt_search.study.trial import experiment_for
 
     base = {"model": tiny_model_dir, "data": {"task": "sst2", "source": "files", "data_dir": tiny_sst_dir}}
     configs = [

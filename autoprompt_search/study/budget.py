@@ -15,8 +15,8 @@ from typing import Any
 
 from ..backbones import BackboneInfo
 from ..errors import ConfigError
+from ..search_space import experiment_for
 from .options import StudyOptions, parse_budget
-from .trial import experiment_for
 
 CONSTRAINT = "trainable_params"  # Optuna constraint key: count - limit (feasible when <= 0)
 MAX_DRAWS = 200  # draws per trial before the search gives up on the budget

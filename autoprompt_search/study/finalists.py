@@ -18,12 +18,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..search_space import experiment_for
 from .options import OPTUNA_FILE, StudyOptions
 from .progress import ProgressBar
 from .ranking import choose_finalists, finalist_groups
 from .records import TrialRecorder, read_trials
 from .trainable import trainable_for
-from .trial import devices_per_trial, experiment_for, trial_dirname
+from .trial import devices_per_trial, trial_dirname
 
 FINALISTS_TUNE_DIR = "tune-finalists"  # the finalists' Tune experiment (the search's is TUNE_DIR)
 

@@ -28,7 +28,6 @@ from .trial import (
     RESTORED_HISTORY,
     configuration_failures,
     evaluation_metrics,
-    experiment_for,
     make_trainer,
     place,
     restored_history,
@@ -109,6 +108,8 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
     study = loop_config["study"]
     members: list[dict[str, Any]] = loop_config["sampled"]["members"]
     finalists = any(m.get("finalist_of") for m in members)
+    from ..search_space import experiment_for
+
     cfgs = [experiment_for(loop_config["base"], m) for m in members]
     gpu_ids = [place(cfg, loop_config["use_gpu"]) for cfg in cfgs][-1]  # every member on this worker's device
     ws = prepare_workspace(cfgs[0])

@@ -49,17 +49,6 @@ def worker_resources(study: dict[str, Any]) -> dict[str, float]:
     return resources
 
 
-def experiment_for(base: dict[str, Any], sampled: dict[str, Any]) -> ExperimentConfig:
-    """The base experiment with a sampled {'method': {...}, 'train': {...}[, 'head': {...}]} applied."""
-    from ..config import ExperimentConfig
-
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    data["method"] = dict(sampled["method"])
-    data["train"] = {**data.get("train", {}), **sampled.get("train", {})}
-    data["head"] = {**(data.get("head") or {}), **(sampled.get("head") or {})}
-    return ExperimentConfig.from_dict(data)
-
-
 def trial_payload(options: StudyOptions, study_dir: Path) -> dict[str, Any]:
     """What every trial needs from the study (passed once through the object store)."""
     from .options import OPTUNA_FILE
@@ -293,6 +282,8 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     from ..workspace import prepare_workspace
 
     started, started_at = time.perf_counter(), time.time()
+    from ..search_space import experiment_for
+
     cfg = experiment_for(loop_config["base"], loop_config["sampled"])
     gpu_ids = place(cfg, loop_config["use_gpu"])
     cfg, resume = resume_point(cfg, Path(loop_config["study"]["train_storage"]) / loop_config["trial_id"])
