@@ -301,7 +301,7 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
 
     from autoprompt_search.study.options import StudyOptions
     from autoprompt_search.study.ranking import stopped_note, summarize
-    from autoprompt_search.study.runner import study_rows
+    from autoprompt_search.study.records import study_rows
 
     options = StudyOptions.load(study_dir)
     rows = study_rows(study_dir)

@@ -20,7 +20,7 @@ from ..peft_format import run_adapter, write_peft_adapter
 from ..staging import staged_directory
 from .options import Objective, StudyOptions
 from .ranking import SELECTABLE, finalist_groups, objective_value, pareto_front, rank_top
-from .runner import study_rows
+from .records import study_rows
 
 FORMS = ("native", "peft")  # peft: adapter_config.json + adapter_model.safetensors beside our files
 

@@ -22,6 +22,7 @@ from ray.tune import Callback
 from ..errors import ConfigError
 from ..metrics import COLLAPSED
 from ..search_space import sampled_of
+from .options import StudyOptions
 
 TRIALS_FILE = "trials.parquet"
 # A run's last report when it has no result (trial.run_ended): COLLAPSED or ERROR, and the reason.
@@ -282,3 +283,15 @@ class TrialRecorder(Callback):
 
     def _write(self) -> None:
         write_trials(self.study_dir, list(self.rows.values()))
+
+
+def study_rows(study_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a study directory (one that has started), for status, export and reports."""
+    path = Path(study_dir)
+    StudyOptions.load(path)
+    if not (path / TRIALS_FILE).is_file():
+        raise ConfigError(
+            f"study: {str(path)!r} has no {TRIALS_FILE} yet (no trial has started); resume it with "
+            f"autoprompt search --resume {path}"
+        )
+    return read_trials(path)

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..metrics import COLLAPSED
 from .budget import refused_draws
 from .options import OPTUNA_FILE, Objective, StudyOptions, journal_storage
 from .ranking import SELECTABLE, objective_value, pareto_front, searched_rows, stopped_note
-from .runner import study_rows
+from .records import study_rows
 
 REPORT_DIR = "report"
 
@@ -351,7 +352,7 @@ def _html(data: dict[str, Any], figures: list[tuple[str, str]]) -> str:
     stopped = [r for r in searched_rows(rows) if r["status"] == "STOPPED"]
 
     def reason(r: dict[str, Any]) -> str:
-        return r["error"] or ("every evaluation predicted one class" if r["status"] == "COLLAPSED" else "")
+        return r["error"] or (COLLAPSED if r["status"] == "COLLAPSED" else "")
 
     failed = [[r["trial_id"], r["status"], r["method"], reason(r)] for r in trouble]
     parts.append("<h2>Failed and collapsed runs</h2>")

@@ -17,9 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,22 +28,22 @@ from ray.tune.search.optuna import OptunaSearch
 from ..config import ExperimentConfig
 from ..dataclass_io import to_dict
 from ..errors import ConfigError
-from ..search_space import SearchSpace, SpaceSampler, sampled_of
-from .budget import MAX_DRAWS, ParamBudget, check_budget, param_budget
+from ..search_space import SpaceSampler, sampled_of
+from .budget import MAX_DRAWS, ParamBudget
 from .cluster import RaySettings, check_before_connecting, check_resources, connect, shutdown
 from .finalists import all_ended, run_finalists
 from .options import (
     OPTUNA_FILE,
-    STUDY_FILE,
     StudyOptions,
     journal_storage,
     resume_conflicts,
     study_options,
     study_path,
 )
+from .preflight import CheckedStudy, check_study, check_writable, prepare_study_dir, warm_start_trials
 from .progress import ProgressBar
 from .ranking import best_row
-from .records import TRIALS_FILE, TrialRecorder, read_trials
+from .records import TrialRecorder, read_trials
 from .trainable import trainable_for
 from .trial import devices_per_trial, trial_dirname
 
@@ -128,39 +125,6 @@ def resume(
     return resume_study(str(study), results_dir, settings, on_connect, given)
 
 
-@dataclass(frozen=True)
-class CheckedStudy:
-    base: ExperimentConfig
-    sampler: SpaceSampler  # the space over this model's layers
-    budget: ParamBudget | None  # --max-trainable resolved against the model
-
-
-def check_study(options: StudyOptions) -> CheckedStudy:
-    """Everything that can be checked before Ray starts: space, model depth, data, tokens (cached),
-    the parameter budget."""
-    from ..data import load_task_data, tokenize
-    from ..runs import num_layers_of
-    from ..workspace import load_tokenizer
-
-    space = SearchSpace.from_dict(options.space, options.space_file or "<study>")
-    base = options.base_experiment()
-    num_layers = num_layers_of(base.model)
-    sampler = space.sampler(num_layers)  # layer indices beyond the model fail here
-    for i, config in enumerate(options.enqueue):  # a configuration the space cannot draw fails here
-        sampler.params_of(config, f"--enqueue #{i + 1}")
-    if options.warm_start:
-        warm_start_trials(options)
-    tokenizer = load_tokenizer(base.model)
-    data = load_task_data(base.data)  # unknown task, missing files or columns fail here
-    for name, examples in data.splits.items():
-        if name != "test":  # warm the token cache the workers read
-            tokenize(tokenizer, examples, base.data.max_length, False)
-    budget = param_budget(options, len(data.task.labels))
-    if budget is not None:
-        check_budget(budget, sampler, options.enqueue, options.seed)
-    return CheckedStudy(base, sampler, budget)
-
-
 def evaluations_per_trial(options: StudyOptions, base: ExperimentConfig) -> int:
     steps = options.space.get("train", {}).get("steps", base.train.steps)
     if isinstance(steps, dict):
@@ -227,25 +191,6 @@ def build_searcher(options: StudyOptions, space: SpaceSampler, budget: ParamBudg
         budget=budget,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
-
-
-def warm_start_trials(options: StudyOptions) -> list[Any]:
-    """The completed Optuna trials of the `--warm-start` study (checked against this one's objectives)."""
-    from optuna.trial import TrialState
-
-    from .group_search import open_study
-
-    source = Path(options.warm_start)
-    source_options = StudyOptions.load(source)
-    if not (source / OPTUNA_FILE).is_file():
-        raise ConfigError(f"--warm-start: {str(source)!r} has no {OPTUNA_FILE}; give a study directory that has run")
-    if list(source_options.objectives) != list(options.objectives):
-        raise ConfigError(
-            f"--warm-start: {source_options.name} optimised {', '.join(source_options.objectives)}, this study "
-            f"{', '.join(options.objectives)}; warm-start from a study with the same objectives"
-        )
-    study = open_study(str(source / OPTUNA_FILE), source_options.name)
-    return [t for t in study.trials if t.state == TrialState.COMPLETE]
 
 
 def seed_study(options: StudyOptions, space: SpaceSampler, study_dir: Path) -> None:
@@ -388,48 +333,6 @@ def build_tuner(
     )
 
 
-MIN_FREE_ENV = "AUTOPROMPT_MIN_FREE_GB"  # free disk a study needs to start (default 0.5 GB)
-
-
-def check_writable(study_dir: Path) -> None:
-    """Fail before any trial starts when the study directory cannot be created and written, or the
-    disk is (nearly) full: checkpoints and the results table are written all along the study."""
-    existing = study_dir
-    while not existing.exists():
-        existing = existing.parent
-    problem = None
-    if not existing.is_dir():
-        problem = f"{str(existing)!r} is a file, not a directory"
-    else:
-        try:
-            with tempfile.TemporaryFile(dir=existing) as probe:
-                probe.write(b"x" * 4096)
-                probe.flush()
-                os.fsync(probe.fileno())
-        except OSError as exc:
-            problem = exc.strerror or str(exc)
-    if problem:
-        raise ConfigError(f"results: cannot write {str(study_dir)!r} ({problem}); choose a writable --results-dir")
-    free_gb = shutil.disk_usage(existing).free / 1e9
-    need_gb = float(os.environ.get(MIN_FREE_ENV, "0.5"))
-    if free_gb < need_gb:
-        raise ConfigError(
-            f"results: only {free_gb:.2f} GB free under {str(existing)!r} (a study needs {need_gb:g} GB); "
-            "free some space or choose another --results-dir"
-        )
-
-
-def prepare_study_dir(results_dir: str | Path, name: str, overwrite: bool) -> Path:
-    study_dir = (Path(results_dir) / name).resolve()
-    if (study_dir / STUDY_FILE).exists() and not overwrite:
-        raise ConfigError(
-            f"study: {str(study_dir)!r} already exists; continue it with --resume {name}, or pass --overwrite"
-        )
-    if study_dir.exists() and overwrite:
-        shutil.rmtree(study_dir)
-    return study_dir
-
-
 def run_study(
     options: StudyOptions,
     results_dir: str | Path = "results",
@@ -518,14 +421,3 @@ def _on_ray(
         return search_result(study_dir, time.perf_counter() - started, interrupted=not finished, finished_before=False)
     finally:
         shutdown(cluster)
-
-
-def study_rows(study_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(study_dir)
-    StudyOptions.load(path)
-    if not (path / TRIALS_FILE).is_file():
-        raise ConfigError(
-            f"study: {str(path)!r} has no {TRIALS_FILE} yet (no trial has started); resume it with "
-            f"autoprompt search --resume {path}"
-        )
-    return read_trials(path)

@@ -278,6 +278,7 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     import torch
 
     from ..checkpoint import save_state, save_training_state
+    from ..metrics import COLLAPSED
     from ..trainer import train
     from ..workspace import prepare_workspace
 
@@ -324,4 +325,4 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     if result.status == "COLLAPSED":
         # Said as data, not raised (Tune would retry a raised trial): the results table marks it
         # COLLAPSED, and a NaN objective makes Optuna hold it as failed.
-        ray.train.report(run_ended("COLLAPSED", result.error or "every evaluation predicted one class"))
+        ray.train.report(run_ended("COLLAPSED", result.error or COLLAPSED))
