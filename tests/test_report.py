@@ -102,7 +102,7 @@ def test_the_page_has_its_images_and_lists_failures(tmp_path: Path) -> None:
     for name in images:
         assert (page.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<script" not in text  # a static page: nothing to fail in a browser
-    assert "ValueError: boom" in text and "every evaluation predicted one class" in text
+    assert "ValueError: boom" in text and "collapsed: every evaluation predicted a single class" in text
     assert "importances need at least 3" in text or "no Optuna journal yet" in text
 
 
