@@ -12,10 +12,11 @@ alternates, as in DARTS (Liu et al. 2019):
 
 Gradients are taken with `torch.autograd.grad` on exactly one group, so a step can never leak
 into the other group's `.grad`. Under several Train ranks each rank takes its share of every
-batch and the gradients are averaged over the ranks (what DDP does for `.backward`), so the ranks
-split the search's work and keep identical gates. Every evaluation logs the gate probabilities
+batch and the gradients are averaged over the ranks (what DDP does for `.backward`; DDP's hooks
+fire on `.backward` only, not on `torch.autograd.grad`, hence the explicit all-reduce), so the
+ranks split the search's work and keep identical gates. Every evaluation logs the gate probabilities
 per layer. After the search, `derived_config()` picks the layers and `train()` retrains a fresh
-model on them.
+model on them (`stages.py`: the training loop runs this search first, as the `spt` method's stage).
 """
 
 from __future__ import annotations

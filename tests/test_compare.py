@@ -52,6 +52,7 @@ def test_compare_without_a_test_split_holds_dev_out(tiny_model_dir: str, tiny_ss
     assert all(r["test_score"] is not None and 0 <= r["test_score"] <= 1 for r in finals)
     (gate_row,) = [r for r in rows if r["phase"] == "selection"]
     assert gate_row["arm"] == "spt-darts" and gate_row["passes"] == 2 * 4  # 2 x 4 passes = 4 steps x 2
+    assert gate_row["dev_score"] is None and 0 <= gate_row["eval_score"] <= 1  # no checkpoint kept: no best
     spt = [r for r in finals if r["arm"] == "spt-darts"]
     assert all(json.loads(r["method"])["search"] is False for r in spt)
     gates = json.loads((out / "spt_gates.json").read_text())

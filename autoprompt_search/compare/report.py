@@ -28,6 +28,7 @@ SCHEMA = pa.schema(
         ("status", pa.string()),
         ("lr", pa.float64()),
         ("dev_score", pa.float64()),  # best dev score (the checkpoint kept)
+        ("eval_score", pa.float64()),  # dev score at the last evaluation (the gate search keeps no checkpoint)
         ("test_score", pa.float64()),  # that checkpoint on the held-out split (finals only)
         ("test_accuracy", pa.float64()),
         ("trainable_params", pa.int64()),

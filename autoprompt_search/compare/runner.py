@@ -192,7 +192,7 @@ def spt_search(
         {
             "arm": "spt-darts", "phase": "selection", "seed": options.seeds[0], "trial": "gate-search",
             "method": json.dumps(derived, sort_keys=True), "status": "TERMINATED",
-            "dev_score": last.get("eval_score"), "test_score": None, "trainable_params": None,
+            "dev_score": None, "eval_score": last.get("eval_score"), "test_score": None, "trainable_params": None,
             "passes": 2 * found.steps, "seconds": found.seconds,
         }
     )  # fmt: skip
