@@ -48,6 +48,18 @@ def load_training_state(directory: str | Path) -> TrainingState | None:
     return TrainingState(read_safetensors(path / TRAINING_TENSORS, "checkpoint"), meta)
 
 
+def resume_from(directory: str | Path, cfg: ExperimentConfig) -> tuple[ExperimentConfig, TrainingState | None]:
+    """The configuration and TrainingState a checkpoint directory continues, else (cfg, None).
+    The configuration is the one the checkpoint trained (SPT-DARTS: its derived layers, so a
+    restart continues that training and does not search again), on `cfg`'s device."""
+    state = load_training_state(directory)
+    if state is None or not (Path(directory) / CONFIG).is_file():
+        return cfg, None
+    trained = ExperimentConfig.from_dict(read_run(directory)["config"])
+    trained.train.device = cfg.train.device
+    return trained, state
+
+
 def training_step(directory: str | Path) -> int:
     """The step of a checkpoint's training state; -1 when it holds weights only."""
     path = Path(directory) / TRAINING_META

@@ -100,6 +100,36 @@ def test_a_killed_train_worker_restarts_from_its_last_checkpoint(
     assert restarted and restarted[0] >= 10  # the second attempt continued from a checkpoint, not step 0
 
 
+def test_a_killed_fused_worker_resumes_its_spt_darts_members_without_searching_again(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    """A fused group of two SPT-DARTS trials (each searches its gates, then trains its derived
+    layers alone in the group's Train job): the worker is killed once a member has a checkpoint;
+    that member continues from it, with the layers it derived, instead of searching again."""
+    opts = evaluated_every_10_steps(tiny_model_dir, tiny_sst_dir, "f", trials=2)
+    opts.space = {"methods": {"spt": {"search": True, "length": 2, "bottleneck": 8, "top_k": 2, "search_steps": 20}}}
+    opts.fuse, opts.max_concurrent = 2, 1
+    killed: list[int] = []
+
+    def kill_once_checkpointed() -> None:
+        wait_for(lambda: list((tmp_path / "f").glob("train/*/members/*/training_state.json")), 120, "a checkpoint")
+        victim = wait_for(train_workers, 30, "a Ray Train worker")[0]
+        killed.append(victim.pid)
+        victim.send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_once_checkpointed, daemon=True)
+    killer.start()
+    run_study(opts, tmp_path)
+    killer.join(5)
+    assert killed, "the worker was never killed"
+    rows = read_trials(tmp_path / "f")
+    assert [r["status"] for r in rows] == ["TERMINATED", "TERMINATED"] and all(r["last_step"] == 120 for r in rows)
+    for row in rows:
+        assert [h["step"] for h in json.loads(row["history"])] == list(range(10, 121, 10))  # none lost or repeated
+    restarted = [h["resumed_from_step"] for r in rows for h in json.loads(r["history"]) if h.get("resumed_from_step")]
+    assert restarted and restarted[0] >= 10  # continued from its checkpoint, not from a new gate search
+
+
 def test_trials_that_raise_or_run_out_of_memory_fail_alone_and_the_study_goes_on(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:

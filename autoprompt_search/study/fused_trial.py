@@ -97,7 +97,7 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
     from optuna.trial import TrialState
 
     from ..backbones import BackboneInfo
-    from ..checkpoint import load_training_state, save_state, save_training_state
+    from ..checkpoint import resume_from, save_state, save_training_state
     from ..fused import fusable, partition
     from ..fused_trainer import train_group
     from ..workspace import prepare_workspace
@@ -123,6 +123,7 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
     evaluations = [0] * len(members)
     last: dict[int, dict[str, Any]] = {}  # member -> its latest report (objective values for the end)
     resumed: dict[int, Any] = {}  # member -> the TrainingState it continued from, until its first report
+    resumed_from: dict[int, int] = {}  # member -> the step it continued from after a restart
     single_objective = len(study["objectives"]) == 1  # Optuna's report and pruners are single-objective
 
     def finished(index: int) -> bool:  # resume: Optuna (finalists: the table) already holds its result
@@ -144,6 +145,7 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
             "worker_started_at": started_at,
             "trial_entered_at": loop_config["trial_entered_at"],
             "gpu_ids": ",".join(gpu_ids),
+            "resumed_from_step": resumed_from.get(index, 0),
         }
 
     text_tokens = float(ws.splits["train"].lengths.float().mean())
@@ -168,25 +170,30 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
                 trial.report(record["eval_score"], evaluations[index])
                 prune = study["prune"] and trial.should_prune()
             if rank == 0:
+                # The best state and the configuration trained (SPT-DARTS: the derived one) with the
+                # training state: the member resumes from here after a crash.
+                path = out / str(index)
+                save_state(state, trained, path, {"dev_score": record["best_score"], "step": record["step"]}, [])
+                save_training_state(record["training_state"](), path)
                 if record["improved"]:
-                    path = out / str(index)
-                    save_state(state, trained, path, {"dev_score": record["best_score"], "step": record["step"]}, [])
                     metrics["member_checkpoint"] = str(path)
-                save_training_state(record["training_state"](), out / str(index))  # resumable after a crash
             last[index] = metrics
             ray.train.report(metrics)
             return _broadcast(prune)
 
-        group_cfgs = [cfgs[i] for i in indices]
+        # After a worker crash Ray Train restarts the job: members continue from their last evaluation.
+        group_cfgs, resume = [], {}
+        for j, i in enumerate(indices):
+            cfg, state = resume_from(out / str(i), cfgs[i])  # SPT-DARTS: the derived layers, no new search
+            group_cfgs.append(cfg)
+            if state is not None:
+                resume[j] = state
+                evaluations[i] = len(state.meta["history"])
+                resumed[i] = state
+                resumed_from[i] = int(state.meta["step"])
         if len(group_cfgs) == 1 and not fusable(group_cfgs[0]):
-            results = [_alone(group_cfgs[0], ws, on_eval)]  # SPT-DARTS: a restart searches again
+            results = [_alone(group_cfgs[0], ws, on_eval)]  # an SPT-DARTS search, run before any checkpoint
         else:
-            # After a worker crash Ray Train restarts the job: members continue from their last evaluation.
-            resume = {j: load_training_state(out / str(i)) for j, i in enumerate(indices)}
-            resume = {j: state for j, state in resume.items() if state is not None}
-            for j, state in resume.items():
-                evaluations[indices[j]] = len(state.meta["history"])
-                resumed[indices[j]] = state
             results = train_group(group_cfgs, ws, on_eval, resume)
         for index, result in zip(indices, results, strict=True):
             final = {

@@ -174,8 +174,7 @@ def resume_point(cfg: ExperimentConfig, run_dir: Path) -> tuple[ExperimentConfig
     """
     import ray.train
 
-    from ..checkpoint import TRAINING_META, load_training_state, read_run, training_step
-    from ..config import ExperimentConfig
+    from ..checkpoint import TRAINING_META, resume_from, training_step
 
     checkpoint = ray.train.get_checkpoint()
     with contextlib.ExitStack() as stack:
@@ -185,13 +184,7 @@ def resume_point(cfg: ExperimentConfig, run_dir: Path) -> tuple[ExperimentConfig
             candidates = [d for d in run_dir.glob("checkpoint_*") if (d / TRAINING_META).is_file()]
         if not candidates:
             return cfg, None
-        latest = max(candidates, key=training_step)
-        state = load_training_state(latest)
-        trained = ExperimentConfig.from_dict(read_run(latest)["config"])
-    if state is None:
-        return cfg, None
-    trained.train.device = cfg.train.device
-    return trained, state
+        return resume_from(max(candidates, key=training_step), cfg)
 
 
 def evaluation_metrics(record: dict[str, Any], state: dict[str, Any], trained: ExperimentConfig) -> dict[str, Any]:
