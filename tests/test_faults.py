@@ -53,6 +53,22 @@ def checkpoints(study: Path) -> list[Path]:
     return sorted(study.glob("train/*/checkpoint_*"))
 
 
+def kill_a_train_worker_once(checkpointed: Any) -> tuple[threading.Thread, list[int]]:
+    """A thread that SIGKILLs one Ray Train worker of this test once `checkpointed()` holds; the
+    list gets the killed pid."""
+    killed: list[int] = []
+
+    def kill() -> None:
+        wait_for(checkpointed, 120, "a first checkpoint")
+        victim = wait_for(train_workers, 30, "a Ray Train worker")[0]
+        killed.append(victim.pid)
+        victim.send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    return killer, killed
+
+
 def evaluated_every_10_steps(model: str, data: str, name: str, trials: int) -> Any:
     """A study of `trials` concurrent deep-prompt trials, 120 steps, a checkpoint every 10."""
     experiment = base_experiment(model, data, steps=120)
@@ -78,16 +94,7 @@ def test_a_killed_train_worker_restarts_from_its_last_checkpoint(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
     opts = evaluated_every_10_steps(tiny_model_dir, tiny_sst_dir, "k", trials=1)
-    killed: list[int] = []
-
-    def kill_once_checkpointed() -> None:
-        wait_for(lambda: checkpoints(tmp_path / "k"), 120, "a first checkpoint")
-        victim = wait_for(train_workers, 30, "a Ray Train worker")[0]
-        killed.append(victim.pid)
-        victim.send_signal(signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_once_checkpointed, daemon=True)
-    killer.start()
+    killer, killed = kill_a_train_worker_once(lambda: checkpoints(tmp_path / "k"))
     run_study(opts, tmp_path)
     killer.join(5)
     assert killed, "the worker was never killed"
@@ -109,16 +116,9 @@ def test_a_killed_fused_worker_resumes_its_spt_darts_members_without_searching_a
     opts = evaluated_every_10_steps(tiny_model_dir, tiny_sst_dir, "f", trials=2)
     opts.space = {"methods": {"spt": {"search": True, "length": 2, "bottleneck": 8, "top_k": 2, "search_steps": 20}}}
     opts.fuse, opts.max_concurrent = 2, 1
-    killed: list[int] = []
-
-    def kill_once_checkpointed() -> None:
-        wait_for(lambda: list((tmp_path / "f").glob("train/*/members/*/training_state.json")), 120, "a checkpoint")
-        victim = wait_for(train_workers, 30, "a Ray Train worker")[0]
-        killed.append(victim.pid)
-        victim.send_signal(signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_once_checkpointed, daemon=True)
-    killer.start()
+    killer, killed = kill_a_train_worker_once(
+        lambda: list((tmp_path / "f").glob("train/*/members/*/training_state.json"))
+    )
     run_study(opts, tmp_path)
     killer.join(5)
     assert killed, "the worker was never killed"

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..errors import ConfigError
 from ..study.options import Objective
 from ..study.ranking import pareto_front
+from ..tables import read_table, write_table
 
 RUNS_FILE = "runs.parquet"
 SCHEMA = pa.schema(
@@ -44,22 +43,11 @@ PLOTS = ("accuracy_vs_params.png", "accuracy_vs_compute.png", "spt_gates.png")
 
 
 def write_runs(out: Path, rows: list[dict[str, Any]]) -> None:
-    table = pa.Table.from_pylist([{k: r.get(k) for k in SCHEMA.names} for r in rows], schema=SCHEMA)
-    tmp = out / (RUNS_FILE + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out / RUNS_FILE)
+    write_table(out / RUNS_FILE, rows, SCHEMA)
 
 
 def read_runs(out: str | Path) -> list[dict[str, Any]]:
-    """A comparison's runs.parquet; an unreadable one is a one-line ConfigError."""
-    path = Path(out) / RUNS_FILE
-    try:
-        return pq.read_table(path).to_pylist()
-    except (OSError, pa.ArrowException) as exc:
-        raise ConfigError(
-            f"compare: {path} is not a readable parquet table ({str(exc).splitlines()[0][:120]}); "
-            "run the comparison again with --overwrite"
-        ) from exc
+    return read_table(Path(out) / RUNS_FILE, "compare", "run the comparison again with --overwrite")
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

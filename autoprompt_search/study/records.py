@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from ray.tune import Callback
 from ..errors import ConfigError
 from ..metrics import COLLAPSED
 from ..search_space import sampled_of
+from ..tables import read_table, write_table
 from .options import StudyOptions
 
 TRIALS_FILE = "trials.parquet"
@@ -87,13 +87,7 @@ def read_trials(study_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(study_dir) / TRIALS_FILE
     if not path.is_file():
         return []
-    try:
-        return pq.read_table(path).to_pylist()
-    except (OSError, pa.ArrowException) as exc:
-        raise ConfigError(
-            f"study: {path} is not a readable parquet table ({str(exc).splitlines()[0][:120]}); the study "
-            "directory is corrupt"
-        ) from exc
+    return read_table(path, "study", "the study directory is corrupt")
 
 
 def extend_history(history_json: str | None, entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -116,11 +110,7 @@ def recorded_row(study_dir: str | Path, trial_id: str) -> dict[str, Any] | None:
 
 
 def write_trials(study_dir: str | Path, rows: list[dict[str, Any]]) -> None:
-    path = Path(study_dir) / TRIALS_FILE
-    table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["number"]), schema=SCHEMA)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_table(Path(study_dir) / TRIALS_FILE, sorted(rows, key=lambda r: r["number"]), SCHEMA)
 
 
 class TrialRecorder(Callback):
