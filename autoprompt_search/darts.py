@@ -16,7 +16,7 @@ batch and the gradients are averaged over the ranks (what DDP does for `.backwar
 fire on `.backward` only, not on `torch.autograd.grad`, hence the explicit all-reduce), so the
 ranks split the search's work and keep identical gates. Every evaluation logs the gate probabilities
 per layer. After the search, `derived_config()` picks the layers and `train()` retrains a fresh
-model on them (`stages.py`: the training loop runs this search first, as the `spt` method's stage).
+model on them (`method_stages.py`: the training loop runs this search first, as the `spt` method's stage).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .config import ExperimentConfig, evaluation_interval
 from .engine import Batch, PromptedModel
 from .errors import ConfigError, TrainingError
 from .evaluation import evaluate
+from .method_stages import register_stage
 from .precision import autocast
 from .prompts import SelectivePrompt, SptConfig, method_to_dict
 from .recipe import (
@@ -47,7 +48,6 @@ from .recipe import (
     seed_everything,
     train_batches,
 )
-from .stages import register_stage
 from .workspace import Workspace, batch_fetcher, build_model, prefix_feeder, resolve_device
 
 

@@ -26,6 +26,7 @@ from .engine import PromptedModel
 from .errors import ConfigError, TrainingError
 from .evaluation import evaluate
 from .fused import FusedModel
+from .method_stages import before_training
 from .metrics import COLLAPSED
 from .precision import autocast
 from .prefix_cache import PrefixFeeder
@@ -40,7 +41,6 @@ from .recipe import (
     seed_everything,
     train_batches,
 )
-from .stages import before_training
 from .workspace import Workspace, batch_fetcher, build_model, check_fits, prefix_feeder, resolve_device
 
 
@@ -81,7 +81,7 @@ def train(
     """Train `cfg` on the workspace; returns the model holding its best (dev) state.
 
     `on_eval(record, best_state, trained_cfg)` runs after every evaluation (a study reports and
-    checkpoints there; returning True stops the run). A method's stage runs first (`stages.py`:
+    checkpoints there; returning True stops the run). A method's stage runs first (`method_stages.py`:
     an SPT config with `search: true` learns its layer gates, `darts.py`, and the derived
     configuration is trained: `trained_cfg` and the result's `config` name it). Raises
     `TrainingError` on a NaN loss. A run whose every evaluation collapsed (one class) ends with
