@@ -1,12 +1,13 @@
 """A fused study trial: one Ray Train job training a group of K Optuna trials together.
 
 The Tune trial's config holds `members` (from `GroupSearcher`). The Train worker partitions them
-into fused groups (`trainer.partition`: same batching, nearby first layers and lengths), trains
+into fused groups (`fused.partition`: same batching, nearby first layers and lengths), trains
 each with `train_group` over one loaded backbone, and for every member evaluation:
 - reports the value to the member's Optuna trial and asks its pruner (Optuna's successive halving
   = ASHA, when the study has one objective and uses ASHA): a pruned member leaves the batch, the
   group goes on;
-- writes the member's best state to `<train>/<trial>/members/<k>/` when it improved;
+- writes the member's best state, trained configuration and training state to
+  `<train>/<trial>/members/<k>/` (the table points at it once it improved; a restart resumes from it);
 - reports to Tune with the member's index, so `trials.parquet` keeps one row per member.
 When a member ends, a final report carries its status and objective values; the driver's
 `GroupSearcher` tells Optuna from that report (the same event that closes its row), so Optuna and
