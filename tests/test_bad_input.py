@@ -90,6 +90,11 @@ def make_sandbox(root: Path, model_dir: str, sst_dir: str) -> Sandbox:
         StudyOptions(name=name, space={"methods": {"deep": {}}}).save(results / name)
     failed = {c: None for c in SCHEMA.names} | {"trial_id": "t1", "number": 0, "status": "ERROR", "error": "boom"}
     write_trials(results / "all_failed", [failed])
+    # A study whose Optuna journal holds garbage (its table and study.json are fine).
+    (results / "corrupt_journal").mkdir(parents=True)
+    StudyOptions(name="corrupt_journal", space={"methods": {"deep": {}}}).save(results / "corrupt_journal")
+    write_trials(results / "corrupt_journal", [failed])
+    (results / "corrupt_journal" / "optuna.journal").write_text("garbage{{{\nmore garbage\n")
     # A run directory whose weights are a pickle, not safetensors.
     (root / "pickled_run").mkdir()
     cfg = ExperimentConfig(model=model_dir, data=DataConfig(task="sst2", data_dir=sst_dir), method=DeepConfig())
@@ -186,6 +191,10 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str | tuple[str, ...]]] =
     ("dashboard: a study that never ran", lambda b: ["dashboard", f"{b.results}/no_trials"],
      "has no optuna.journal yet; start or resume the study first"),
     ("dashboard: not a study", lambda b: ["dashboard", b.path("alien")], "study.json' not found"),
+    ("dashboard: corrupt optuna.journal", lambda b: ["dashboard", f"{b.results}/corrupt_journal"],
+     "corrupt_journal/optuna.journal: not a readable Optuna journal; the study directory is corrupt"),
+    ("report: corrupt optuna.journal", lambda b: ["report", f"{b.results}/corrupt_journal"],
+     "corrupt_journal/optuna.journal: not a readable Optuna journal; the study directory is corrupt"),
     ("report: no trial yet", lambda b: ["report", f"{b.results}/no_trials"],
      "has no trials.parquet yet (no trial has started); resume it with autoprompt search --resume"),
     ("export: no finished trial", lambda b: ["export", f"{b.results}/all_failed"],

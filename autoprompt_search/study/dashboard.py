@@ -8,16 +8,17 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .cluster import LOOPBACK_HOSTS
-from .options import OPTUNA_FILE, StudyOptions, journal_storage
+from .options import OPTUNA_FILE, StudyOptions, journal_storage, open_study
 
 
 def journal_of(study_dir: str | Path) -> Path:
     """The study's Optuna journal; ConfigError when the directory is not a study or it has not run."""
     study_dir = Path(study_dir)
-    StudyOptions.load(study_dir)  # a one-line error for what is not a study
+    options = StudyOptions.load(study_dir)  # a one-line error for what is not a study
     journal = study_dir / OPTUNA_FILE
     if not journal.is_file():
         raise ConfigError(f"dashboard: {str(study_dir)!r} has no {OPTUNA_FILE} yet; start or resume the study first")
+    open_study(str(journal), options.name)  # a corrupt journal fails here, not inside the server
     return journal
 
 

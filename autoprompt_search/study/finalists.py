@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..search_space import experiment_for
-from .options import OPTUNA_FILE, StudyOptions
+from .options import OPTUNA_FILE, StudyOptions, open_study
 from .progress import ProgressBar
 from .ranking import choose_finalists, finalist_groups
 from .records import TrialRecorder, read_trials
@@ -124,8 +124,6 @@ def tell_optuna(options: StudyOptions, study_dir: Path) -> list[int]:
     `--warm-start` see the median rather than one seed's score. Once per configuration (a resume
     does not add it again); returns the new trials' numbers."""
     import optuna
-
-    from .group_search import open_study
 
     study = open_study(str(study_dir / OPTUNA_FILE), options.name)
     trials = study.get_trials(deepcopy=False)

@@ -102,7 +102,7 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
     from ..fused import fusable, partition
     from ..fused_trainer import train_group
     from ..workspace import prepare_workspace
-    from .group_search import open_study
+    from .options import open_study
     from .records import ENDED, recorded_row
 
     started, started_at = time.perf_counter(), time.time()

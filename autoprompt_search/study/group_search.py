@@ -21,20 +21,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from .budget import MAX_DRAWS, ParamBudget
-
-
-def open_study(storage_path: str, name: str, sampler: Any = None, pruner: Any = None, directions: Any = None) -> Any:
-    """The study's Optuna study over its journal file (created when `directions` is given)."""
-    import optuna
-
-    from .options import journal_storage
-
-    storage = journal_storage(storage_path)
-    if directions is not None:
-        return optuna.create_study(
-            study_name=name, storage=storage, sampler=sampler, pruner=pruner, directions=directions, load_if_exists=True
-        )
-    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+from .options import open_study
 
 
 class GroupSearcher(Searcher):

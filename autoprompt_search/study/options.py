@@ -252,6 +252,26 @@ def journal_storage(path: str | Path) -> Any:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+def open_study(storage_path: str, name: str, sampler: Any = None, pruner: Any = None, directions: Any = None) -> Any:
+    """The study's Optuna study over its journal file (created when `directions` is given); a
+    journal that cannot be read, or holds no study of that name, is a one-line ConfigError."""
+    import json
+
+    import optuna
+
+    try:
+        storage = journal_storage(storage_path)
+        if directions is not None:
+            return optuna.create_study(
+                study_name=name, storage=storage, sampler=sampler, pruner=pruner, directions=directions,
+                load_if_exists=True,
+            )  # fmt: skip
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except (KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        why = "not a readable Optuna journal" if not isinstance(exc, KeyError) else f"no Optuna study {name!r} in it"
+        raise ConfigError(f"study: {storage_path}: {why}; the study directory is corrupt") from exc
+
+
 def resolve_space(spec: str) -> tuple[dict[str, Any], str]:
     """A search-space file path, or the name of a shipped one (all, layers, lpt); returns (mapping, path)."""
     path = space_path(spec)

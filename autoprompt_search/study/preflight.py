@@ -15,7 +15,7 @@ from ..config import ExperimentConfig
 from ..errors import ConfigError
 from ..search_space import SearchSpace, SpaceSampler
 from .budget import ParamBudget, check_budget, param_budget
-from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions
+from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, open_study
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,6 @@ def check_study(options: StudyOptions) -> CheckedStudy:
 def warm_start_trials(options: StudyOptions) -> list[Any]:
     """The completed Optuna trials of the `--warm-start` study (checked against this one's objectives)."""
     from optuna.trial import TrialState
-
-    from .group_search import open_study
 
     source = Path(options.warm_start)
     source_options = StudyOptions.load(source)

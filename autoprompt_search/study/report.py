@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..metrics import COLLAPSED
 from .budget import refused_draws
-from .options import OPTUNA_FILE, Objective, StudyOptions, journal_storage
+from .options import OPTUNA_FILE, Objective, StudyOptions, open_study
 from .ranking import SELECTABLE, objective_value, pareto_front, searched_rows, stopped_note
 from .records import study_rows
 
@@ -118,7 +118,7 @@ def importances(study_dir: Path, options: StudyOptions) -> tuple[dict[str, float
     if not journal.is_file():
         return {}, "no Optuna journal yet"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    stored = optuna.load_study(study_name=options.name, storage=journal_storage(journal))
+    stored = open_study(str(journal), options.name)
     # Trials told from a --warm-start study are another study's results: not this one's importances.
     done = [
         t
@@ -154,7 +154,7 @@ def budget_note(study_dir: Path, options: StudyOptions) -> str:
     refused = 0
     if journal.is_file():
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        refused = refused_draws(optuna.load_study(study_name=options.name, storage=journal_storage(journal)).trials)
+        refused = refused_draws(open_study(str(journal), options.name).trials)
     return (
         f"Parameter budget --max-trainable {options.max_trainable}: {refused} draw(s) over it were refused "
         "before training (PRUNED in Optuna, no row here)."

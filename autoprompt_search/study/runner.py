@@ -36,6 +36,7 @@ from .options import (
     OPTUNA_FILE,
     StudyOptions,
     journal_storage,
+    open_study,
     resume_conflicts,
     study_options,
     study_path,
@@ -197,8 +198,6 @@ def seed_study(options: StudyOptions, space: SpaceSampler, study_dir: Path) -> N
     """Before the search: the `--enqueue`d configurations queued first, and the `--warm-start`
     study's completed trials added as history the sampler learns from (not run again)."""
     import optuna
-
-    from .group_search import open_study
 
     directions = ["maximize" if o.mode == "max" else "minimize" for o in options.parsed_objectives]
     study = open_study(str(study_dir / OPTUNA_FILE), options.name, directions=directions)
