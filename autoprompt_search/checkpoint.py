@@ -61,12 +61,13 @@ def resume_from(directory: str | Path, cfg: ExperimentConfig) -> tuple[Experimen
 
 
 def training_step(directory: str | Path) -> int:
-    """The step of a checkpoint's training state; -1 when it holds weights only."""
-    path = Path(directory) / TRAINING_META
-    if not path.is_file():
+    """The step of a checkpoint's training state, to pick the latest; -1 when it holds weights
+    only or its state cannot be read (an older checkpoint cut short does not block a newer one)."""
+    try:
+        meta = json.loads((Path(directory) / TRAINING_META).read_text(encoding="utf-8"))
+        return int(meta["step"])
+    except (OSError, ValueError, KeyError, TypeError):
         return -1
-    meta = read_json(path, "checkpoint", "the checkpoint is corrupt (delete it to start over)")
-    return int(meta["step"]) if isinstance(meta, dict) and "step" in meta else -1
 
 
 def read_json(path: Path, what: str, fix: str) -> Any:

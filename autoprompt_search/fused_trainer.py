@@ -52,8 +52,9 @@ def train_group(
     data order (its seed), number of steps, evaluations and best checkpoint; the loss is the sum
     of the members' mean losses, so its gradients are the ones it would get alone. A member whose
     loss is not finite fails alone (status "ERROR" with the reason), one whose `on_eval` returns
-    True stops early ("STOPPED"); either leaves the batch and the group goes on. A group of one
-    trains as `trainer.train` does, without a method's stage (SPT-DARTS searches run alone).
+    True stops early ("STOPPED"); either leaves the batch and the group goes on; a member that does
+    not fit the model fails alone ("ERROR"). A group of one trains as `trainer.train` does, without
+    a method's stage (SPT-DARTS searches run alone) and with its errors as statuses.
     Under an initialised `torch.distributed` group (a multi-worker Ray Train trial) each rank
     trains on its share of every batch and DDP averages the gradients.
     `resume` maps member indices to the TrainingState they continue from.

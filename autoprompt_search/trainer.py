@@ -63,7 +63,8 @@ class TrainingState:
     state (`optim.<index>.<key>`); `meta`: JSON-able step, history, best score and metrics,
     optimizer hyper-parameters and the schedule's position. The data order is re-derived from
     the seed; dropout's random stream is not restored, so a resumed run matches an uninterrupted
-    one exactly only without dropout.
+    one exactly only without dropout. `meta["stage_metrics"]`: what the method's stage reported
+    before training (SPT-DARTS' gate search), so a resumed run reports it without running it again.
     """
 
     tensors: dict[str, Tensor]
@@ -91,10 +92,10 @@ def train(
     group (a multi-worker Ray Train trial) each rank trains on its share of every batch, and DDP
     averages the gradients.
     """
+    check_fits(cfg, BackboneInfo.of(ws.backbone))  # before a stage: SPT-DARTS' derived layers are among its candidates
     cfg, stage_metrics = before_training(cfg, ws)
     n_train = len(ws.splits["train"])
     resolve_epochs(cfg, n_train)
-    check_fits(cfg, BackboneInfo.of(ws.backbone))
     tc = cfg.train
     device = resolve_device(tc.device)
     seed_everything(tc.seed)
@@ -145,7 +146,6 @@ def train(
             model, ws.splits["test"], task.metric, len(task.labels), tc.eval_batch_size, device, tc.precision,
             fetch["test"],
         )  # fmt: skip
-    result.metrics.update(run.stage_metrics)
     return result
 
 
@@ -223,7 +223,9 @@ class Run:
             self.best_metrics = dict(metrics, step=step)
         record["best_score"] = self.best_score  # best so far (-inf: only collapsed evaluations)
         self.history.append(record)
-        return dict(record, improved=improved, training_state=self.training_state)
+        return dict(
+            record, improved=improved, best_step=self.best_metrics.get("step"), training_state=self.training_state
+        )
 
     def result(
         self, device: torch.device, train_time: float, wall: float, group: int, feeder: PrefixFeeder | None
@@ -253,6 +255,7 @@ class Run:
             if feeder is None
             else {"layer": feeder.layer, "hits": feeder.hits, "misses": feeder.misses},
             "group_size": group,
+            **self.stage_metrics,
         }
         return TrainResult(self.model, metrics, self.history, self.best_state, self.cfg, self.status, self.error)
 

@@ -103,7 +103,7 @@ def train(
         from autoprompt_search.darts import describe_search
 
         typer.echo(describe_search(m["spt_search"]), err=True)
-    if result.status == "collapsed":
+    if result.status == "COLLAPSED":
         typer.echo(f"warning: {result.error}", err=True)
     typer.echo(f"saved to {output}")
 

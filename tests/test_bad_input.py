@@ -90,6 +90,11 @@ def make_sandbox(root: Path, model_dir: str, sst_dir: str) -> Sandbox:
         StudyOptions(name=name, space={"methods": {"deep": {}}}).save(results / name)
     failed = {c: None for c in SCHEMA.names} | {"trial_id": "t1", "number": 0, "status": "ERROR", "error": "boom"}
     write_trials(results / "all_failed", [failed])
+    # A study whose Tune state (what --resume restores) was cut short.
+    (results / "corrupt_tune" / "tune").mkdir(parents=True)
+    StudyOptions(name="corrupt_tune", space={"methods": {"deep": {}}}).save(results / "corrupt_tune")
+    (results / "corrupt_tune" / "tune" / "tuner.pkl").write_bytes(b"\x80")
+    (results / "corrupt_tune" / "tune" / "experiment_state-2026-12-07_09-00-00.json").write_text('{"trial_data": [')
     # A study whose Optuna journal holds garbage (its table and study.json are fine).
     (results / "corrupt_journal").mkdir(parents=True)
     StudyOptions(name="corrupt_journal", space={"methods": {"deep": {}}}).save(results / "corrupt_journal")
@@ -177,6 +182,9 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str | tuple[str, ...]]] =
      "corrupt/study.json is not valid JSON (Expecting value); the study directory is corrupt"),
     ("resume: study.json of the wrong shape", lambda b: ["search", "--resume", "wrong_shape", "--results-dir",
                                                           b.results], "study.num_samples: expected int"),
+    ("resume: corrupt Tune state", lambda b: ["search", "--resume", "corrupt_tune", "--results-dir", b.results],
+     ("experiment_state-2026-12-07_09-00-00.json is not valid JSON; the Tune state is corrupt: start the study "
+      "again with --overwrite")),
     ("resume: study that never started", lambda b: ["search", "--resume", "no_trials", "--results-dir", b.results],
      "no Tune state to resume"),
     ("resume: a flag that changes the stored study",

@@ -186,3 +186,19 @@ def test_a_study_is_found_by_name_under_results_dir_first_or_by_path(tmp_path, m
     # --resume with a relative path: that directory, not results/elsewhere/named
     with pytest.raises(ConfigError, match="elsewhere/named' has no Tune state to resume"):
         resume_study("elsewhere/named", "results")
+
+
+def test_a_collapsed_run_is_saved_with_a_warning(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:
+    """A probe at lr 1000 (no warmup, no clipping) predicts one class at every evaluation: the run
+    is saved, and the command says why it has no result worth selecting."""
+    config = {
+        "model": tiny_model_dir, "method": {"name": "probe"},
+        "data": {"task": "sst2", "source": "files", "data_dir": tiny_sst_dir, "max_length": 32},
+        "train": {"steps": 4, "eval_every": 2, "batch_size": 8, "device": "cpu", "lr": 1000.0,
+                  "warmup_ratio": 0.0, "grad_clip": 0.0},
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    res = runner.invoke(app, ["train", "--config", str(tmp_path / "c.json"), "--output", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.split("saved to")[0])["collapsed"] is True
+    assert "warning: collapsed: every evaluation predicted a single class" in res.stderr

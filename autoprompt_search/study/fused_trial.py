@@ -174,7 +174,7 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
                 # The best state and the configuration trained (SPT-DARTS: the derived one) with the
                 # training state: the member resumes from here after a crash.
                 path = out / str(index)
-                save_state(state, trained, path, {"dev_score": record["best_score"], "step": record["step"]}, [])
+                save_state(state, trained, path, {"dev_score": record["best_score"], "step": record["best_step"]}, [])
                 save_training_state(record["training_state"](), path)
                 if record["improved"]:
                     metrics["member_checkpoint"] = str(path)

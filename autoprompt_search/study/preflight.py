@@ -4,6 +4,7 @@ the space against the model, the `--enqueue`d and `--warm-start` trials, the dat
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -108,3 +109,18 @@ def prepare_study_dir(results_dir: str | Path, name: str, overwrite: bool) -> Pa
     if study_dir.exists() and overwrite:
         shutil.rmtree(study_dir)
     return study_dir
+
+
+def check_tune_state(tune_dir: Path) -> None:
+    """The Tune state a resume restores can be read: from a corrupt one Tune would start the
+    search afresh beside the finished trials."""
+    states = sorted(tune_dir.glob("experiment_state-*.json"))  # named by time: the last is Tune's
+    if not states:
+        return
+    try:
+        json.loads(states[-1].read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"study: {states[-1]} is not valid JSON; the Tune state is corrupt: start the study again with "
+            "--overwrite or under another --name"
+        ) from exc

@@ -41,7 +41,7 @@ from .options import (
     study_options,
     study_path,
 )
-from .preflight import CheckedStudy, check_study, check_writable, prepare_study_dir, warm_start_trials
+from .preflight import CheckedStudy, check_study, check_tune_state, check_writable, prepare_study_dir, warm_start_trials
 from .progress import ProgressBar
 from .ranking import best_row
 from .records import TrialRecorder, read_trials
@@ -379,6 +379,7 @@ def resume_study(
         return search_result(study_dir, 0.0, interrupted=False, finished_before=True)
     if not tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
         raise ConfigError(f"study: {str(study_dir)!r} has no Tune state to resume; start it again with --overwrite")
+    check_tune_state(study_dir / TUNE_DIR)
     check_study(options)
     check_writable(study_dir)
 

@@ -5,8 +5,9 @@ The Tune trial holds almost no resources (it only waits on `TorchTrainer.fit()`)
 workers hold the CPUs/GPUs, so N concurrent trials on an N-CPU machine never deadlock. Each
 worker loads the frozen backbone and the tokenised data (disk-cached), trains one configuration,
 and reports after every evaluation through `ray.train.report`; `TuneReportCallback` forwards the
-reports to Tune (ASHA, Optuna, the dashboard, TensorBoard). A report carries a checkpoint when
-the dev score improved, so a trial's latest checkpoint is its best prompt.
+reports to Tune (ASHA, Optuna, the dashboard, TensorBoard). Every report carries a checkpoint:
+the best prompt so far, the configuration trained and the training state (to resume from), so a
+trial's latest checkpoint holds its best prompt.
 
 Imports are lazy on purpose: every trial starts fresh Ray processes (the Tune trial actor, the
 Train controller, the workers), and only the workers need torch and transformers.
@@ -305,7 +306,7 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            save_state(best_state, trained, tmp, {"dev_score": record["best_score"], "step": record["step"]}, [])
+            save_state(best_state, trained, tmp, {"dev_score": record["best_score"], "step": record["best_step"]}, [])
             save_training_state(record["training_state"](), tmp)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -313,7 +314,8 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     if resume is not None and not reported["n"] and result.history:
         # Restarted after its last evaluation (a crash between the final report and the end):
         # report that evaluation again so Tune gets the trial's result.
-        final = dict(result.history[-1], improved=False, training_state=lambda: resume)
+        final = dict(result.history[-1], improved=False, best_step=result.metrics["best_step"])
+        final["training_state"] = lambda: resume
         report(final, result.best_state, result.config)
     if result.status == "COLLAPSED":
         # Said as data, not raised (Tune would retry a raised trial): the results table marks it
