@@ -101,6 +101,7 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
     from ..checkpoint import resume_from, save_state, save_training_state
     from ..fused import fusable, partition
     from ..fused_trainer import train_group
+    from ..search_space import experiment_for
     from ..workspace import prepare_workspace
     from .options import open_study
     from .records import ENDED, recorded_row
@@ -109,8 +110,6 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
     study = loop_config["study"]
     members: list[dict[str, Any]] = loop_config["sampled"]["members"]
     finalists = any(m.get("finalist_of") for m in members)
-    from ..search_space import experiment_for
-
     cfgs = [experiment_for(loop_config["base"], m) for m in members]
     gpu_ids = [place(cfg, loop_config["use_gpu"]) for cfg in cfgs][-1]  # every member on this worker's device
     ws = prepare_workspace(cfgs[0])

@@ -255,8 +255,6 @@ def journal_storage(path: str | Path) -> Any:
 def open_study(storage_path: str, name: str, sampler: Any = None, pruner: Any = None, directions: Any = None) -> Any:
     """The study's Optuna study over its journal file (created when `directions` is given); a
     journal that cannot be read, or holds no study of that name, is a one-line ConfigError."""
-    import json
-
     import optuna
 
     try:

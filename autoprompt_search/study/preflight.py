@@ -24,6 +24,7 @@ class CheckedStudy:
     base: ExperimentConfig
     sampler: SpaceSampler  # the space over this model's layers
     budget: ParamBudget | None  # --max-trainable resolved against the model
+    warm_trials: list[Any]  # the --warm-start study's completed Optuna trials (none without one)
 
 
 def check_study(options: StudyOptions) -> CheckedStudy:
@@ -39,8 +40,7 @@ def check_study(options: StudyOptions) -> CheckedStudy:
     sampler = space.sampler(num_layers)  # layer indices beyond the model fail here
     for i, config in enumerate(options.enqueue):  # a configuration the space cannot draw fails here
         sampler.params_of(config, f"--enqueue #{i + 1}")
-    if options.warm_start:
-        warm_start_trials(options)
+    warm_trials = warm_start_trials(options) if options.warm_start else []
     tokenizer = load_tokenizer(base.model)
     data = load_task_data(base.data)  # unknown task, missing files or columns fail here
     for name, examples in data.splits.items():
@@ -49,7 +49,7 @@ def check_study(options: StudyOptions) -> CheckedStudy:
     budget = param_budget(options, len(data.task.labels))
     if budget is not None:
         check_budget(budget, sampler, options.enqueue, options.seed)
-    return CheckedStudy(base, sampler, budget)
+    return CheckedStudy(base, sampler, budget, warm_trials)
 
 
 def warm_start_trials(options: StudyOptions) -> list[Any]:

@@ -41,7 +41,7 @@ from .options import (
     study_options,
     study_path,
 )
-from .preflight import CheckedStudy, check_study, check_tune_state, check_writable, prepare_study_dir, warm_start_trials
+from .preflight import CheckedStudy, check_study, check_tune_state, check_writable, prepare_study_dir
 from .progress import ProgressBar
 from .ranking import best_row
 from .records import TrialRecorder, read_trials
@@ -74,10 +74,12 @@ class SearchResult:
         return pd.DataFrame(self.rows)
 
 
-def search_result(study_dir: Path, wall_seconds: float, interrupted: bool, finished_before: bool) -> SearchResult:
+def search_result(
+    options: StudyOptions, study_dir: Path, wall_seconds: float, interrupted: bool, finished_before: bool
+) -> SearchResult:
     """The study's rows as they stand, with its best row and that row's sampled configuration."""
     rows = read_trials(study_dir)
-    best = best_row(rows, StudyOptions.load(study_dir).parsed_objectives)
+    best = best_row(rows, options.parsed_objectives)
     config = None
     if best is not None:
         source = best.get("finalist_of") or best["trial_id"]
@@ -153,9 +155,9 @@ def make_sampler(options: StudyOptions) -> Any:
         )
 
 
-def build_searcher(options: StudyOptions, space: SpaceSampler, budget: ParamBudget | None, study_dir: Path) -> Any:
-    """Tune's search algorithm for the study: Optuna over `space` (its sampler, journal and
-    budget), or the group searcher of a fused study, under the concurrency limit."""
+def build_searcher(options: StudyOptions, checked: CheckedStudy, study_dir: Path) -> Any:
+    """Tune's search algorithm for the study: Optuna over the checked space (its sampler, journal
+    and budget), or the group searcher of a fused study, under the concurrency limit."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
@@ -163,12 +165,12 @@ def build_searcher(options: StudyOptions, space: SpaceSampler, budget: ParamBudg
     objectives = options.parsed_objectives
     sampler = make_sampler(options)
     if options.enqueue or options.warm_start:
-        seed_study(options, space, study_dir)
+        seed_study(options, checked.sampler, checked.warm_trials, study_dir)
     if options.fuse > 1:
         from .group_search import GroupSearcher
 
         group = GroupSearcher(
-            space,
+            checked.sampler,
             sampler,
             str(study_dir / OPTUNA_FILE),
             options.name,
@@ -178,23 +180,23 @@ def build_searcher(options: StudyOptions, space: SpaceSampler, budget: ParamBudg
             options.fuse,
             objectives[0].metric,
             objectives[0].mode,
-            budget,
+            checked.budget,
         )
         return ConcurrencyLimiter(group, max_concurrent=options.max_concurrent)
     storage = journal_storage(study_dir / OPTUNA_FILE)
     searcher = ResumableOptunaSearch(
-        space=space,
+        space=checked.sampler,
         metric=[o.metric for o in objectives] if options.multi_objective else objectives[0].metric,
         mode=[o.mode for o in objectives] if options.multi_objective else objectives[0].mode,
         sampler=sampler,
         study_name=options.name,
         storage=storage,
-        budget=budget,
+        budget=checked.budget,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
 
 
-def seed_study(options: StudyOptions, space: SpaceSampler, study_dir: Path) -> None:
+def seed_study(options: StudyOptions, space: SpaceSampler, warm_trials: list[Any], study_dir: Path) -> None:
     """Before the search: the `--enqueue`d configurations queued first, and the `--warm-start`
     study's completed trials added as history the sampler learns from (not run again)."""
     import optuna
@@ -204,7 +206,7 @@ def seed_study(options: StudyOptions, space: SpaceSampler, study_dir: Path) -> N
     for config in options.enqueue:
         study.enqueue_trial(space.params_of(config))
     source = Path(options.warm_start).name if options.warm_start else ""
-    for trial in warm_start_trials(options) if options.warm_start else []:
+    for trial in warm_trials:
         study.add_trial(
             optuna.trial.create_trial(
                 params=trial.params, distributions=trial.distributions, values=trial.values,
@@ -314,7 +316,7 @@ def build_tuner(
     return tune.Tuner(
         trainable(options, study_dir),
         tune_config=tune.TuneConfig(
-            search_alg=build_searcher(options, checked.sampler, checked.budget, study_dir),
+            search_alg=build_searcher(options, checked, study_dir),
             scheduler=scheduler,
             num_samples=tune_trials(options),
             metric=objectives[0].metric if single else None,
@@ -376,7 +378,7 @@ def resume_study(
             "or start a new study under another --name"
         )
     if (study_dir / FINISHED_FILE).is_file():
-        return search_result(study_dir, 0.0, interrupted=False, finished_before=True)
+        return search_result(options, study_dir, 0.0, interrupted=False, finished_before=True)
     if not tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
         raise ConfigError(f"study: {str(study_dir)!r} has no Tune state to resume; start it again with --overwrite")
     check_tune_state(study_dir / TUNE_DIR)
@@ -418,6 +420,8 @@ def _on_ray(
             on_connect(cluster, study_dir)
         started = time.perf_counter()
         finished = fit()
-        return search_result(study_dir, time.perf_counter() - started, interrupted=not finished, finished_before=False)
+        return search_result(
+            options, study_dir, time.perf_counter() - started, interrupted=not finished, finished_before=False
+        )
     finally:
         shutdown(cluster)

@@ -273,12 +273,11 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
 
     from ..checkpoint import save_state, save_training_state
     from ..metrics import COLLAPSED
+    from ..search_space import experiment_for
     from ..trainer import train
     from ..workspace import prepare_workspace
 
     started, started_at = time.perf_counter(), time.time()
-    from ..search_space import experiment_for
-
     cfg = experiment_for(loop_config["base"], loop_config["sampled"])
     gpu_ids = place(cfg, loop_config["use_gpu"])
     cfg, resume = resume_point(cfg, Path(loop_config["study"]["train_storage"]) / loop_config["trial_id"])
@@ -314,8 +313,9 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     if resume is not None and not reported["n"] and result.history:
         # Restarted after its last evaluation (a crash between the final report and the end):
         # report that evaluation again so Tune gets the trial's result.
-        final = dict(result.history[-1], improved=False, best_step=result.metrics["best_step"])
-        final["training_state"] = lambda: resume
+        final = dict(
+            result.history[-1], improved=False, best_step=result.metrics["best_step"], training_state=lambda: resume
+        )
         report(final, result.best_state, result.config)
     if result.status == "COLLAPSED":
         # Said as data, not raised (Tune would retry a raised trial): the results table marks it
