@@ -30,7 +30,7 @@ from .data import get_task
 from .dataclass_io import to_dict
 from .errors import ConfigError, require
 from .prompts import method_config
-from .staging import staged_directory
+from .staging import refuse_study_dir, staged_directory
 from .trainer import TrainResult
 from .workspace import prepare_workspace, resolve_device
 
@@ -191,8 +191,13 @@ def experiment_from_options(o: TrainOptions) -> ExperimentConfig:
 def check_output_dir(output: str | Path, overwrite: bool) -> Path:
     """Fail before any work if the run directory exists (unless overwriting) or cannot be written."""
     out = Path(output)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"output: {str(out)!r} already holds files; pass --overwrite or choose another --output")
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"output: {str(blocker)!r} is a file, not a directory; choose another --output")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"output: {str(out)!r} already holds files; pass --overwrite or choose another --output")
+        refuse_study_dir(out, "--output")
     parent = out.parent if not out.exists() else out
     parent.mkdir(parents=True, exist_ok=True)
     try:

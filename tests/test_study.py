@@ -705,3 +705,14 @@ def test_finalists_medians_are_told_to_optuna_once(tmp_path: Path) -> None:
     assert told.value == pytest.approx(0.75) and told.params == first.params
     assert told.user_attrs == {"finalist_of": "t0", "seeds": 2}
     assert tell_optuna(options, tmp_path) == []  # a resume does not tell it twice
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_a_finished_study_once_the_new_one_has_run(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    first = run_study(options(tiny_model_dir, tiny_sst_dir, num_samples=1), tmp_path)
+    second = run_study(options(tiny_model_dir, tiny_sst_dir, num_samples=2), tmp_path, overwrite=True)
+    assert len(first.rows) == 1 and len(second.rows) == 2
+    assert {r["trial_id"] for r in read_trials(tmp_path / "s")} == {r["trial_id"] for r in second.rows}
+    assert (tmp_path / "s" / "finished.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["s"]

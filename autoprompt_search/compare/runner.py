@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,6 +26,7 @@ from ..errors import ConfigError
 from ..prompts import SptConfig, method_from_dict, method_to_dict
 from ..runs import TrainOptions, experiment_from_options, parse_method_options
 from ..search_space import SearchSpace, fix_steps
+from ..staging import replacing_directory
 from ..trainer import train
 from ..workspace import Workspace, prepare_workspace
 from .arms import Arm, CompareOptions, baseline_arms, check_overrides
@@ -49,11 +49,13 @@ def make_compare_options(
 
 
 def prepare_compare_dir(results_dir: str | Path, name: str, overwrite: bool) -> Path:
+    """The comparison's directory; an existing one is refused unless `overwrite`, and even then kept
+    until the new comparison has started (`run_compare`)."""
     out = (Path(results_dir) / name).resolve()
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"compare: {str(out)!r} already holds results; pass --overwrite or another --name")
-        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"compare: {str(out)!r} already holds results; pass --overwrite or another --name")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"compare: {str(out)!r} is a file, not a directory; choose another --name")
     return out
 
 
@@ -95,8 +97,24 @@ def run_compare(
     """Run every selected arm and write `runs.parquet`, `report.md` and the plots; returns the directory."""
     base, ws, space = check_compare(options)
     out = prepare_compare_dir(results_dir, options.name, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    options.save(out)
+    # The old comparison is moved aside now, removed at the end, and put back if this one fails.
+    with replacing_directory(out):
+        out.mkdir(parents=True, exist_ok=True)
+        options.save(out)
+        run_arms(options, base, ws, space, out, ray_settings, log)
+    return out
+
+
+def run_arms(
+    options: CompareOptions,
+    base: ExperimentConfig,
+    ws: Workspace,
+    space: dict[str, Any],
+    out: Path,
+    ray_settings: Any,
+    log: Callable[[str], None],
+) -> None:
+    """Every selected arm: its search (if any), then its final runs over the seeds, then the report."""
     passes = options.search_trials * base.train.steps
     arms = baseline_arms(ws.backbone.num_layers)
     rows: list[dict[str, Any]] = []
@@ -120,7 +138,6 @@ def run_compare(
             rows.append(final_run(arm, base, ws, seed))
             write_runs(out, rows)
     write_report(out, options, base, ws, rows, gates)
-    return out
 
 
 def discrete_search(

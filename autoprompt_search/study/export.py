@@ -17,7 +17,7 @@ import yaml
 from ..checkpoint import CONFIG, WEIGHTS, read_run
 from ..errors import ConfigError
 from ..peft_format import run_adapter, write_peft_adapter
-from ..staging import staged_directory
+from ..staging import refuse_study_dir, staged_directory
 from .options import Objective, StudyOptions
 from .ranking import SELECTABLE, finalist_groups, objective_value, pareto_front, rank_top
 from .records import study_rows
@@ -40,6 +40,13 @@ def export_study(
         raise ConfigError(f"export: --top must be >= 1, got {top}")
     if form not in FORMS:
         raise ConfigError(f"export: --format {form!r} unknown; use one of {', '.join(FORMS)}")
+    out = Path(output) if output else study_dir / "export"
+    if study_dir.resolve().is_relative_to(out.resolve()):
+        raise ConfigError(f"export: --output {str(out)!r} holds the study itself; choose another --output")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"export: {str(out)!r} already holds files; pass --overwrite or choose another --output")
+        refuse_study_dir(out, "--output")
     options = StudyOptions.load(study_dir)
     objectives = options.parsed_objectives
     every = study_rows(study_dir)
@@ -51,9 +58,6 @@ def export_study(
     if not rows:
         raise ConfigError(f"export: no finished trial with a checkpoint in {str(study_dir)!r}; run or resume the study")
     chosen = pareto_front(rows, objectives) if pareto else rank_top(rows, objectives[0], top)
-    out = Path(output) if output else study_dir / "export"
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"export: {str(out)!r} already holds files; pass --overwrite or choose another --output")
     missing = [r["trial_id"] for r in chosen if not (Path(r["checkpoint"]) / WEIGHTS).is_file()]
     if missing:
         raise ConfigError(f"export: the checkpoint of trial {missing[0]} is gone; was the study directory moved?")

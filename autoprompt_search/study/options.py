@@ -19,11 +19,11 @@ from ..config import ExperimentConfig, absolute_paths
 from ..dataclass_io import from_dict, to_dict
 from ..errors import ConfigError, require
 from ..search_space import SearchSpace, SearchSpaceError, fix_steps, sampled_of, space_path
+from ..staging import STUDY_FILE
 
 if TYPE_CHECKING:
     from ..runs import TrainOptions
 
-STUDY_FILE = "study.json"
 OPTUNA_FILE = "optuna.journal"  # the Optuna study (sampler history, optuna-dashboard reads it)
 # What a trial reports after every evaluation; objectives and ASHA read these.
 REPORTED_METRICS = (

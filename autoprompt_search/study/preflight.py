@@ -101,13 +101,15 @@ def check_writable(study_dir: Path) -> None:
 
 
 def prepare_study_dir(results_dir: str | Path, name: str, overwrite: bool) -> Path:
+    """The new study's directory. An existing study there is refused unless `overwrite`; even then it
+    stays until the new study has started (runner.run_study), so a bad input never loses it."""
     study_dir = (Path(results_dir) / name).resolve()
     if (study_dir / STUDY_FILE).exists() and not overwrite:
         raise ConfigError(
             f"study: {str(study_dir)!r} already exists; continue it with --resume {name}, or pass --overwrite"
         )
-    if study_dir.exists() and overwrite:
-        shutil.rmtree(study_dir)
+    if study_dir.exists() and not study_dir.is_dir():
+        raise ConfigError(f"study: {str(study_dir)!r} is a file, not a directory; choose another --name")
     return study_dir
 
 

@@ -18,12 +18,14 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..metrics import COLLAPSED
+from ..staging import staged_directory
 from .budget import refused_draws
 from .options import OPTUNA_FILE, Objective, StudyOptions, open_study
 from .ranking import SELECTABLE, objective_value, pareto_front, searched_rows, stopped_note
 from .records import study_rows
 
 REPORT_DIR = "report"
+PAGE = "index.html"
 
 
 @dataclass
@@ -290,16 +292,20 @@ def report_data(study_dir: Path) -> dict[str, Any]:
 def write_report(study_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write `<output>/index.html` (default `<study>/report/`) and its PNGs; returns the page."""
     study_dir = Path(study_dir)
-    data = report_data(study_dir)
     out = Path(output) if output else study_dir / REPORT_DIR
+    if study_dir.resolve().is_relative_to(out.resolve()):
+        raise ConfigError(f"report: --output {str(out)!r} holds the study itself; choose another --output")
+    if out.is_dir() and any(out.iterdir()) and not (out / PAGE).is_file():
+        raise ConfigError(f"report: {str(out)!r} holds files that are not a report; choose another --output")
+    data = report_data(study_dir)
+    # Written beside `out` and swapped in whole: a failed report leaves the previous one as it was.
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        with staged_directory(out) as staging:
+            figures = _plots(data, staging, data["objectives"][0])
+            (staging / PAGE).write_text(_html(data, figures), encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"report: cannot write {str(out)!r} ({exc.strerror}); choose another --output") from exc
-    figures = _plots(data, out, data["objectives"][0])
-    page = out / "index.html"
-    page.write_text(_html(data, figures), encoding="utf-8")
-    return page
+    return out / PAGE
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

@@ -29,6 +29,7 @@ from ..config import ExperimentConfig
 from ..dataclass_io import to_dict
 from ..errors import ConfigError
 from ..search_space import SpaceSampler, sampled_of
+from ..staging import replacing_directory
 from .budget import MAX_DRAWS, ParamBudget
 from .cluster import RaySettings, check_before_connecting, check_resources, connect, shutdown
 from .finalists import all_ended, run_finalists
@@ -50,7 +51,7 @@ from .trial import devices_per_trial, trial_dirname
 
 TUNE_DIR = "tune"  # Tune experiment: trial dirs with result.json, progress.csv, TensorBoard events
 # Written once the search and its finalists have ended: a resume of the study then has nothing to
-# run and need not start Ray. An interrupted study has none (overwrite removes the directory).
+# run and need not start Ray. An interrupted study has none.
 FINISHED_FILE = "finished.json"
 
 
@@ -349,9 +350,12 @@ def run_study(
     check_writable(study_dir)
 
     def fit() -> bool:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        options.save(study_dir)
-        return search_then_finalists(options, study_dir, build_tuner(options, study_dir, checked, callbacks))
+        # An --overwrite'n study is moved aside only now, every check passed and Ray up, and removed
+        # when this study ends (finished or interrupted); if it fails, the old one is put back.
+        with replacing_directory(study_dir) if overwrite else contextlib.nullcontext():
+            study_dir.mkdir(parents=True, exist_ok=True)
+            options.save(study_dir)
+            return search_then_finalists(options, study_dir, build_tuner(options, study_dir, checked, callbacks))
 
     return _on_ray(options, study_dir, fit, ray_settings, on_connect)
 
