@@ -410,6 +410,49 @@ def test_dp_mixture_forward_equals_the_chosen_arrangement(family: str) -> None:
     torch.testing.assert_close(model.train()(batch), expected, atol=ATOL, rtol=0)  # the mixed input, in training
 
 
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_dp_mixed_input_is_one_dropout_sample_of_the_chosen_arrangement(family: str) -> None:
+    """With embedding dropout on, every option shares the chosen arrangement's mask: the training
+    input is that arrangement's embeddings times one mask (0 or 1/(1-p) per element). With a fresh
+    mask per option it held elements at -1x and 2x."""
+    from conftest import tiny_configs
+
+    from autoprompt_search.backbones import BackboneInfo, backbone_from_config
+    from autoprompt_search.engine import PromptedModel
+    from autoprompt_search.heads import ClassifierHead
+    from autoprompt_search.prompts import build_method
+
+    p = 0.5
+    config = tiny_configs()[family]
+    config.update({"hidden_dropout_prob": p} if family == "bert" else {"embd_pdrop": p})
+    bb = backbone_from_config(config, seed=0)
+    method = build_method(DpConfig(length=4, pool=1, level="task", choose=("position", "length")), BackboneInfo.of(bb))
+    method.init_parameters(bb.word_embeddings, torch.Generator().manual_seed(0))
+    model = PromptedModel(bb, method, ClassifierHead(bb, 3, pooler=True)).train()
+    fix_task_choice(model, "position", 3)
+    fix_task_choice(model, "length", 2)
+    seen = {}
+    mix = method.embed_input
+
+    def spy(embed, after):  # type: ignore[no-untyped-def]
+        seen["mixed"] = mix(embed, after).detach()
+        lower = bb.lower_modules
+        for m in lower:
+            m.eval()
+        seen["clean"] = embed(after).detach()  # the chosen arrangement without dropout
+        for m in lower:
+            m.train()
+        return seen["mixed"]
+
+    method.embed_input = spy
+    torch.manual_seed(0)
+    model(full_batch(b=4, t=8))
+    scaled, clean = seen["mixed"] * (1 - p), seen["clean"]
+    dropped = scaled.abs() < 1e-6
+    assert 0.3 < dropped.float().mean() < 0.7  # dropout was on
+    torch.testing.assert_close(scaled[~dropped], clean[~dropped], atol=1e-5, rtol=1e-5)
+
+
 def test_rotary_dp_position_falls_back_to_the_chosen_options_scale() -> None:
     """Llama's positions act inside attention: arrangements cannot be mixed at the input, the
     chosen prompt is scaled by its sample instead (documented in prompts/dynamic.py)."""

@@ -227,9 +227,13 @@ class DynamicPrompt(PromptMethod):
         in value, and a gradient for every option's y_j (the module doc says why and where not)."""
         c = self.choices
         assert c is not None, "layout() runs before embed_input()"
-        chosen = embed(after)  # (B, L+T, d)
         if not self.training:
-            return chosen
+            return embed(after)  # (B, L+T, d)
+        # Every option gets the embedding stage's dropout mask of the chosen arrangement: dropout is
+        # linear for a fixed mask, so the mixture is one dropout sample of the chosen arrangement in
+        # value (with a fresh mask per option it was opt_pos + opt_len - chosen, not a sample).
+        embed = same_dropout_mask(embed, after.device)
+        chosen = embed(after)  # (B, L+T, d)
         mixed = chosen
         slot = torch.arange(self.length, device=after.device)[None, :]  # (1, L)
         if c.position_y is not None and self.info.positions_in_embeddings:
@@ -240,6 +244,21 @@ class DynamicPrompt(PromptMethod):
             options = [embed(after, (prompt * (slot < n)[..., None]).to(chosen.dtype)) for n in range(self.length + 1)]
             mixed = mixed + _mix(c.length_y, options) - chosen
         return mixed
+
+
+def same_dropout_mask(embed: Callable[..., Tensor], device: torch.device) -> Callable[..., Tensor]:
+    """`embed` with the random state rewound before each call: calls on inputs of one shape draw
+    the same dropout mask, and the stream ends where one call leaves it."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def call(*args: Tensor | None) -> Tensor:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+        return embed(*args)
+
+    return call
 
 
 def _mix(y: Tensor, options: list[Tensor]) -> Tensor:
