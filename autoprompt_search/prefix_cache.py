@@ -15,8 +15,9 @@ created atomically (hard link, never replaced). A size limit evicts the least re
 files; a key larger than the limit is not cached. Turn it off with `train.prefix_cache: false`
 (`--no-prefix-cache`).
 
-Exactness: on fp32 the cached states are the ones the engine computes (up to the padding width of
-the batch that filled a row, which changes float rounding only). Under bf16 autocast they are
+Exactness: on fp32 the cached states are the ones the engine computes, up to the padding width
+of the batch (float rounding only): rows are computed in fixed blocks of the split, so the cache
+holds the same values whichever trial filled it. Under bf16 autocast they are
 stored as bf16. Models whose frozen blocks use dropout lose it there in both paths: the engine
 always runs the frozen part in eval mode.
 """
@@ -189,6 +190,18 @@ def cache_dtype(device: torch.device, precision: str) -> torch.dtype:
     return torch.bfloat16 if uses_bf16(device, precision) else torch.float32
 
 
+BLOCK_ROWS = 32  # rows of a split computed together when any of them is first needed
+
+
+def canonical_blocks(rows: Tensor, n: int) -> list[Tensor]:
+    """The fixed blocks of rows (0..31, 32..63, ...) that hold `rows`. A row's states depend on the
+    padding width of the batch that computes them (float rounding, ~1e-6), so each row is always
+    computed with its own block: what the cache holds is then the same whichever trial, seed or
+    batch filled it first, and a configuration trains the same history in any study."""
+    blocks = (rows // BLOCK_ROWS).unique().tolist()
+    return [torch.arange(b * BLOCK_ROWS, min(n, (b + 1) * BLOCK_ROWS)) for b in blocks]
+
+
 @dataclass
 class PrefixFeeder:
     """Builds device batches carrying cached frozen-prefix states for one model and workspace."""
@@ -231,11 +244,11 @@ class PrefixFeeder:
         if store is None:
             return batch.to(self.device)
         todo = store.missing(rows)
-        if len(todo):
-            fresh = split.batch(todo).to(self.device)
+        for block in canonical_blocks(todo, len(split)):
+            fresh = split.batch(block).to(self.device)
             with self.autocast(), frozen_eval(self.model.backbone):  # never store a dropout sample
                 states = self.model.text_states(fresh, self.layer)  # (b, t, d)
-            store.write(todo, states)
+            store.write(block, states)
         self.misses += len(todo)
         self.hits += len(rows) - len(todo)
         batch.prefix, batch.prefix_layer = store.read(rows), self.layer

@@ -66,12 +66,12 @@ def test_every_family_gets_the_same_states_from_the_cache(tiny_model_dir: str, t
     feeder = prefix_feeder(cfg, ws, model, torch.device("cpu"))
     assert feeder is not None
     rows = torch.tensor([5, 0, 17, 3])
-    feeder.batch("dev", rows[:2])  # fills rows 5 and 0 at their own padding width
+    feeder.batch("dev", rows[:2])  # rows 5 and 0 missing: their block (rows 0-31) is filled
     cached = feeder.batch("dev", rows)
     plain = ws.splits["dev"].batch(rows)
     assert cached.prefix is not None and cached.prefix_layer == 2
     torch.testing.assert_close(model(cached), model(plain), rtol=1e-4, atol=1e-5)
-    assert feeder.hits == 2 and feeder.misses == 4
+    assert feeder.hits == 4 and feeder.misses == 2
 
 
 def test_cache_file_is_safetensors_shared_between_openers_and_keyed_by_lower_weights(
@@ -81,14 +81,14 @@ def test_cache_file_is_safetensors_shared_between_openers_and_keyed_by_lower_wei
     ws = prepare_workspace(cfg)
     model = build_model(cfg, ws)
     feeder = prefix_feeder(cfg, ws, model, torch.device("cpu"))
-    feeder.batch("train", torch.arange(10))
+    feeder.batch("train", torch.tensor([3, 40]))  # fills their blocks: rows 0-31 and 32-63
     store = feeder.store("train")
     with safe_open(str(store.path), framework="pt") as f:  # a valid safetensors file at all times
-        assert f.get_tensor("filled")[:12].tolist() == [1] * 10 + [0, 0]
-        n = int(ws.splits["train"].lengths[:10].sum())
+        assert f.get_tensor("filled")[:66].tolist() == [1] * 64 + [0, 0]
+        n = int(ws.splits["train"].lengths[:64].sum())
         torch.testing.assert_close(f.get_tensor("hidden")[:n], store.hidden[:n])
     other = PrefixStore(store.path, ws.splits["train"].offsets, model.backbone.hidden_size, torch.float32)
-    assert other.missing(torch.arange(12)).tolist() == [10, 11]  # a second opener sees the rows
+    assert other.missing(torch.arange(66)).tolist() == [64, 65]  # a second opener sees the rows
     # Weights above the cached layer do not change the key; weights below it do.
     top = list(model.backbone.blocks)[3]
     with torch.no_grad():
@@ -152,3 +152,32 @@ def test_frozen_passes_and_cache_fills_never_carry_dropout(tiny_model_dir: str, 
     cached = feeder.batch("train", torch.arange(6)).prefix
     model.eval()
     torch.testing.assert_close(cached, model.text_states(batch, model.backbone.num_layers) * batch.text_mask[..., None])
+
+
+def test_the_cache_holds_the_same_states_whichever_batch_filled_it(
+    tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row's frozen states depend on the padding width of the batch that computes them (float
+    rounding, at MiniLM's width ~1e-6): filled by whichever batch first needed them, the cache made a
+    configuration train a different history in a study where another trial had filled it first."""
+    from transformers import BertConfig
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "dev"):  # one short sentence and one long: very different padding widths
+        (data / f"{split}.tsv").write_text("sentence\tlabel\ngood film\t1\n" + "the plot was dull " * 12 + "\t0\n")
+    cfg = experiment(tiny_model_dir, str(data), LateConfig(layer=2, length=2, bottleneck=8))
+    cfg.data.max_length = 64
+    wide = BertConfig(vocab_size=120, hidden_size=384, num_hidden_layers=3, num_attention_heads=6,
+                      intermediate_size=1536, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    ws = prepare_workspace(cfg, backbone=backbone_from_config(wide, seed=0))
+    model = build_model(cfg, ws).eval()
+    short, long = 0, 1
+    stored = []
+    for first in ([short], [short, long]):  # the short row filled alone, then beside the longest one
+        monkeypatch.setenv("AUTOPROMPT_CACHE", str(tmp_path / f"cache-{len(first)}"))
+        feeder = prefix_feeder(cfg, ws, model, torch.device("cpu"))
+        assert feeder is not None
+        feeder.batch("dev", torch.tensor(first))
+        stored.append(feeder.batch("dev", torch.tensor([short])).prefix)
+    assert torch.equal(stored[0], stored[1])

@@ -716,3 +716,31 @@ def test_overwrite_replaces_a_finished_study_once_the_new_one_has_run(
     assert len(first.rows) == 1 and len(second.rows) == 2
     assert {r["trial_id"] for r in read_trials(tmp_path / "s")} == {r["trial_id"] for r in second.rows}
     assert (tmp_path / "s" / "finished.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+@pytest.mark.slow
+def test_a_trial_trains_what_its_configuration_trains_alone(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    """The same configuration and seed, as the second trial of a study (beside another) and trained
+    alone, gives the same history, with dropout on (the search path is reproducible)."""
+    import shutil
+
+    from autoprompt_search.trainer import train
+    from autoprompt_search.workspace import prepare_workspace
+
+    model = tmp_path / "tiny-dropout"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    (model / "config.json").write_text(json.dumps(config))
+    target = {"method": {"name": "deep", "layers": [1, 2], "length": 3}, "train": {"lr": 0.05}}
+    other = {"method": {"name": "late", "layer": 2, "length": 2, "bottleneck": 8}, "train": {"lr": 0.02}}
+    opts = options(str(model), tiny_sst_dir, num_samples=2, enqueue=[other, target])
+    rows = run_study(opts, tmp_path).rows
+    (row,) = [r for r in rows if r["method"] == "deep"]
+    cfg = experiment_for(opts.experiment, target)
+    cfg.train.device = "cpu"
+    alone = train(cfg, prepare_workspace(cfg))
+    keys = ("step", "train_loss", "eval_score")
+    assert [[h[k] for k in keys] for h in json.loads(row["history"])] == [[h[k] for k in keys] for h in alone.history]
