@@ -153,7 +153,12 @@ def search(
     resume: Annotated[
         str, Opt(help="continue the interrupted study of this name (its stored options hold; changing one is an error)")
     ] = "",
-    num_samples: Annotated[int, Opt(help="trials in the study")] = 6,
+    num_samples: Annotated[
+        Optional[int], Opt(help="trials in the study (default 6; with --budget: as many as it holds)")
+    ] = None,
+    budget: Annotated[
+        str, Opt(help="the search's compute instead of a trial count: 4runs (x --steps) or 20000steps")
+    ] = "",
     max_concurrent: Annotated[int, Opt(help="Train jobs running at once (each a trial, or a fused group)")] = 2,
     fuse: Annotated[
         int, Opt(help="trials trained together in one Train job over one backbone (1 = one trial per job)")
@@ -256,7 +261,8 @@ def search(
             run = search_study(
                 space, name=name, results_dir=results_dir, overwrite=overwrite, search_seed=search_seed, **connect,
                 # the study's knobs
-                num_samples=num_samples, max_concurrent=max_concurrent, fuse=fuse,
+                num_samples=num_samples if num_samples is not None or budget else 6, budget=budget,
+                max_concurrent=max_concurrent, fuse=fuse,
                 objectives=objective or ["dev_score:max"], finalists=finalists, seeds=seeds, sampler=sampler,
                 startup_trials=startup_trials, enqueue=enqueue or [], warm_start=warm_start,
                 max_trainable=max_trainable,
@@ -308,6 +314,9 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
     summary = summarize(rows, options.parsed_objectives)
     finalist_text = f", {summary['finalist_runs']} finalist runs" if summary["finalist_runs"] else ""
     budget_text = f", at most {options.max_trainable} trainable" if options.max_trainable else ""
+    if options.budget:
+        spent = sum(int(r["last_step"] or 0) for r in rows if not r["finalist_of"])
+        budget_text += f", {spent:,} of {options.budget_steps:,} search steps ({options.budget})"
     table = Table(
         title=f"study {options.name}: {summary['trials']} trials{finalist_text}{budget_text} {summary['counts']}"
     )

@@ -175,6 +175,12 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str | tuple[str, ...]]] =
      "study.max_trainable: 'lots' is not a budget; give a parameter count (e.g. 150000) or a share"),
     ("study: a budget nothing in the space fits", lambda b: b.search("--max-trainable", "10"),
      "none of 200 random draws of the space fits 10 trainable parameters (the smallest had 130); raise"),
+    ("study: a step budget that is not one", lambda b: b.search("--budget", "4hours"),
+     "study.budget: '4hours' is not a step budget; give runs of the base experiment (e.g. 4runs) or training"),
+    ("study: a step budget under one run", lambda b: b.search("--budget", "3steps"),
+     "study.budget: '3steps' is 3 steps, less than one run of 4; give at least 1run or lower --steps"),
+    ("study: a step budget with fused groups", lambda b: b.search("--budget", "2runs", "--fuse", "2"),
+     "study.budget: not available with --fuse yet; drop one of them"),
     # resume, status, export
     ("resume: no such study", lambda b: ["search", "--resume", "ghost", "--results-dir", b.results],
      "ghost/study.json' not found; give a study directory written by `autoprompt search`"),

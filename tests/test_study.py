@@ -744,3 +744,29 @@ def test_a_trial_trains_what_its_configuration_trains_alone(
     alone = train(cfg, prepare_workspace(cfg))
     keys = ("step", "train_loss", "eval_score")
     assert [[h[k] for k in keys] for h in json.loads(row["history"])] == [[h[k] for k in keys] for h in alone.history]
+
+
+# Configurations that learn within 8 tiny steps (collapsed trials would all tie at -inf for ASHA).
+LEARNING_SPACE = {
+    "methods": {"deep": {"layers": [0], "length": {"type": "int", "low": 1, "high": 6}}},
+    "train": {"lr": {"type": "float", "low": 0.02, "high": 0.5, "log": True}},
+}
+
+
+@pytest.mark.slow
+def test_a_step_budget_ends_the_search_when_no_full_run_fits(
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    """--budget 3runs at 8 steps a run under ASHA's brackets (first rung at N/8): every trained step
+    counts, the search ends by itself once no full run fits (not as an interruption) and the
+    finalists run. (Tiny trials train 8 steps faster than Tune can stop them, so how many more
+    configurations the brackets try is measured on MiniLM in results/quality/, and the step
+    accounting with stopped trials in test_step_budget.py.)"""
+    opts = options(tiny_model_dir, tiny_sst_dir, experiment=base_experiment(tiny_model_dir, tiny_sst_dir, steps=8),
+                   scheduler="asha", budget="3runs", num_samples=30, sampler="random", space=LEARNING_SPACE,
+                   finalists=1, seeds=1)  # fmt: skip
+    run = run_study(opts, tmp_path)
+    searched = [r for r in run.rows if not r["finalist_of"]]
+    assert not run.interrupted and (tmp_path / "s" / "finished.json").is_file()
+    assert len(searched) >= 3 and sum(r["last_step"] for r in searched) <= 24
+    assert len([r for r in run.rows if r["finalist_of"]]) == 1

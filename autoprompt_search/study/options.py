@@ -107,6 +107,7 @@ class StudyOptions:
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # {'method', 'train'} configs tried first
     warm_start: str = ""  # a finished study whose completed trials the sampler learns from first
     max_trainable: str = ""  # trainable-parameter budget: a count ("150000") or a share of the model ("0.5%")
+    budget: str = ""  # the search's compute in training steps: "4runs" (x the base steps) or "20000steps"
 
     def __post_init__(self) -> None:
         self.experiment = absolute_paths(self.experiment)  # Ray workers run in other directories
@@ -131,6 +132,9 @@ class StudyOptions:
         require(self.grace_period >= 1, f"study.grace_period: must be >= 1, got {self.grace_period}")
         require(self.reduction_factor >= 2, f"study.reduction_factor: must be >= 2, got {self.reduction_factor}")
         parse_budget(self.max_trainable)  # a malformed budget fails here
+        if self.budget:
+            require(self.fuse == 1, "study.budget: not available with --fuse yet; drop one of them")
+            self.budget_steps  # noqa: B018  (a malformed step budget fails here)
         objectives = [Objective.parse(o) for o in self.objectives]
         require(bool(objectives), "study.objectives: give at least one, e.g. dev_score:max")
         metrics = [o.metric for o in objectives]
@@ -149,7 +153,32 @@ class StudyOptions:
         """TPE's random trials before it models the results: as given, else Optuna's 10 or a quarter
         of a smaller study (at least 2). With Optuna's 10 a study of 8 trials (what a 2-core machine
         affords) never leaves random search."""
-        return self.startup_trials or max(2, min(10, self.num_samples // 4))
+        return self.startup_trials or max(2, min(10, self.planned_trials // 4))
+
+    @property
+    def planned_trials(self) -> int:
+        """Trials the study expects: num_samples, or under a budget about three per full run's steps
+        (ASHA's brackets stop most trials at N/8 or 3N/8 steps)."""
+        budget = self.budget_steps
+        if budget is None:
+            return self.num_samples
+        per_run = budget // self.steps_per_run
+        return min(self.num_samples, 3 * per_run if self.scheduler == "asha" else per_run)
+
+    @property
+    def steps_per_run(self) -> int:
+        """The base experiment's training steps (a full-length trial), unless the space searches them."""
+        steps = self.space.get("train", {}).get("steps") if isinstance(self.space.get("train"), dict) else None
+        if isinstance(steps, dict):
+            raise ConfigError("study.budget: the space searches train.steps; fix them to use a step budget")
+        return int(steps) if steps is not None else self.base_experiment().train.steps
+
+    @property
+    def budget_steps(self) -> int | None:
+        """--budget in training steps, or None without one."""
+        from .step_budget import parse_step_budget
+
+        return parse_step_budget(self.budget, self.steps_per_run) if self.budget else None
 
     @property
     def multi_objective(self) -> bool:
@@ -195,7 +224,7 @@ STUDY_FLAGS = {
     "scheduler": "scheduler",
     "grace_period": "grace_period", "cpus_per_worker": "cpus_per_worker", "gpus_per_worker": "gpus_per_worker",
     "workers_per_trial": "workers_per_trial", "max_failures": "max_failures", "search_seed": "seed",
-    "max_trainable": "max_trainable",
+    "max_trainable": "max_trainable", "budget": "budget",
 }  # fmt: skip
 EXPERIMENT_FLAGS = {
     "model": ("model",), "task": ("data", "task"), "source": ("data", "source"), "data_dir": ("data", "data_dir"),
@@ -314,6 +343,11 @@ def study_options(
 
     knobs = {f.name for f in fields(StudyOptions)} - set(NOT_KNOBS)
     study = {k: options.pop(k) for k in list(options) if k in knobs}
+    if study.get("budget") and study.get("num_samples") is None:
+        from .step_budget import BUDGET_TRIAL_CAP
+
+        study["num_samples"] = BUDGET_TRIAL_CAP  # the budget ends the search, not a trial count
+    study = {k: v for k, v in study.items() if v is not None}
     # enqueue: files of configurations to try first; warm_start: a study directory, or a name under results_dir
     study["enqueue"] = read_enqueued([str(p) for p in study.get("enqueue") or []])
     if study.get("warm_start"):

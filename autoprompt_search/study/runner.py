@@ -46,6 +46,7 @@ from .preflight import CheckedStudy, check_study, check_tune_state, check_writab
 from .progress import ProgressBar
 from .ranking import best_row
 from .records import TrialRecorder, read_trials
+from .step_budget import StepBudgetLimiter, bracket_rungs
 from .trainable import trainable_for
 from .trial import devices_per_trial, trial_dirname
 
@@ -185,7 +186,7 @@ def build_searcher(options: StudyOptions, checked: CheckedStudy, study_dir: Path
         )
         return ConcurrencyLimiter(group, max_concurrent=options.max_concurrent)
     storage = journal_storage(study_dir / OPTUNA_FILE)
-    searcher = ResumableOptunaSearch(
+    searcher: Any = ResumableOptunaSearch(
         space=checked.sampler,
         metric=[o.metric for o in objectives] if options.multi_objective else objectives[0].metric,
         mode=[o.mode for o in objectives] if options.multi_objective else objectives[0].mode,
@@ -194,6 +195,9 @@ def build_searcher(options: StudyOptions, checked: CheckedStudy, study_dir: Path
         storage=storage,
         budget=checked.budget,
     )
+    budget_steps = options.budget_steps
+    if budget_steps is not None:
+        searcher = StepBudgetLimiter(searcher, budget_steps, options.steps_per_run)
     return ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
 
 
@@ -292,26 +296,45 @@ def tune_trials(options: StudyOptions) -> int:
     return math.ceil(options.num_samples / options.fuse)
 
 
+def make_scheduler(options: StudyOptions, checked: CheckedStudy) -> Any:
+    """ASHA (single objective): under a budget its brackets are in steps, the first rung at about
+    N/8 (step_budget.py), rungs x reduction_factor; otherwise in evaluations from grace_period.
+    FIFO for several objectives, fused groups (ASHA per member in Optuna) and --scheduler fifo."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if options.multi_objective or options.scheduler != "asha":
+        return FIFOScheduler()
+    if options.budget:
+        steps = options.steps_per_run
+        return ASHAScheduler(
+            time_attr="step",
+            max_t=steps,
+            grace_period=bracket_rungs(steps, checked.base.train.eval_interval),
+            reduction_factor=options.reduction_factor,
+        )
+    if options.fuse > 1:
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=evaluations_per_trial(options, checked.base),
+        grace_period=options.grace_period,
+        reduction_factor=options.reduction_factor,
+    )
+
+
 def build_tuner(
     options: StudyOptions, study_dir: Path, checked: CheckedStudy, callbacks: list[Any] | None = None
 ) -> Any:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     objectives = options.parsed_objectives
     single = not options.multi_objective
-    if single and options.scheduler == "asha" and options.fuse == 1:
-        scheduler: Any = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=evaluations_per_trial(options, checked.base),
-            grace_period=options.grace_period,
-            reduction_factor=options.reduction_factor,
-        )
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = make_scheduler(options, checked)
     callbacks = [
         TrialRecorder(str(study_dir), devices_per_trial(options)),
-        ProgressBar(tune_trials(options), objectives[0].metric, objectives[0].mode),
+        ProgressBar(
+            options.planned_trials if options.budget else tune_trials(options), objectives[0].metric, objectives[0].mode
+        ),
         *(callbacks or []),
     ]
     return tune.Tuner(
@@ -402,10 +425,22 @@ def search_then_finalists(options: StudyOptions, study_dir: Path, tuner: Any) ->
     """Run the search, then its finalists, then mark the study finished; False where an
     interruption (Ctrl-C: Tune stops its trials, saves its state and returns) cut a phase short,
     so the finalists are never chosen from a partial search."""
-    if not all_ended(tuner.fit(), tune_trials(options)) or not run_finalists(options, study_dir):
+    if not search_ended(tuner.fit(), options, study_dir) or not run_finalists(options, study_dir):
         return False
     (study_dir / FINISHED_FILE).write_text(json.dumps({"finished_at": time.time()}) + "\n")
     return True
+
+
+def search_ended(grid: Any, options: StudyOptions, study_dir: Path) -> bool:
+    """Whether the search ran to its end: all its trials, or under a budget every trial started
+    ended and what is left of the budget holds no full-length trial (else Ctrl-C cut it short)."""
+    budget = options.budget_steps
+    if budget is None:
+        return all_ended(grid, tune_trials(options))
+    if grid.num_terminated + grid.num_errors != len(grid):
+        return False
+    spent = sum(int(r["last_step"] or 0) for r in read_trials(study_dir) if not r["finalist_of"])
+    return spent + options.steps_per_run > budget or len(grid) >= tune_trials(options)
 
 
 def _on_ray(
