@@ -132,6 +132,8 @@ def absolute_paths(experiment: dict[str, Any]) -> dict[str, Any]:
 def load_config_file(path: str | Path) -> ExperimentConfig:
     """An experiment from YAML or JSON (safe loaders only); a `config:` key may wrap it."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config: {str(p)!r} is a directory; give a YAML or JSON file (e.g. an exported config.yaml)")
     if not p.is_file():
         raise ConfigError(f"config: file {str(p)!r} does not exist; check the path")
     text = p.read_text(encoding="utf-8")

@@ -28,41 +28,49 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def refusal(cfg: Any, model_type: str, num_layers: int) -> str:
-    """Why peft cannot hold this configuration ('' when it can)."""
+    """Every reason peft cannot hold this configuration, joined ('' when it can)."""
+    return "; ".join(refusals(cfg, model_type, num_layers))
+
+
+def refusals(cfg: Any, model_type: str, num_layers: int) -> list[str]:
     method, name = cfg.method, method_name(cfg.method)
     if name == "deep" and method.form == "hidden" and tuple(method.layers) == (0,):
-        return _prompt_tuning_refusal(cfg, model_type)
+        return _prompt_tuning_refusals(cfg, model_type)
+    reasons = []
     if getattr(method, "form", None) != "kv":
-        return (
-            f"peft has no counterpart of this method ({name}); it holds an input prompt or kv prefixes at every layer"
-        )
-    if tuple(method.layers) != tuple(range(num_layers)):
-        return f"peft's prefix tuning prefixes every layer; this run prefixes layers {list(method.layers)}"
+        what = "hidden-state prompts" if name == "deep" else f"the {name} method"
+        reasons.append(f"peft holds an input prompt (prompt tuning) or key/value prefixes (prefix tuning), not {what}")
+    layers = getattr(method, "layers", None)
+    if layers is not None and tuple(layers) != tuple(range(num_layers)):
+        reasons.append(f"peft's prefix tuning prefixes every layer; this run prompts layers {list(layers)}")
     if model_type != "bert":
-        return (
+        reasons.append(
             f"peft's sequence classifier for {model_type} is not a linear layer on the pooled first token "
             "(only BERT-family encoders are exported)"
         )
     head = cfg.head
     if head.kind != "classifier" or head.pooling != "token" or not head.pooler:
-        return "peft's BertForSequenceClassification reads [CLS] through the pooler; this run's head does not"
-    return ""
+        reasons.append(
+            f"peft's BertForSequenceClassification reads [CLS] through the pooler; this run's head pools "
+            f"{head.pooling}{'' if head.pooler else ' without the pooler'}"
+        )
+    return reasons
 
 
-def _prompt_tuning_refusal(cfg: Any, model_type: str) -> str:
-    """Why peft's prompt tuning cannot hold this input prompt ('' when it can)."""
+def _prompt_tuning_refusals(cfg: Any, model_type: str) -> list[str]:
+    """Why peft's prompt tuning cannot hold this input prompt (none when it can)."""
+    reasons = []
     if cfg.method.position != "prefix":
-        return "peft's prompt tuning puts the whole prompt before the input; this run splits it around the input"
-    # (head.pooling: first implies position prefix; a token-pooled split prompt is refused here.)
+        reasons.append("peft's prompt tuning puts the whole prompt before the input; this run splits it around it")
     if model_type != "bert":
-        return f"peft's sequence classifier for {model_type} is not a linear layer on the pooled first token"
+        reasons.append(f"peft's sequence classifier for {model_type} is not a linear layer on the pooled first token")
     head = cfg.head
     if head.kind != "classifier" or head.pooling != "first" or not head.pooler:
-        return (
+        reasons.append(
             "peft's prompt tuning puts the prompt before [CLS] and its classifier reads the first virtual token "
             "through the pooler; train with head.pooling: first to match it"
         )
-    return ""
+    return reasons
 
 
 def peft_adapter(model: Any, cfg: Any, model_path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

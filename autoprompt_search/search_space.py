@@ -164,6 +164,28 @@ def _check_dimension(path: str, spec: Any, problems: list[str]) -> None:
                 problems.append(f"{path}.max_layers: must be an integer >= min_layers ({lo})")
 
 
+def _check_bounds(method: str, name: str, spec: Any, problems: list[str]) -> None:
+    """A value the method's own config refuses on its own (a length of -5, a negative bottleneck):
+    fixed values, range ends and choices, each checked by building the config with it. Only
+    refusals of the value's own bounds count; combinations with other options are checked when a
+    trial is built."""
+    if isinstance(spec, dict):
+        values = spec.get("choices") if spec.get("type") == "categorical" else [spec.get("low"), spec.get("high")]
+        if spec.get("type") not in ("int", "float", "categorical") or not isinstance(values, list):
+            return
+    else:
+        values = [spec]
+    for value in values:
+        try:
+            METHODS[method].config_class(**{name: value})
+        except ConfigError as exc:
+            if str(exc).startswith(f"method.{name}: must be"):
+                problems.append(f"methods.{method}.{name}: {value!r} is out of bounds ({str(exc).split(': ', 1)[1]})")
+                return
+        except (TypeError, ValueError):
+            return
+
+
 def validate(data: Any) -> list[str]:
     """Every problem in a search-space mapping, as one-line strings naming the key and the fix."""
     if not isinstance(data, dict):
@@ -193,6 +215,7 @@ def validate(data: Any) -> list[str]:
                 problems.append(f"methods.{method}.{name}: not a {method} option{hint}")
                 continue
             _check_dimension(f"methods.{method}.{name}", spec, problems)
+            _check_bounds(method, name, spec, problems)
             kind = spec.get("type") if isinstance(spec, dict) else None
             if name == "layers" and kind not in (None, "layer_set"):
                 problems.append(f"methods.{method}.layers: use type layer_set (one boolean per layer)")

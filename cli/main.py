@@ -494,6 +494,8 @@ def export(
         runs = export_study(_study_dir(study, results_dir), output or None, top, pareto, overwrite, form)
     except ConfigError as exc:
         fail(exc)
+    if not pareto and len(runs) < top:
+        typer.echo(f"export: --top {top} asked, the study has {len(runs)} configurations to export: wrote {len(runs)}")
     for run in runs:
         typer.echo(f"{run}  (autoprompt predict {run} | autoprompt train --config {run}/config.yaml)")
         if form == "peft":

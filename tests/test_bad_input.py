@@ -65,6 +65,7 @@ SPACES = {
     "unknown_train.yaml": "methods:\n  deep: {length: 2}\ntrain: {learning_rate: 0.01}\n",
     "bad_type.yaml": "methods:\n  deep: {length: {type: integer, low: 1, high: 4}}\n",
     "empty_choices.yaml": "methods:\n  late: {generator: {type: categorical, choices: []}}\n",
+    "negative_length.yaml": "methods:\n  deep: {length: -5}\n",
 }
 
 
@@ -80,6 +81,10 @@ def make_sandbox(root: Path, model_dir: str, sst_dir: str) -> Sandbox:
         (root / name).mkdir()
         for split in ("train", "dev"):
             (root / name / f"{split}.tsv").write_text(f"{header}\na fine film\t{label}\nbad\t{label}\n")
+    # SST-2 files with a Latin-1 byte on line 3 of train.tsv.
+    (root / "latin1").mkdir()
+    (root / "latin1" / "train.tsv").write_bytes("sentence\tlabel\ngood\t1\nun caf\u00e9 froid\t0\n".encode("latin-1"))
+    (root / "latin1" / "dev.tsv").write_text("sentence\tlabel\ngood\t1\n")
     # Studies: corrupt study.json, study.json of the wrong shape, one with no trial, one whose trials all failed.
     results = root / "results"
     for name in ("corrupt", "wrong_shape", "no_trials", "all_failed"):
@@ -181,6 +186,16 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str | tuple[str, ...]]] =
      "study.budget: '3steps' is 3 steps, less than one run of 4; give at least 1run or lower --steps"),
     ("study: a step budget with fused groups", lambda b: b.search("--budget", "2runs", "--fuse", "2"),
      "study.budget: not available with --fuse yet; drop one of them"),
+    ("data: a file that is not UTF-8", lambda b: b.search(data=b.path("latin1")),
+     "latin1/train.tsv is not UTF-8 (line 3); save it as UTF-8"),
+    ("train: a file that is not UTF-8", lambda b: [*b.train(), "--data-dir", b.path("latin1")],
+     "latin1/train.tsv is not UTF-8 (line 3)"),
+    ("space: a negative prompt length", lambda b: b.search(space="negative_length.yaml"),
+     "methods.deep.length: -5 is out of bounds (must be > 0, got -5)"),
+    ("train: --config is a directory", lambda b: [*b.train(), "--config", b.path("alien")],
+     "is a directory; give a YAML or JSON file"),
+    ("study: a name over 64 characters", lambda b: b.search("--name", "x" * 300),
+     "has 300 characters; use 64 at most"),
     # resume, status, export
     ("resume: no such study", lambda b: ["search", "--resume", "ghost", "--results-dir", b.results],
      "ghost/study.json' not found; give a study directory written by `autoprompt search`"),

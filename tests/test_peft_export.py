@@ -31,9 +31,13 @@ def cfg_of(method: dict, head: dict | None = None) -> ExperimentConfig:
         ({"name": "deep", "layers": [0], "length": 4}, None, "bert", "train with head.pooling: first to match it"),
         ({"name": "deep", "layers": [0], "length": 4}, {"pooling": "first"}, "bert", ""),  # peft's prompt tuning
         ({"name": "deep", "layers": [0], "length": 4}, {"pooling": "first"}, "roberta", "not a linear layer"),
-        ({"name": "deep", "layers": [1, 3], "form": "kv"}, None, "bert", "prefixes every layer; this run prefixes layers [1, 3]"),
-        ({"name": "deep", "layers": EVERY}, None, "bert", "no counterpart of this method (deep)"),
-        ({"name": "late", "layer": 2}, None, "bert", "no counterpart of this method (late)"),
+        ({"name": "deep", "layers": [1, 3], "form": "kv"}, None, "bert", "prefixes every layer; this run prompts layers [1, 3]"),
+        ({"name": "deep", "layers": EVERY}, None, "bert", "(prefix tuning), not hidden-state prompts"),
+        ({"name": "late", "layer": 2}, None, "bert", "(prefix tuning), not the late method"),
+        # Every reason at once: hidden-state prompts, at layers 1-3, pooled by the mean.
+        ({"name": "deep", "layers": [1, 2, 3]}, {"pooling": "mean"}, "bert",
+         "not hidden-state prompts; peft's prefix tuning prefixes every layer; this run prompts layers [1, 2, 3]; "
+         "peft's BertForSequenceClassification reads [CLS] through the pooler; this run's head pools mean"),
         ({"name": "deep", "layers": EVERY, "form": "kv"}, {"pooling": "mean"}, "bert", "reads [CLS] through the pooler"),
         ({"name": "deep", "layers": EVERY, "form": "kv"}, None, "roberta", "classifier for roberta is not a linear"),
         ({"name": "deep", "layers": EVERY, "form": "kv"}, None, "bert", ""),  # peft's prefix tuning

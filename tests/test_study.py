@@ -224,6 +224,12 @@ def test_bad_studies_fail_before_ray_starts(tiny_model_dir: str, tiny_sst_dir: s
     assert not ray.is_initialized() and not any(tmp_path.iterdir())
 
 
+def test_a_capped_finalist_count_is_said_before_the_study_starts() -> None:
+    opts = StudyOptions(name="s", space={"methods": {"deep": {}}}, num_samples=2, finalists=10)
+    assert opts.notices == ["finalists: 10 asked of a 2-trial search; at most 2 configurations can be retrained"]
+    assert StudyOptions(name="s", space={"methods": {"deep": {}}}, num_samples=8, finalists=2).notices == []
+
+
 # ---- on a local Ray -------------------------------------------------------------------------
 
 

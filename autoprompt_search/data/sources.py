@@ -96,6 +96,27 @@ class TaskData:
 
 # ---- reading rows ------------------------------------------------------------------------
 def read_rows(path: str, headerless: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """`_read_rows`, with a file that is not UTF-8 said in one line (where and how to fix it)."""
+    try:
+        return _read_rows(path, headerless)
+    except UnicodeDecodeError as exc:
+        with Path(path).open("rb") as f:  # the decoder's offset is within a chunk: find the line
+            line = next((n for n, raw in enumerate(f, 1) if not _is_utf8(raw)), 0)
+        raise ConfigError(
+            f"data: {path} is not UTF-8 (line {line}); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8) "
+            "or fix that line"
+        ) from exc
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _read_rows(path: str, headerless: tuple[str, ...]) -> list[dict[str, Any]]:
     """Rows of a TSV (GLUE style, no quoting), CSV, JSON lines or parquet file. A byte-order mark
     is dropped (Microsoft's MRPC files start with one). `headerless`: the column names of a
     layout without a header row, used when the file's first row has as many cells and none of

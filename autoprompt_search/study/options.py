@@ -111,6 +111,9 @@ class StudyOptions:
 
     def __post_init__(self) -> None:
         self.experiment = absolute_paths(self.experiment)  # Ray workers run in other directories
+        require(
+            len(self.name) <= 64, f"study: name {self.name[:20]!r}... has {len(self.name)} characters; use 64 at most"
+        )
         require(bool(NAME.match(self.name)), f"study: name {self.name!r} must be letters, digits, '-', '_' or '.'")
         require(self.num_samples >= 1, f"study.num_samples: must be >= 1, got {self.num_samples}")
         require(self.max_concurrent >= 1, f"study.max_concurrent: must be >= 1, got {self.max_concurrent}")
@@ -143,6 +146,17 @@ class StudyOptions:
             self.sampler != "nsga2" or len(objectives) > 1,
             "study.sampler: nsga2 is for several objectives; add e.g. --objective trainable_params:min",
         )
+
+    @property
+    def notices(self) -> list[str]:
+        """What this study will do other than asked, one line each (said before it starts)."""
+        out = []
+        if not self.budget and self.finalists > self.num_samples:
+            out.append(
+                f"finalists: {self.finalists} asked of a {self.num_samples}-trial search; "
+                f"at most {self.num_samples} configurations can be retrained"
+            )
+        return out
 
     @property
     def parsed_objectives(self) -> list[Objective]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -371,6 +372,8 @@ def run_study(
     study_dir = prepare_study_dir(results_dir, options.name, overwrite)
     checked = check_study(options)
     check_writable(study_dir)
+    for line in options.notices:
+        print(line, file=sys.stderr)
 
     def fit() -> bool:
         # An --overwrite'n study is moved aside only now, every check passed and Ray up, and removed
