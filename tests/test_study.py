@@ -430,6 +430,11 @@ def test_resume_after_interruption_runs_no_trial_twice(
     assert interrupted.interrupted and not any(r["finalist_of"] for r in interrupted.rows)
     with pytest.raises(ConfigError, match="already exists; continue it with --resume s"):
         run_study(opts, tmp_path / "r")
+    # The study moves elsewhere (a copy with the original gone): it resumes, exports and reports
+    # from its own files, never through the paths of where it ran.
+    import shutil
+
+    shutil.move(tmp_path / "r", tmp_path / "moved")
 
     # Resumed, the search ends; Ctrl-C again after the first of the two finalist runs.
     from autoprompt_search.study import finalists
@@ -437,17 +442,17 @@ def test_resume_after_interruption_runs_no_trial_twice(
     marker2 = str(tmp_path / "interrupted-finalists")
     with monkeypatch.context() as m:
         m.setattr(finalists, "ProgressBar", lambda *a, **k: InterruptAfter(1, marker2))
-        cut = resume_study("s", tmp_path / "r")
-    assert os.path.exists(marker2) and cut.interrupted and not (tmp_path / "r" / "s" / "finished.json").exists()
+        cut = resume_study("s", tmp_path / "moved")
+    assert os.path.exists(marker2) and cut.interrupted and not (tmp_path / "moved" / "s" / "finished.json").exists()
     assert len([r for r in cut.rows if not r["finalist_of"]]) == 4
-    resumed = resume_study("s", tmp_path / "r")
-    rows = read_trials(tmp_path / "r" / "s")
+    resumed = resume_study("s", tmp_path / "moved")
+    rows = read_trials(tmp_path / "moved" / "s")
     searched = [r for r in rows if not r["finalist_of"]]
     assert not resumed.interrupted and len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
     assert len(searched) == 4 and all(r["status"] in ended for r in rows)
     # Resuming the finished study runs nothing and joins no Ray.
     joined: list[object] = []
-    again = resume_study("s", tmp_path / "r", on_connect=lambda *a: joined.append(a))
+    again = resume_study("s", tmp_path / "moved", on_connect=lambda *a: joined.append(a))
     assert again.finished_before and not joined and again.rows == rows
     for trial_id, before in first.items():  # finished trials were not run again
         after = next(r for r in rows if r["trial_id"] == trial_id)
@@ -456,11 +461,17 @@ def test_resume_after_interruption_runs_no_trial_twice(
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    storage = JournalStorage(JournalFileBackend(str(tmp_path / "r" / "s" / "optuna.journal")))
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "moved" / "s" / "optuna.journal")))
     trials = optuna.load_study(study_name="s", storage=storage).trials
     states = [t.state.name for t in trials if "finalist_of" not in t.user_attrs]  # the finalist's median apart
     collapsed = sum(r["status"] == "COLLAPSED" for r in searched)
     assert (states.count("COMPLETE"), states.count("FAIL")) == (4 - collapsed, collapsed)  # each told once
+    assert not (tmp_path / "r").exists() and all(
+        Path(r["checkpoint"]).is_relative_to(tmp_path / "moved") for r in rows if r["checkpoint"]
+    )
+    from autoprompt_search.study.report import write_report
+
+    assert export_study(tmp_path / "moved" / "s", top=1) and write_report(tmp_path / "moved" / "s").is_file()
 
 
 @pytest.mark.slow
@@ -776,3 +787,22 @@ def test_a_step_budget_ends_the_search_when_no_full_run_fits(
     assert not run.interrupted and (tmp_path / "s" / "finished.json").is_file()
     assert len(searched) >= 3 and sum(r["last_step"] for r in searched) <= 24
     assert len([r for r in run.rows if r["finalist_of"]]) == 1
+
+
+def test_checkpoints_are_stored_relative_to_the_study_and_older_tables_re_rooted(tmp_path: Path) -> None:
+    from autoprompt_search.study.records import SCHEMA, write_trials
+
+    study = tmp_path / "copy" / "s"
+    study.mkdir(parents=True)
+    row = {name: None for name in SCHEMA.names} | {"trial_id": "t0", "number": 0}
+    write_trials(study, [{**row, "checkpoint": str(study / "train" / "t0" / "checkpoint_000001")}])
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(study / "trials.parquet").to_pylist()[0]["checkpoint"] == "train/t0/checkpoint_000001"
+    assert read_trials(study)[0]["checkpoint"] == str(study / "train" / "t0" / "checkpoint_000001")
+    # A table written before paths were relative names where the study ran: read from its own place.
+    from autoprompt_search.tables import write_table
+
+    old = "/elsewhere/results/s/train/t0/checkpoint_000001"
+    write_table(study / "trials.parquet", [{**row, "checkpoint": old}], SCHEMA)
+    assert read_trials(study)[0]["checkpoint"] == str(study / "train" / "t0" / "checkpoint_000001")

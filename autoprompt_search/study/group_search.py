@@ -21,7 +21,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from .budget import MAX_DRAWS, ParamBudget
-from .options import open_study
+from .options import open_study, study_journal
 
 
 class GroupSearcher(Searcher):
@@ -130,6 +130,7 @@ class GroupSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         state = pickle.loads(Path(checkpoint_path).read_bytes())
         self.asked, self.groups, self.sampler = int(state["asked"]), dict(state["groups"]), state["sampler"]
+        self.storage_path = str(study_journal(self.storage_path))
         self._study, self._live = None, {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -137,4 +138,5 @@ class GroupSearcher(Searcher):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.storage_path = str(study_journal(self.storage_path))
         self._study, self._live = None, {}

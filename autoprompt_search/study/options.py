@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -275,6 +276,22 @@ def resume_conflicts(options: StudyOptions, given: dict[str, Any]) -> list[str]:
         if value != stored:
             out.append(f"{shown} {value} differs from the study's {stored}")
     return out
+
+
+# Set while a study resumes: what Tune restores from its saved state (the searcher, the results
+# recorder) holds the paths of where the study first ran; a moved or copied study must go on with
+# its own files.
+RESUMED_STUDY: ContextVar[Path | None] = ContextVar("resumed_study", default=None)
+
+
+def current_study_dir(stored: str | Path) -> Path:
+    """A study directory kept in Tune's saved state: the resumed study's own, else `stored`."""
+    return RESUMED_STUDY.get() or Path(stored)
+
+
+def study_journal(stored: str | Path) -> Path:
+    """The Optuna journal a searcher opens (see `current_study_dir`)."""
+    return current_study_dir(Path(stored).parent) / OPTUNA_FILE
 
 
 def study_path(study: str | Path, results_dir: str | Path) -> Path:

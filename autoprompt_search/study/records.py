@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -22,7 +23,8 @@ from ..errors import ConfigError
 from ..metrics import COLLAPSED
 from ..search_space import sampled_of
 from ..tables import read_table, write_table
-from .options import StudyOptions
+from .options import StudyOptions, current_study_dir
+from .trial import TRAIN_DIR
 
 TRIALS_FILE = "trials.parquet"
 # A run's last report when it has no result (trial.run_ended): COLLAPSED or ERROR, and the reason.
@@ -84,10 +86,38 @@ def trial_error_text(trial: Any) -> str:
 
 
 def read_trials(study_dir: str | Path) -> list[dict[str, Any]]:
+    """The table's rows, with each checkpoint a path under `study_dir` (wherever the study is now)."""
     path = Path(study_dir) / TRIALS_FILE
     if not path.is_file():
         return []
-    return read_table(path, "study", "the study directory is corrupt")
+    rows = read_table(path, "study", "the study directory is corrupt")
+    for row in rows:
+        row["checkpoint"] = resolved_path(row["checkpoint"], Path(study_dir))
+    return rows
+
+
+def stored_path(path: str | None, study_dir: Path) -> str | None:
+    """A path as the table stores it: relative to the study directory, so a copied or moved study
+    reads its own files (a path outside the study, say on other storage, stays as it is)."""
+    if not path or not Path(path).is_absolute():
+        return path
+    relative = os.path.relpath(path, study_dir.absolute())
+    return path if relative.startswith("..") else relative
+
+
+def resolved_path(stored: str | None, study_dir: Path) -> str | None:
+    """The stored path under `study_dir`. A table written before paths were relative holds the
+    absolute path of where the study was: its part from `train/` on is taken under `study_dir`."""
+    if not stored:
+        return stored
+    path = Path(stored)
+    if not path.is_absolute():
+        return str(study_dir / path)
+    if TRAIN_DIR in path.parts and not path.is_relative_to(study_dir.absolute()):
+        parts = path.parts
+        start = len(parts) - 1 - parts[::-1].index(TRAIN_DIR)
+        return str(study_dir.joinpath(*parts[start:]))
+    return stored
 
 
 def extend_history(history_json: str | None, entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -110,7 +140,8 @@ def recorded_row(study_dir: str | Path, trial_id: str) -> dict[str, Any] | None:
 
 
 def write_trials(study_dir: str | Path, rows: list[dict[str, Any]]) -> None:
-    write_table(Path(study_dir) / TRIALS_FILE, sorted(rows, key=lambda r: r["number"]), SCHEMA)
+    stored = [{**r, "checkpoint": stored_path(r.get("checkpoint"), Path(study_dir))} for r in rows]
+    write_table(Path(study_dir) / TRIALS_FILE, sorted(stored, key=lambda r: r["number"]), SCHEMA)
 
 
 class TrialRecorder(Callback):
@@ -122,6 +153,7 @@ class TrialRecorder(Callback):
         self.rows: dict[str, dict[str, Any]] = {}
 
     def setup(self, **info: Any) -> None:
+        self.study_dir = str(current_study_dir(self.study_dir))  # a resumed study may have moved
         self.rows = {r["trial_id"]: r for r in read_trials(self.study_dir)}
 
     def _row(self, trial: Any) -> dict[str, Any]:

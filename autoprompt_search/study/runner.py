@@ -36,10 +36,12 @@ from .cluster import RaySettings, check_before_connecting, check_resources, conn
 from .finalists import all_ended, run_finalists
 from .options import (
     OPTUNA_FILE,
+    RESUMED_STUDY,
     StudyOptions,
     journal_storage,
     open_study,
     resume_conflicts,
+    study_journal,
     study_options,
     study_path,
 )
@@ -186,14 +188,13 @@ def build_searcher(options: StudyOptions, checked: CheckedStudy, study_dir: Path
             checked.budget,
         )
         return ConcurrencyLimiter(group, max_concurrent=options.max_concurrent)
-    storage = journal_storage(study_dir / OPTUNA_FILE)
     searcher: Any = ResumableOptunaSearch(
         space=checked.sampler,
         metric=[o.metric for o in objectives] if options.multi_objective else objectives[0].metric,
         mode=[o.mode for o in objectives] if options.multi_objective else objectives[0].mode,
         sampler=sampler,
         study_name=options.name,
-        storage=storage,
+        journal=str(study_dir / OPTUNA_FILE),
         budget=checked.budget,
     )
     budget_steps = options.budget_steps
@@ -231,9 +232,10 @@ class ResumableOptunaSearch(OptunaSearch):
     the study. With a parameter `budget`, a draw over it is PRUNED and drawn again (budget.py).
     """
 
-    def __init__(self, *args: Any, budget: ParamBudget | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, journal: str, budget: ParamBudget | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, storage=journal_storage(Path(journal)), **kwargs)
         self.budget = budget
+        self.journal = journal  # the Optuna journal's path (pickles reopen it)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         from optuna.trial import TrialState
@@ -253,6 +255,47 @@ class ResumableOptunaSearch(OptunaSearch):
             self._ot_study.tell(trial, state=TrialState.PRUNED)  # never trained: over the budget
             del self._ot_trials[trial_id]
         raise self.budget.exhausted(MAX_DRAWS)  # type: ignore[union-attr]
+
+    # Pickled (Tune's searcher checkpoint, its copies of the searcher) without the storage objects,
+    # which hold the journal's absolute path: they are reopened on `study_journal`, so a moved or
+    # copied study resumes on its own journal.
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_storage", "_ot_study", "_ot_trials")}
+        state["_ot_trial_ids"] = {tid: trial._trial_id for tid, trial in (self._ot_trials or {}).items()}
+        state["_had_study"] = self._ot_study is not None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reopen(study_journal(self.journal))
+
+    def _reopen(self, journal: Path) -> None:
+        import optuna
+
+        ids = self.__dict__.pop("_ot_trial_ids", None) or {}
+        had_study = self.__dict__.pop("_had_study", True)
+        self.journal = str(journal)
+        if not journal.is_file():  # the study moved: restore() reopens it where it is now
+            self._storage, self._ot_study, self._ot_trials = None, None, {}
+            self._ot_trial_ids, self._had_study = ids, had_study
+            return
+        self._storage = journal_storage(journal)
+        if not had_study:  # copied before Tune set it up: set_search_properties creates it
+            self._ot_study, self._ot_trials = None, {}
+            return
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
+        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, ot_id) for tid, ot_id in ids.items()}
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        Path(checkpoint_path).write_bytes(pickle.dumps(self.__getstate__()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        self.__dict__.update(pickle.loads(Path(checkpoint_path).read_bytes()))
+        self._reopen(study_journal(self.journal))
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
@@ -416,10 +459,14 @@ def resume_study(
     check_writable(study_dir)
 
     def fit() -> bool:
-        tuner = tune.Tuner.restore(
-            str(study_dir / TUNE_DIR), trainable(options, study_dir), resume_unfinished=True, restart_errored=False
-        )
-        return search_then_finalists(options, study_dir, tuner)
+        moved = RESUMED_STUDY.set(study_dir)  # where the study is now
+        try:
+            tuner = tune.Tuner.restore(
+                str(study_dir / TUNE_DIR), trainable(options, study_dir), resume_unfinished=True, restart_errored=False
+            )
+            return search_then_finalists(options, study_dir, tuner)
+        finally:
+            RESUMED_STUDY.reset(moved)
 
     return _on_ray(options, study_dir, fit, ray_settings, on_connect)
 
