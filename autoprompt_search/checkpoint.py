@@ -168,14 +168,21 @@ def load_weights(model: torch.nn.Module, directory: str | Path) -> None:
 
 
 def load_run(
-    directory: str | Path, ws: Workspace | None = None, device: str = "auto", with_data: bool = True
+    directory: str | Path,
+    ws: Workspace | None = None,
+    device: str = "auto",
+    with_data: bool = True,
+    data_dir: str | None = None,
 ) -> tuple[Any, ExperimentConfig, Workspace]:
     """Rebuild the trained model of a run directory; returns (model, config, workspace). Without
     data the workspace holds the model, tokenizer and task but no splits (predicting given texts,
-    exporting): the run's data files need not exist."""
+    exporting): the run's data files need not exist. `data_dir`: read the task's files from there
+    instead of the run's own data."""
     record = read_run(directory)
     cfg = ExperimentConfig.from_dict(record["config"])
     cfg.train.device = device
+    if data_dir:
+        cfg.data.data_dir, cfg.data.source = str(Path(data_dir).absolute()), "files"
     if ws is None:
         ws = prepare_workspace(cfg) if with_data else model_workspace(cfg)
     model = build_model(cfg, ws)
@@ -184,10 +191,14 @@ def load_run(
 
 
 def predict_run(
-    directory: str | Path, split: str = "dev", ws: Workspace | None = None, device: str = "auto"
+    directory: str | Path,
+    split: str = "dev",
+    ws: Workspace | None = None,
+    device: str = "auto",
+    data_dir: str | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor]:
-    """Metrics and predictions of a saved run on one split of its data."""
-    model, cfg, ws = load_run(directory, ws, device)
+    """Metrics and predictions of a saved run on one split of its data (or of `data_dir`'s files)."""
+    model, cfg, ws = load_run(directory, ws, device, data_dir=data_dir)
     if split not in ws.splits:
         raise ConfigError(f"predict: split {split!r} not in this data; use one of {', '.join(ws.splits)}")
     dev = resolve_device(device)

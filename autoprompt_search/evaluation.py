@@ -41,16 +41,30 @@ def predict_split(
 ) -> Tensor:
     """Predicted class ids (N,) in the split's original order; `fetch(rows)` builds device batches
     (a frozen-prefix cache), else the split's own."""
+    return split_logits(model, split, batch_size, device, precision, fetch).argmax(-1)
+
+
+def split_logits(
+    model: PromptedModel,
+    split: TokenizedSplit,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    fetch: Callable[[Tensor], Batch] | None = None,
+) -> Tensor:
+    """Class logits (N, C) in fp32, in the split's original order (see `predict_split`)."""
     was_training = model.training
     model.eval()
-    preds = torch.empty(len(split), dtype=torch.long)
+    out: Tensor | None = None
     for rows in eval_batches(split, batch_size):
         batch = fetch(rows) if fetch is not None else split.batch(rows).to(device)
         with autocast(device, precision):
             logits = model(batch)
-        preds[rows] = logits.argmax(-1).cpu()
+        if out is None:
+            out = torch.empty(len(split), logits.shape[-1])
+        out[rows] = logits.float().cpu()
     model.train(was_training)
-    return preds
+    return out if out is not None else torch.empty(0, 0)
 
 
 def evaluate(

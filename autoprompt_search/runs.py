@@ -219,9 +219,12 @@ def train_to_directory(cfg: ExperimentConfig, output: str | Path, overwrite: boo
     return result
 
 
-def predict_to_file(run_dir: str, split: str, device: str, output: str = "") -> dict[str, Any]:
-    """Reload a run, evaluate it on `split`, optionally write predictions as JSON lines."""
-    metrics, preds = predict_run(run_dir, split, device=device)
+def predict_to_file(
+    run_dir: str, split: str, device: str, output: str = "", data_dir: str | None = None
+) -> dict[str, Any]:
+    """Reload a run, evaluate it on `split` (of its data, or of `data_dir`'s files), optionally
+    write predictions as JSON lines."""
+    metrics, preds = predict_run(run_dir, split, device=device, data_dir=data_dir)
     if output:
         task = read_run(run_dir)["config"]["data"]["task"]
         names = get_task(task).labels
@@ -229,6 +232,34 @@ def predict_to_file(run_dir: str, split: str, device: str, output: str = "") -> 
             "".join(json.dumps({"index": i, "label": names[int(p)]}) + "\n" for i, p in enumerate(preds))
         )
     return metrics
+
+
+def read_texts(path: str, columns: list[str], task: str) -> list[str] | list[tuple[str, str]]:
+    """The texts of a tsv/csv/jsonl/parquet file to label: `columns` (one, or two for a pair task),
+    else the task's own text fields."""
+    from .data.sources import read_rows
+
+    rows = read_rows(path)
+    names = columns or list(get_task(task).text_fields[:2])
+    present = set(rows[0]) if rows else set()
+    missing = [c for c in names if c not in present]
+    if rows and missing:
+        raise ConfigError(
+            f"predict: {path} has no column {missing[0]!r} (it has {', '.join(sorted(present))}); "
+            "name the text column with --column"
+        )
+    if len(names) > 1:
+        return [(str(r[names[0]]), str(r[names[1]])) for r in rows]
+    return [str(r[names[0]]) for r in rows]
+
+
+def label_texts(run_dir: str, texts: list[str] | list[tuple[str, str]], device: str) -> list[dict[str, Any]]:
+    """Each text with its predicted label and class probabilities."""
+    predictor = load(run_dir, device=device)
+    out = []
+    for text, probs in zip(texts, predictor.probabilities(texts), strict=True):
+        out.append({"text": text, "label": max(probs, key=probs.__getitem__), "probabilities": probs})
+    return out
 
 
 def train(output: str | Path = "runs/train", overwrite: bool = False, **options: Any) -> TrainResult:
@@ -242,18 +273,26 @@ class Predictor:
     def __init__(self, model: Any, cfg: ExperimentConfig, tokenizer: Any, labels: tuple[str, ...], device: Any) -> None:
         self.model, self.cfg, self.tokenizer, self.labels, self.device = model, cfg, tokenizer, labels, device
 
-    def predict(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> list[str]:
-        """The predicted label of each text (or text pair, for pair tasks)."""
-        from .data import Examples, tokenize
-        from .evaluation import predict_split
+    def predict(self, texts: str | Sequence[str] | Sequence[tuple[str, str]]) -> list[str]:
+        """The predicted label of each text (or text pair, for pair tasks); a string is one text."""
+        return [max(p, key=p.__getitem__) for p in self.probabilities(texts)]
 
-        pairs = [t if isinstance(t, tuple) else (t,) for t in texts]
-        text_b = [p[1] for p in pairs] if pairs and len(pairs[0]) > 1 else None
+    def probabilities(self, texts: str | Sequence[str] | Sequence[tuple[str, str]]) -> list[dict[str, float]]:
+        """Each text's class probabilities, label -> probability; a string is one text."""
+        from .data import Examples, tokenize
+        from .evaluation import split_logits
+
+        items = [texts] if isinstance(texts, str) else list(texts)
+        if not items:
+            return []
+        pairs = [t if isinstance(t, tuple) else (t,) for t in items]
+        text_b = [p[1] for p in pairs] if len(pairs[0]) > 1 else None
         examples = Examples([p[0] for p in pairs], text_b, [0] * len(pairs))
         append_mask = self.cfg.head.kind == "label_words" and not self.model.backbone.causal
         split = tokenize(self.tokenizer, examples, self.cfg.data.max_length, append_mask, use_cache=False)
-        preds = predict_split(self.model, split, self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision)
-        return [self.labels[int(i)] for i in preds]
+        logits = split_logits(self.model, split, self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision)
+        probs = logits.softmax(-1).tolist()
+        return [dict(zip(self.labels, row, strict=True)) for row in probs]
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Predictor:

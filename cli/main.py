@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
 import typer
@@ -110,16 +111,32 @@ def train(
 
 @app.command()
 def predict(
-    run_dir: Annotated[str, typer.Argument(help="directory written by `autoprompt train`")],
-    split: Annotated[str, Opt(help="train | dev | test")] = "dev",
+    run_dir: Annotated[str, typer.Argument(help="directory written by `autoprompt train` or `export`")],
+    text: Annotated[Optional[list[str]], Opt("--text", help="label this text (repeatable)")] = None,
+    input_file: Annotated[str, Opt("--input", help="label the texts of a tsv/csv/jsonl/parquet file")] = "",
+    column: Annotated[
+        Optional[list[str]], Opt("--column", help="--input's text column (twice for a pair task)")
+    ] = None,
+    split: Annotated[str, Opt(help="without --text/--input: score this split (train | dev | test)")] = "dev",
+    data_dir: Annotated[str, Opt(help="score the split from this folder instead of the run's data")] = "",
     device: Annotated[str, Opt()] = "auto",
     output: Annotated[str, Opt(help="write predictions as JSON lines")] = "",
 ) -> None:
-    """Reload a trained run and evaluate it on a split of its data."""
-    from autoprompt_search.runs import predict_to_file
+    """Label new texts (--text, --input: label and class probabilities, JSON lines), or reload a
+    trained run and score a split of its data."""
+    from autoprompt_search.runs import label_texts, predict_to_file, read_run, read_texts
 
     try:
-        metrics = predict_to_file(run_dir, split, device, output)
+        if text or input_file:
+            task = read_run(run_dir)["config"]["data"]["task"]
+            texts = list(text or []) + (read_texts(input_file, column or [], task) if input_file else [])
+            lines = "".join(json.dumps(r) + "\n" for r in label_texts(run_dir, texts, device))
+            if output:
+                Path(output).write_text(lines, encoding="utf-8")
+            else:
+                typer.echo(lines, nl=False)
+            return
+        metrics = predict_to_file(run_dir, split, device, output, data_dir or None)
     except ConfigError as exc:
         fail(exc)
     typer.echo(json.dumps(metrics, indent=2))

@@ -23,6 +23,10 @@ def test_train_then_load_predicts_what_the_run_predicts(tiny_model_dir: str, tin
     model = autoprompt_search.load(out, device="cpu")
     labels = model.predict(dev.text_a)
     assert labels == [("negative", "positive")[int(i)] for i in preds]
+    # A string is one text (it was labelled character by character); nothing to label is no labels.
+    assert model.predict(dev.text_a[0]) == labels[:1] and model.predict([]) == []
+    (probs,) = model.probabilities(dev.text_a[0])
+    assert set(probs) == {"negative", "positive"} and abs(sum(probs.values()) - 1) < 1e-6
     with pytest.raises(ConfigError, match="learning_rate: not an experiment option"):
         autoprompt_search.train(output=tmp_path / "x", learning_rate=0.1)
 

@@ -37,6 +37,24 @@ def test_train_then_predict_reproduces_metrics(tiny_model_dir: str, tiny_sst_dir
     assert metrics == {k: v for k, v in saved["metrics"]["test"].items()}
     lines = (tmp_path / "p.jsonl").read_text().splitlines()
     assert len(lines) == 48 and json.loads(lines[0])["label"] in ("negative", "positive")
+    # New texts: --text and --input (the same rows as the split) give the labels the split gets.
+    labels = [json.loads(line)["label"] for line in lines]
+    test_rows = (Path(tiny_sst_dir) / "test.tsv").read_text().splitlines()[1:]
+    texts = [row.split("\t")[0] for row in test_rows]
+    (tmp_path / "new.jsonl").write_text("".join(json.dumps({"review": t}) + "\n" for t in texts))
+    res = runner.invoke(app, ["predict", out, "--input", str(tmp_path / "new.jsonl"), "--column", "review",
+                              "--device", "cpu"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["label"] for r in rows] == labels and [r["text"] for r in rows] == texts
+    assert set(rows[0]["probabilities"]) == {"negative", "positive"}
+    res = runner.invoke(app, ["predict", out, "--text", texts[0], "--text", texts[1], "--device", "cpu"])
+    assert [json.loads(line)["label"] for line in res.stdout.splitlines()] == labels[:2]
+    # --data-dir: a split of another folder with the same files scores the same.
+    res = runner.invoke(app, ["predict", out, "--split", "test", "--device", "cpu", "--data-dir", tiny_sst_dir])
+    assert res.exit_code == 0 and json.loads(res.stdout) == metrics
+    res = runner.invoke(app, ["predict", out, "--input", str(tmp_path / "new.jsonl"), "--device", "cpu"])
+    assert res.exit_code == 2 and "has no column 'sentence' (it has review); name the text column" in res.stderr
 
 
 def test_train_from_config_file_and_all_layers(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:
