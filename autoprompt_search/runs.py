@@ -14,8 +14,10 @@ lr, method, layers, ...).
 from __future__ import annotations
 
 import json
+import math
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -208,12 +210,15 @@ def check_output_dir(output: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def train_to_directory(cfg: ExperimentConfig, output: str | Path, overwrite: bool = False) -> TrainResult:
-    """Validate, train, and save the run; the directory appears only when training succeeded."""
+def train_to_directory(
+    cfg: ExperimentConfig, output: str | Path, overwrite: bool = False, progress: Callable[[str], None] | None = None
+) -> TrainResult:
+    """Validate, train, and save the run; the directory appears only when training succeeded.
+    `progress(line)` gets one line per evaluation (step, training loss, dev score, best so far)."""
     out = check_output_dir(output, overwrite)
     resolve_device(cfg.train.device)  # a GPU asked for where none exists fails here, before loading
     ws = prepare_workspace(cfg)
-    result = trainer.train(cfg, ws)
+    result = trainer.train(cfg, ws, on_eval=evaluation_lines(cfg, progress) if progress else None)
     with staged_directory(out) as staging:
         save_run(result, staging)
     return result
@@ -262,9 +267,32 @@ def label_texts(run_dir: str, texts: list[str] | list[tuple[str, str]], device: 
     return out
 
 
-def train(output: str | Path = "runs/train", overwrite: bool = False, **options: Any) -> TrainResult:
-    """Train one configuration (the `autoprompt train` options) and save it to `output`."""
-    return train_to_directory(experiment_from_options(train_options(options)), output, overwrite)
+def evaluation_lines(cfg: ExperimentConfig, progress: Callable[[str], None]) -> trainer.OnEval:
+    """An `on_eval` hook that says each evaluation in one line."""
+    started = time.perf_counter()
+    steps = cfg.train.steps
+
+    def on_eval(record: dict[str, Any], state: Any, trained: ExperimentConfig) -> None:
+        collapsed = " (collapsed: one class)" if record["eval_collapsed"] else ""
+        best = record["best_score"]
+        best_text = f"{best:.4f} at step {record['best_step']}" if math.isfinite(best) else "none yet"
+        progress(
+            f"[step {record['step']}/{trained.train.steps or steps}] loss {record['train_loss']:.4f} · "
+            f"dev {record['eval_score']:.4f}{collapsed} · best {best_text} · {time.perf_counter() - started:.0f} s"
+        )
+
+    return on_eval
+
+
+def train(
+    output: str | Path = "runs/train",
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Train one configuration (the `autoprompt train` options) and save it to `output`;
+    `progress(line)` gets one line per evaluation."""
+    return train_to_directory(experiment_from_options(train_options(options)), output, overwrite, progress)
 
 
 class Predictor:

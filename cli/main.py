@@ -82,18 +82,23 @@ def train(
     ] = None,
     output: Annotated[str, Opt("--output", "--output-dir", help="run directory to write")] = "runs/train",
     overwrite: Annotated[bool, Opt(help="replace an existing run directory")] = False,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="no line per evaluation")] = False,
 ) -> None:
     """Train and evaluate one prompt configuration; saves safetensors weights and config.json."""
-    values = {k: v for k, v in locals().items() if k not in ("output", "overwrite", "config")}
+    values = {k: v for k, v in locals().items() if k not in ("output", "overwrite", "config", "quiet")}
     from autoprompt_search import train as train_run
 
     values["config_file"] = config
     values["columns"] = values["columns"] or []
     values["method_options"] = values["method_options"] or []
+    progress = None if quiet else (lambda line: typer.echo(line, err=True))
     try:
-        result = train_run(output, overwrite, **values)
+        result = train_run(output, overwrite, progress, **values)
     except ConfigError as exc:
         fail(exc)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: nothing was saved ({output} is written only when a run ends)", err=True)
+        raise typer.Exit(130) from None
     m = result.metrics
     typer.echo(
         json.dumps(

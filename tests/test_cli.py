@@ -25,6 +25,9 @@ def test_train_then_predict_reproduces_metrics(tiny_model_dir: str, tiny_sst_dir
     res = runner.invoke(app, train_args(tiny_model_dir, tiny_sst_dir, out, "--method", "late", "--layer", "2",
                                         "--length", "3", "--generator", "mppg", "--bottleneck", "8"))  # fmt: skip
     assert res.exit_code == 0, res.output
+    progress = [line for line in res.stderr.splitlines() if line.startswith("[step ")]
+    assert [line.split("]")[0] for line in progress] == ["[step 2/4", "[step 4/4"], res.stderr  # each evaluation
+    assert all(" loss " in line and " dev " in line and " best " in line for line in progress)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["config"]["method"] == {
         "name": "late", "layer": 2, "length": 3, "generator": "mppg", "bottleneck": 8, "dropout": 0.1,
