@@ -74,7 +74,7 @@ def test_draws_over_the_budget_are_pruned_and_never_handed_to_tune(tmp_path: Pat
     searcher = ResumableOptunaSearch(
         space=SearchSpace.from_dict(SPACE).sampler(num_layers=4), metric="dev_score", mode="max",
         sampler=optuna.samplers.RandomSampler(seed=0), study_name="s",
-        storage=journal_storage(tmp_path / "optuna.journal"), budget=budget,
+        journal=str(tmp_path / "optuna.journal"), budget=budget,
     )  # fmt: skip
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
     assert all(budget.count(c) <= 300 for c in configs)  # type: ignore[arg-type]
@@ -110,7 +110,7 @@ def test_tpe_learns_where_the_budget_lies(tmp_path: Path) -> None:
     def refused(sampler: Any, name: str) -> int:
         searcher = ResumableOptunaSearch(
             space=SearchSpace.from_dict(SPACE).sampler(num_layers=4), metric="dev_score", mode="max",
-            sampler=sampler, study_name="s", storage=journal_storage(tmp_path / name), budget=budget_for(150),
+            sampler=sampler, study_name="s", journal=str(tmp_path / name), budget=budget_for(150),
         )  # fmt: skip
         for i in range(30):
             searcher.suggest(f"t{i}")

@@ -346,7 +346,7 @@ def test_optuna_is_told_how_each_trial_ended(tmp_path: Path) -> None:
 
     searcher = ResumableOptunaSearch(
         space=SearchSpace.from_dict(SPACE).sampler(num_layers=2), metric="dev_score", mode="max",
-        sampler=optuna.samplers.RandomSampler(seed=0), study_name="s", storage=journal_storage(tmp_path / "j"),
+        sampler=optuna.samplers.RandomSampler(seed=0), study_name="s", journal=str(tmp_path / "j"),
     )  # fmt: skip
     ends = {
         "full": {"dev_score": 0.8, "trained_to_end": True},
