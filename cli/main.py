@@ -329,7 +329,7 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
 
     from autoprompt_search.study.options import StudyOptions
     from autoprompt_search.study.ranking import stopped_note, summarize
-    from autoprompt_search.study.records import study_rows
+    from autoprompt_search.study.records import optuna_numbers, study_rows
 
     options = StudyOptions.load(study_dir)
     rows = study_rows(study_dir)
@@ -342,9 +342,11 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
     table = Table(
         title=f"study {options.name}: {summary['trials']} trials{finalist_text}{budget_text} {summary['counts']}"
     )
+    numbers = optuna_numbers(study_dir, options.name)
     for column in (
         "#",
         "trial",
+        "optuna #",
         "status",
         "method",
         "seed",
@@ -361,6 +363,7 @@ def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
         table.add_row(
             str(r["number"]),
             r["trial_id"],
+            str(numbers.get(r["trial_id"], "-")),
             r["status"],
             r["method"] or "-",
             "-" if r.get("seed") is None else str(r["seed"]),

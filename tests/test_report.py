@@ -45,11 +45,11 @@ def test_history_counts_every_trials_compute_and_scores_only_the_usable() -> Non
 
 def test_layer_effects_are_means_with_and_without_each_layer() -> None:
     effects = {e["layer"]: e for e in layer_effects(ROWS, ACC, num_layers=4)}
-    # trials with a layer choice and a score: t0 [0, 1] 0.70, t1 [1] 0.60, t3 [2] 0.80 (probe and t2 excluded)
-    assert effects[0]["with"] == pytest.approx(0.70) and effects[0]["without"] == pytest.approx(0.70)
-    assert effects[1]["with"] == pytest.approx(0.65) and effects[1]["n_with"] == 2
-    assert effects[2]["with"] == pytest.approx(0.80) and effects[2]["without"] == pytest.approx(0.65)
-    assert effects[3]["n_with"] == 0 and effects[3]["with"] is None
+    # trials with a layer set and a score: t0 [0, 1] 0.70, t1 [1] 0.60 (probe, t2 collapsed, and
+    # LPT's t3, whose insertion layer is not a prompted layer, excluded)
+    assert effects[0]["with"] == pytest.approx(0.70) and effects[0]["without"] == pytest.approx(0.60)
+    assert effects[1]["with"] == pytest.approx(0.65) and effects[1]["n_with"] == 2 and effects[1]["without"] is None
+    assert effects[2]["n_with"] == 0 and effects[2]["with"] is None
 
 
 def test_score_by_method_and_the_layer_grid_use_only_scored_searched_trials(tmp_path: Path) -> None:
@@ -61,9 +61,9 @@ def test_score_by_method_and_the_layer_grid_use_only_scored_searched_trials(tmp_
     # t2 collapsed (no score), t5/t6 are finalist runs of t3: none of them is a point
     assert method_scores(rows, ACC) == {"deep": [0.70, 0.60], "late": [0.80], "probe": [0.75]}
     grid = _layer_grid(rows, ACC, num_layers=3)
-    assert grid["trials"] == ["t3", "t0", "t1"]  # best first; the probe has no layers
+    assert grid["trials"] == ["t0", "t1"]  # best first; the probe and LPT have no layer set
     nan = float("nan")
-    expected = [[nan, nan, 0.80], [0.70, 0.70, nan], [nan, 0.60, nan]]
+    expected = [[0.70, 0.70, nan], [nan, 0.60, nan]]
     for got, want in zip(grid["cells"], expected, strict=True):
         assert [round(g, 6) if g == g else "nan" for g in got] == [w if w == w else "nan" for w in want]
 
@@ -101,7 +101,19 @@ def test_the_page_has_its_images_and_lists_failures(tmp_path: Path) -> None:
     assert {"history.png", "layer_effect.png", "layer_heatmap.png", "methods.png", "finalists.png"} <= set(images)
     for name in images:
         assert (page.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "<script" not in text  # a static page: nothing to fail in a browser
+    assert "<script src" not in text and "http" not in text  # static: one inline sort script, no network
+    # The answer first: the best configuration (finalists' median over seeds, a failed seed the
+    # worst value) with its whole configuration; then every run with its configuration.
+    table = text[text.index("<table class='sortable'>") :]
+    assert table.count("<tr>") == 1 + len(ROWS) and "method: name=late, layer=2; train: lr=0.01" in table
+    head = text[text.index("<div class='best'>") : text.index("</div>")]  # t3's seed 3 failed: no median
+    assert "Best configuration</b> (trial t3): dev_score 0.8000 from one run (no finalists" in head
+    both = [r if r["trial_id"] != "t6" else {**r, "status": "TERMINATED", "dev_score": 0.77, "test_score": 0.7,
+                                              "error": None} for r in ROWS]  # fmt: skip
+    write_trials(study, both)
+    head = write_report(study).read_text(encoding="utf-8").split("<div class='best'>")[1].split("</div>")[0]
+    assert "Best configuration</b> (trial t3): median dev_score 0.7800 [0.7700-0.7900] over 2 of 2 fresh" in head
+    assert "name: late" in head and "layer: 2" in head and "test median 0.7000" in head
     assert "ValueError: boom" in text and "collapsed: every evaluation predicted a single class" in text
     assert "importances need at least 3" in text or "no Optuna journal yet" in text
 

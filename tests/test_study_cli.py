@@ -202,6 +202,12 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
         and "finalists: median over seeds" in res.stdout
         and "the configuration of trial" in res.stdout
     )
+    # Optuna's trial number beside Tune's id, and the objective named for optuna-dashboard.
+    from autoprompt_search.study.records import optuna_numbers
+
+    numbers = optuna_numbers(study, "finals")
+    assert sorted(numbers) == sorted(by_id) and "optuna #" in res.stdout
+    assert optuna.load_study(study_name="finals", storage=journal).metric_names == ["dev_score"]
     # Both finalist configurations as peft adapters; the best loads in PeftModel with our logits.
     res = runner.invoke(
         app, ["export", str(study), "--format", "peft", "--top", "2", "--output", str(tmp_path / "peft")]

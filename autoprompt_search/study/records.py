@@ -317,3 +317,15 @@ def study_rows(study_dir: str | Path) -> list[dict[str, Any]]:
             f"autoprompt search --resume {path}"
         )
     return read_trials(path)
+
+
+def optuna_numbers(study_dir: str | Path, name: str) -> dict[str, int]:
+    """Tune trial id -> its Optuna trial number (what optuna-dashboard shows; the two differ where
+    the budget refused draws or a --warm-start study added trials); empty without a journal."""
+    from .options import OPTUNA_FILE, open_study
+
+    journal = Path(study_dir) / OPTUNA_FILE
+    if not journal.is_file():
+        return {}
+    trials = open_study(str(journal), name).trials
+    return {t.user_attrs["tune_trial_id"]: t.number for t in trials if "tune_trial_id" in t.user_attrs}

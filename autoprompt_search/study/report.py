@@ -16,16 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..errors import ConfigError
 from ..metrics import COLLAPSED
 from ..staging import staged_directory
 from .budget import refused_draws
 from .options import OPTUNA_FILE, Objective, StudyOptions, open_study
-from .ranking import SELECTABLE, objective_value, pareto_front, searched_rows, stopped_note
+from .ranking import SELECTABLE, best_row, objective_value, pareto_front, searched_rows, stopped_note
 from .records import study_rows
 
 REPORT_DIR = "report"
 PAGE = "index.html"
+RELIABLE_IMPORTANCES = 20  # completed trials below which importances are mostly noise
 
 
 @dataclass
@@ -63,14 +66,10 @@ def history(rows: list[dict[str, Any]], objective: Objective) -> list[HistoryPoi
 
 
 def prompted_layers(row: dict[str, Any]) -> list[int] | None:
-    """The layers a trial prompts (its layer set, or the generator's insertion layer); None for
-    methods without one (probe, dp)."""
+    """The layers a trial puts prompts at (its layer set); None for methods without one: probe, dp,
+    and LPT, whose one insertion layer is where a generated prompt enters, not a set of prompted layers."""
     method = json.loads(row["config"])["method"]
-    if "layers" in method:
-        return list(method["layers"])
-    if "layer" in method:
-        return [int(method["layer"])]
-    return None
+    return list(method["layers"]) if "layers" in method else None
 
 
 def layer_effects(rows: list[dict[str, Any]], objective: Objective, num_layers: int) -> list[dict[str, Any]]:
@@ -143,6 +142,8 @@ def importances(study_dir: Path, options: StudyOptions) -> tuple[dict[str, float
         f"PED-ANOVA (optuna.importance) over the {len(done)} completed Optuna trials (finalists' medians "
         "included; warm-start trials and trials ASHA stopped early are not)"
     )
+    if len(done) < RELIABLE_IMPORTANCES:
+        note += f"; NOT RELIABLE: fewer than {RELIABLE_IMPORTANCES} trials, read them as a rough hint at most"
     return dict(values), note
 
 
@@ -257,6 +258,7 @@ def _layer_grid(rows: list[dict[str, Any]], objective: Objective, num_layers: in
 
 
 def report_data(study_dir: Path) -> dict[str, Any]:
+    from ..backbones import backbone_info
     from ..runs import num_layers_of
 
     options = StudyOptions.load(study_dir)
@@ -276,6 +278,8 @@ def report_data(study_dir: Path) -> dict[str, Any]:
         "finalists": finalist_spread(rows, objective),
         "importances": values,
         "importance_note": note,
+        "best": best_row(rows, objectives),
+        "model_params": backbone_info(options.experiment.get("model", "minilm-l6")).num_params,
         "budget_note": budget_note(study_dir, options),
         "stopped_note": stopped_note(rows, options),
         "pareto": [],
@@ -325,18 +329,18 @@ def _html(data: dict[str, Any], figures: list[tuple[str, str]]) -> str:
     counts: dict[str, int] = {}
     for r in searched_rows(rows):
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    best = data["history"][-1] if data["history"] else None
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>Study {html.escape(options.name)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-        "img{max-width:100%}figure{margin:1.5em 0}</style></head><body>",
+        "th{cursor:pointer;background:#f3f3f3}img{max-width:100%}figure{margin:1.5em 0}"
+        ".best{background:#eef6ee;border:1px solid #9c9;padding:.6em 1em}</style></head><body>",
         f"<h1>Study {html.escape(options.name)}</h1>",
+        _headline(data),
         f"<p>Objectives: {html.escape(', '.join(options.objectives))}. Searched trials: "
         + html.escape(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet")
-        + (f". Best searched trial {html.escape(best.best_trial)}: {best.best:.4f}." if best else ".")
-        + " The page shows what the study had written when it was made.</p>",
+        + ". The page shows what the study had written when it was made.</p>",
     ]
     if data["budget_note"]:
         parts.append(f"<p>{html.escape(data['budget_note'])}</p>")
@@ -368,5 +372,76 @@ def _html(data: dict[str, Any], figures: list[tuple[str, str]]) -> str:
     if data["stopped_note"]:
         parts.append(f"<p>{html.escape(data['stopped_note'])}.</p>")
     parts.append(_table(["trial", "method", "steps", objective.metric], early) if early else "<p>None.</p>")
-    parts.append("</body></html>\n")
+    parts.append("<h2>Every run (click a heading to sort)</h2>" + _trials_table(data))
+    parts.append(SORTABLE + "</body></html>\n")
     return "\n".join(parts)
+
+
+def _headline(data: dict[str, Any]) -> str:
+    """The study's answer: its best configuration (the finalists' median once they ran, else the
+    best searched trial's single run), its range over seeds, its test score, its whole configuration."""
+    best: dict[str, Any] | None = data["best"]
+    objective: Objective = data["objectives"][0]
+    if best is None:
+        return "<p class='best'>No trial has a usable score yet.</p>"
+    metric = objective.metric
+    value = _fmt(objective_value(best, metric))
+    if best.get("finalist_of"):
+        spread = f"[{_fmt(best.get(f'{metric}_min'))}-{_fmt(best.get(f'{metric}_max'))}]"
+        score = (
+            f"median {metric} {value} {spread} over {best['scored']} of {best['seeds']} fresh seeds; "
+            f"test median {_fmt(best.get('test_median'))}"
+        )
+        source = best["finalist_of"]
+    else:
+        score = f"{metric} {value} from one run (no finalists: not checked over seeds); test not scored"
+        source = best["trial_id"]
+    config = next(r for r in data["rows"] if r["trial_id"] == source)["config"]
+    share = _share(best.get("trainable_params"), data["model_params"])
+    return (
+        f"<div class='best'><b>Best configuration</b> (trial {html.escape(source)}): {html.escape(score)}; "
+        f"{html.escape(share)} trainable.<pre>{html.escape(yaml.safe_dump(json.loads(config), sort_keys=False))}"
+        "</pre></div>"
+    )
+
+
+def _share(params: int | None, model_params: int | None) -> str:
+    if not params:
+        return "-"
+    if not model_params:
+        return f"{params:,}"
+    return f"{params:,} ({100 * params / model_params:.2f}% of the model)"
+
+
+def _trials_table(data: dict[str, Any]) -> str:
+    """Every run: its configuration, status, scores, trainable share and compute."""
+    metric = data["objectives"][0].metric
+    body = []
+    for r in sorted(data["rows"], key=lambda r: r["number"]):
+        sampled = json.loads(r["config"])
+        config = "; ".join(
+            f"{section}: " + ", ".join(f"{k}={v}" for k, v in sampled[section].items())
+            for section in ("method", "train", "head")
+            if sampled.get(section)
+        )
+        body.append([
+            r["number"], r["trial_id"], r.get("finalist_of") or "", r["seed"] if r["seed"] is not None else "",
+            r["status"], _fmt(objective_value(r, metric)), _fmt(r.get("test_score")),
+            _share(r.get("trainable_params"), data["model_params"]), r.get("last_step") or 0,
+            f"{r['worker_seconds']:.0f}" if r.get("worker_seconds") else "-", config,
+        ])  # fmt: skip
+    header = ["#", "trial", "finalist of", "seed", "status", metric, "test", "trainable", "steps", "worker s",
+              "configuration"]  # fmt: skip
+    return _table(header, body).replace("<table>", "<table class='sortable'>", 1)
+
+
+# Sorts a table.sortable by the clicked column (numbers numerically): no library, no network.
+SORTABLE = """<script>
+document.querySelectorAll('table.sortable th').forEach((th, i) => th.addEventListener('click', () => {
+  const table = th.closest('table'), rows = [...table.rows].slice(1), up = th.dataset.up !== '1';
+  const key = r => { const t = r.cells[i].textContent, n = parseFloat(t.replace(/,/g, ''));
+    return isNaN(n) ? t : n; };
+  rows.sort((a, b) => { const x = key(a), y = key(b); return (x > y ? 1 : x < y ? -1 : 0) * (up ? 1 : -1); });
+  th.dataset.up = up ? '1' : '0'; rows.forEach(r => table.tBodies[0].appendChild(r));
+}));
+</script>"""

@@ -169,6 +169,13 @@ def build_searcher(options: StudyOptions, checked: CheckedStudy, study_dir: Path
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objectives = options.parsed_objectives
     sampler = make_sampler(options)
+    # Created here first so that optuna-dashboard names the objectives instead of "Objective 0".
+    directions = ["maximize" if o.mode == "max" else "minimize" for o in objectives]
+    with warnings.catch_warnings():  # set_metric_names is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        open_study(str(study_dir / OPTUNA_FILE), options.name, directions=directions).set_metric_names(
+            [o.metric for o in objectives]
+        )
     if options.enqueue or options.warm_start:
         seed_study(options, checked.sampler, checked.warm_trials, study_dir)
     if options.fuse > 1:
