@@ -8,6 +8,7 @@ if the work fails.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -33,6 +34,7 @@ def staged_directory(out: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out.parent))
     try:
         yield staging
+        readable_by_group(staging)
         aside = _aside(out) if out.exists() else None
         if aside is not None:
             out.rename(aside)
@@ -47,6 +49,16 @@ def staged_directory(out: Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def readable_by_group(root: Path) -> None:
+    """Give a staged tree the modes a plain mkdir and open would (0755/0644 under a 022 umask):
+    mkdtemp makes 0700 and some writers 0600, which hid exports from the user's group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for path in root.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 @contextmanager

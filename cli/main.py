@@ -12,10 +12,31 @@ import typer
 from autoprompt_search.errors import ConfigError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Search where and how to prompt-tune a frozen transformer."
+    add_completion=False,
+    no_args_is_help=True,
+    help="Search where and how to prompt-tune a frozen transformer.",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 Opt = typer.Option
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"autoprompt-search {version('autoprompt-search')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, Opt("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Search where and how to prompt-tune a frozen transformer."""
+    quiet_libraries()
 
 
 def fail(exc: Exception) -> NoReturn:
@@ -421,7 +442,7 @@ def compare(
     name: Annotated[str, Opt(help="results/compare/<name>")] = "compare",
     space: Annotated[str, Opt(help="discrete search space: shipped name (all, layers, lpt, learned) or YAML")] = "all",
     search_trials: Annotated[int, Opt(help="discrete-search trials; also sets SPT-DARTS' matched budget")] = 4,
-    seeds: Annotated[str, Opt(help="comma-separated seeds of the final runs (>= 3 for medians)")] = "1,2,3",
+    seeds: Annotated[int, Opt(help="seeds per arm's final runs: 1..N (>= 3 for medians), as search's --seeds")] = 3,
     arms: Annotated[
         Optional[list[str]],
         Opt(
@@ -462,10 +483,7 @@ def compare(
     from autoprompt_search.runs import TrainOptions
     from autoprompt_search.study.cluster import RaySettings
 
-    try:
-        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
-    except ValueError:
-        fail(ConfigError(f"--seeds: {seeds!r} is not a comma-separated list of integers; e.g. 1,2,3"))
+    seed_list = tuple(range(1, seeds + 1))  # a count, as `search --seeds`
     base = TrainOptions(
         config_file=config, model=model, task=task, source=source, data_dir=data_dir, max_length=max_length,
         max_train=max_train, steps=steps, batch_size=batch_size, eval_every=eval_every, device=device,
@@ -579,11 +597,6 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-
-
-@app.callback()
-def _setup() -> None:
-    quiet_libraries()
 
 
 def main() -> None:

@@ -223,3 +223,11 @@ def test_a_collapsed_run_is_saved_with_a_warning(tiny_model_dir: str, tiny_sst_d
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.split("saved to")[0])["collapsed"] is True
     assert "warning: collapsed: every evaluation predicted a single class" in res.stderr
+
+
+def test_version_and_short_help() -> None:
+    from importlib.metadata import version
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"autoprompt-search {version('autoprompt-search')}"
+    assert runner.invoke(app, ["train", "-h"]).exit_code == 0

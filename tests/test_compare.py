@@ -122,7 +122,7 @@ def test_compare_cli_bad_input_exits_2_and_writes_nothing(
     base = ["compare", "--model", tiny_model_dir, "--task", "sst2", "--data-dir", tiny_sst_dir,
             "--results-dir", str(tmp_path)]  # fmt: skip
     for extra, message in (
-        (["--seeds", "1,x"], "--seeds"),
+        (["--seeds", "0"], "--seeds: give at least one seed"),
         (["--arm", "lora"], "--arm: 'lora' unknown"),
         (["--spt-option", "gate=hard"], "method.gate"),
         (["--spt-option", "layers=[1, 9]"], "layer 9 out of range"),

@@ -137,3 +137,19 @@ def test_train_output_under_a_regular_file_is_one_line(tiny_model_dir: str, tiny
     )  # fmt: skip
     assert res.exit_code == 2
     assert res.stderr.strip().count("\n") == 0 and "notes.txt' is a file, not a directory" in res.stderr
+
+
+def test_a_staged_directory_is_readable_by_the_group(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with staged_directory(tmp_path / "export") as staging:
+            (staging / "run").mkdir()
+            weights = staging / "run" / "prompt.safetensors"
+            weights.write_bytes(b"w")
+            weights.chmod(0o600)  # as some writers leave their files
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "export", *(tmp_path / "export").rglob("*")]}
+    assert modes == {"export": 0o755, "run": 0o755, "prompt.safetensors": 0o644}
