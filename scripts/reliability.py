@@ -121,10 +121,21 @@ def main() -> None:
 
 
 def bad_input_section() -> str:
-    bad = subprocess.run(
-        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "tests/test_bad_input.py"],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    """Run the bad-input cases; each case's exit code and stderr line come back through the file the
+    test appends to when BAD_INPUT_LOG is set (tests/test_bad_input.py)."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "cases.jsonl"
+        bad = subprocess.run(
+            [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "tests/test_bad_input.py"],
+            cwd=REPO, capture_output=True, text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), "BAD_INPUT_LOG": str(log)},
+        )  # fmt: skip
+        seen = {}
+        if log.is_file():
+            seen = {c["case"]: c for c in map(json.loads, log.read_text(encoding="utf-8").splitlines())}
     cases = re.findall(
         r"test_bad_input_is_one_line_exit_2_and_writes_nothing\[(.*?)\] (PASSED|FAILED|SKIPPED)", bad.stdout
     )
@@ -134,12 +145,17 @@ def bad_input_section() -> str:
         "",
         "Each case runs the CLI on a sandbox and asserts exit code 2, exactly one stderr line naming the "
         "problem and the fix, and a byte-identical sandbox afterwards (nothing written). "
-        "Reproduce: `python -m pytest tests/test_bad_input.py -v`.",
+        "Reproduce: `python -m pytest tests/test_bad_input.py -v` (this table: "
+        "`python scripts/reliability.py --bad-input-only`).",
         "",
-        *[f"- {name}: {status}" for name, status in cases],
-        "",
+        "| case | result | exit | the line (sandbox paths shortened to ...) |",
+        "|---|---|---|---|",
     ]
-    return "\n".join(lines)
+    for name, status in cases:
+        case = seen.get(name, {})
+        line = str(case.get("line", "")).replace("|", "\\|")
+        lines.append(f"| {name} | {status} | {case.get('exit', '')} | {line} |")
+    return "\n".join([*lines, ""])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ sandbox must be byte-for-byte unchanged afterwards (no half-made study, run or e
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,10 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str | tuple[str, ...]]] =
      "methods.deep.length: -5 is out of bounds (must be > 0, got -5)"),
     ("train: --config is a directory", lambda b: [*b.train(), "--config", b.path("alien")],
      "is a directory; give a YAML or JSON file"),
+    ("train: --output under a regular file", lambda b: b.train("--output", b.path("space.yaml") + "/run"),
+     "space.yaml' is a file, not a directory; choose another --output"),
+    ("study: --overwrite with data that fails its check keeps the old study",
+     lambda b: b.search("--name", "all_failed", "--overwrite", data=b.path("wrong_labels")), "label"),
     ("study: a name over 64 characters", lambda b: b.search("--name", "x" * 300),
      "has 300 characters; use 64 at most"),
     # resume, status, export
@@ -267,6 +272,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     before = snapshot(sandbox.root)
     res = runner.invoke(app, args(sandbox))
     lines = res.stderr.strip().splitlines()
+    if os.environ.get("BAD_INPUT_LOG"):  # scripts/reliability.py tabulates each case's line
+        shown = res.stderr.strip().replace(str(sandbox.root), "...")
+        with open(os.environ["BAD_INPUT_LOG"], "a", encoding="utf-8") as log:
+            log.write(json.dumps({"case": name, "exit": res.exit_code, "line": shown}) + "\n")
     assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
     parts = (message,) if isinstance(message, str) else message
     assert len(lines) == 1 and lines[0].startswith("error: ") and all(p in lines[0] for p in parts), res.stderr
