@@ -202,6 +202,10 @@ def search(
     budget: Annotated[
         str, Opt(help="the search's compute instead of a trial count: 4runs (x --steps) or 20000steps")
     ] = "",
+    portfolio: Annotated[
+        bool,
+        Opt("--portfolio/--no-portfolio", help="try configurations learnt on other tasks first (never this task's)"),
+    ] = True,
     max_concurrent: Annotated[int, Opt(help="Train jobs running at once (each a trial, or a fused group)")] = 2,
     fuse: Annotated[
         int, Opt(help="trials trained together in one Train job over one backbone (1 = one trial per job)")
@@ -305,7 +309,7 @@ def search(
                 space, name=name, results_dir=results_dir, overwrite=overwrite, search_seed=search_seed, **connect,
                 # the study's knobs
                 num_samples=num_samples if num_samples is not None or budget else 6, budget=budget,
-                max_concurrent=max_concurrent, fuse=fuse,
+                portfolio=portfolio, max_concurrent=max_concurrent, fuse=fuse,
                 objectives=objective or ["dev_score:max"], finalists=finalists, seeds=seeds, sampler=sampler,
                 startup_trials=startup_trials, enqueue=enqueue or [], warm_start=warm_start,
                 max_trainable=max_trainable,

@@ -109,6 +109,7 @@ class StudyOptions:
     warm_start: str = ""  # a finished study whose completed trials the sampler learns from first
     max_trainable: str = ""  # trainable-parameter budget: a count ("150000") or a share of the model ("0.5%")
     budget: str = ""  # the search's compute in training steps: "4runs" (x the base steps) or "20000steps"
+    portfolio: bool = True  # enqueue configurations learnt on other tasks first (study/portfolio.py)
 
     def __post_init__(self) -> None:
         self.experiment = absolute_paths(self.experiment)  # Ray workers run in other directories
@@ -239,7 +240,7 @@ STUDY_FLAGS = {
     "scheduler": "scheduler",
     "grace_period": "grace_period", "cpus_per_worker": "cpus_per_worker", "gpus_per_worker": "gpus_per_worker",
     "workers_per_trial": "workers_per_trial", "max_failures": "max_failures", "search_seed": "seed",
-    "max_trainable": "max_trainable", "budget": "budget",
+    "max_trainable": "max_trainable", "budget": "budget", "portfolio": "portfolio",
 }  # fmt: skip
 EXPERIMENT_FLAGS = {
     "model": ("model",), "task": ("data", "task"), "source": ("data", "source"), "data_dir": ("data", "data_dir"),

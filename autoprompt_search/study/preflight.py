@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..search_space import SearchSpace, SpaceSampler
 from .budget import ParamBudget, check_budget, param_budget
 from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, open_study
+from .portfolio import portfolio_for
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class CheckedStudy:
     sampler: SpaceSampler  # the space over this model's layers
     budget: ParamBudget | None  # --max-trainable resolved against the model
     warm_trials: list[Any]  # the --warm-start study's completed Optuna trials (none without one)
+    portfolio: list[dict[str, Any]]  # configurations learnt on other tasks, enqueued after --enqueue's
 
 
 def check_study(options: StudyOptions) -> CheckedStudy:
@@ -49,7 +51,10 @@ def check_study(options: StudyOptions) -> CheckedStudy:
     budget = param_budget(options, len(data.task.labels))
     if budget is not None:
         check_budget(budget, sampler, options.enqueue, options.seed)
-    return CheckedStudy(base, sampler, budget, warm_trials)
+    portfolio = portfolio_for(data.task.name, sampler) if options.portfolio else []
+    if budget is not None:  # a portfolio entry over the parameter budget is not tried
+        portfolio = [c for c in portfolio if budget.count(c) <= budget.limit]
+    return CheckedStudy(base, sampler, budget, warm_trials, portfolio)
 
 
 def warm_start_trials(options: StudyOptions) -> list[Any]:

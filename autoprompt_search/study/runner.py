@@ -29,7 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ..config import ExperimentConfig
 from ..dataclass_io import to_dict
 from ..errors import ConfigError
-from ..search_space import SpaceSampler, sampled_of
+from ..search_space import sampled_of
 from ..staging import replacing_directory
 from .budget import MAX_DRAWS, ParamBudget
 from .cluster import RaySettings, check_before_connecting, check_resources, connect, shutdown
@@ -176,8 +176,8 @@ def build_searcher(options: StudyOptions, checked: CheckedStudy, study_dir: Path
         open_study(str(study_dir / OPTUNA_FILE), options.name, directions=directions).set_metric_names(
             [o.metric for o in objectives]
         )
-    if options.enqueue or options.warm_start:
-        seed_study(options, checked.sampler, checked.warm_trials, study_dir)
+    if options.enqueue or options.warm_start or checked.portfolio:
+        seed_study(options, checked, study_dir)
     if options.fuse > 1:
         from .group_search import GroupSearcher
 
@@ -210,17 +210,20 @@ def build_searcher(options: StudyOptions, checked: CheckedStudy, study_dir: Path
     return ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
 
 
-def seed_study(options: StudyOptions, space: SpaceSampler, warm_trials: list[Any], study_dir: Path) -> None:
-    """Before the search: the `--enqueue`d configurations queued first, and the `--warm-start`
-    study's completed trials added as history the sampler learns from (not run again)."""
+def seed_study(options: StudyOptions, checked: CheckedStudy, study_dir: Path) -> None:
+    """Before the search: the `--enqueue`d configurations queued first, then the portfolio's
+    (configurations learnt on other tasks), and the `--warm-start` study's completed trials added
+    as history the sampler learns from (not run again)."""
     import optuna
 
     directions = ["maximize" if o.mode == "max" else "minimize" for o in options.parsed_objectives]
     study = open_study(str(study_dir / OPTUNA_FILE), options.name, directions=directions)
     for config in options.enqueue:
-        study.enqueue_trial(space.params_of(config))
+        study.enqueue_trial(checked.sampler.params_of(config))
+    for config in checked.portfolio:
+        study.enqueue_trial(checked.sampler.params_of(config, "portfolio"), user_attrs={"portfolio": True})
     source = Path(options.warm_start).name if options.warm_start else ""
-    for trial in warm_trials:
+    for trial in checked.warm_trials:
         study.add_trial(
             optuna.trial.create_trial(
                 params=trial.params, distributions=trial.distributions, values=trial.values,
