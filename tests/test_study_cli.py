@@ -155,6 +155,10 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    # The finalists phase says each run as it ends, like the search's trials.
+    said = [line for line in done.stderr.splitlines() if " finalist of " in line]
+    assert [line.split("]")[0] for line in said] == ["[1/4", "[2/4", "[3/4", "[4/4"], done.stderr[-3000:]
+    assert "finalists: 4 runs (2 best configurations x 2 fresh seeds at most)" in done.stderr
     from autoprompt_search.study.options import Objective
     from autoprompt_search.study.ranking import summarize
     from autoprompt_search.study.records import read_trials

@@ -15,12 +15,13 @@ study's Optuna as one more completed trial with its parameters (`tell_optuna`).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..search_space import experiment_for
 from .options import OPTUNA_FILE, StudyOptions, open_study
-from .progress import ProgressBar
+from .progress import FinalistProgress, ProgressBar
 from .ranking import choose_finalists, finalist_groups
 from .records import TrialRecorder, read_trials
 from .trainable import trainable_for
@@ -76,6 +77,13 @@ def run_finalists(options: StudyOptions, study_dir: Path) -> bool:
         return True  # no trial of the search ended with a score: nothing to retrain
     experiment = study_dir / FINALISTS_TUNE_DIR
     objective = options.parsed_objectives[0]
+    runs = sum(len(g) for g in groups)
+    print(
+        f"finalists: {runs} runs ({options.finalists} best configurations x {options.seeds} fresh seeds at most) "
+        f"in {len(groups)} Train job(s), {options.max_concurrent} at a time",
+        file=sys.stderr,
+        flush=True,
+    )
     if tune.Tuner.can_restore(str(experiment)):
         # The finalists were chosen when this phase first started; a resume keeps them.
         grid = tune.Tuner.restore(
@@ -101,6 +109,7 @@ def run_finalists(options: StudyOptions, study_dir: Path) -> bool:
             callbacks=[
                 TrialRecorder(str(study_dir), devices_per_trial(options)),
                 ProgressBar(len(groups), objective.metric, objective.mode),
+                FinalistProgress(sum(len(g) for g in groups)),
             ],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),

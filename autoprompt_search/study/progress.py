@@ -85,3 +85,28 @@ class ProgressBar(Callback):
             self._bar.update(self._task, completed=done, description=text)
             self._bar.stop()
             self._bar = None
+
+
+class FinalistProgress(Callback):
+    """One line per finalist run as it ends: `[k/n] finalist of <trial> seed <s> · dev <x> · test <y>`
+    (the finalists train as fused groups, so a group's Tune trial ends only with its last member)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if not result.get("member_final"):
+            return
+        self.done += 1
+        member = trial.config["members"][int(result["member"])]
+        dev, test = result.get("dev_score"), result.get("test_score")
+        scores = " · ".join(
+            f"{name} {value:.4f}" for name, value in (("dev", dev), ("test", test)) if isinstance(value, float)
+        )
+        status = result.get("member_status", "")
+        print(
+            f"[{self.done}/{self.total}] finalist of {member.get('finalist_of')} seed {member['train'].get('seed')}"
+            f" {status} · {scores or 'no score'}",
+            file=sys.stderr,
+            flush=True,
+        )
