@@ -90,6 +90,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     from autoprompt_search.trainer import train
     from autoprompt_search.workspace import build_model, prepare_workspace
 
+    code = code_version()  # the code that starts the run (the checkout may change while it runs)
     torch.set_num_threads(args.threads)
     backbone = load_backbone(args.model)
     method, overrides = our_arms(backbone.num_layers)[args.one]
@@ -142,7 +143,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         "train_seconds": m["train_seconds"],
         "ms_per_step": 1000 * m["train_seconds"] / steps,
         "config": cfg.to_dict(),
-        "code": code_version(),
+        "code": code,
     }
 
 
@@ -177,6 +178,7 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from autoprompt_search.backbones import load_backbone
 
+    code = code_version()  # when the study starts
     started = time.perf_counter()
     arm = study_arm(args.study_search_seed, args.study_max_trainable, args.study_grace_period)
     name = f"{args.task}-{args.model}-{args.steps}-{arm}"
@@ -241,7 +243,7 @@ def run_study(args: argparse.Namespace) -> list[dict[str, Any]]:
             "ms_per_step": 1000 * (r["worker_seconds"] or 0.0) / max(1, r["last_step"] or 1),
             "config": json.loads(r["config"]),
             "study": study,
-            "code": code_version(),
+            "code": code,
         }
         for r in runs[best]
     ]

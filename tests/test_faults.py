@@ -133,25 +133,33 @@ def test_a_killed_fused_worker_resumes_its_spt_darts_members_without_searching_a
 def test_trials_that_raise_or_run_out_of_memory_fail_alone_and_the_study_goes_on(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
-    # An LPT generator bottleneck of 0 is rejected when the worker builds the configuration; one
-    # of 2e9 asks the allocator for 256 GB (a real out-of-memory error). Those trials end ERROR
-    # with the reason, are not retried, Optuna hears FAIL; the bottleneck-8 trials finish.
+    # An LPT prompt of 120 vectors does not fit the tiny model's 128 positions beside 32 tokens: the
+    # worker refuses it when it builds the configuration (the space check sees values, not the
+    # model's positions). A bottleneck of 2e9 asks the allocator for 256 GB (a real out-of-memory
+    # error). Those trials end ERROR with the reason, are not retried, Optuna hears FAIL; the
+    # others finish. Enqueued, so every case runs whatever the sampler draws.
     huge = 2_000_000_000
     space = {
-        "methods": {"late": {"layer": 1, "length": 2, "bottleneck": {"type": "categorical", "choices": [0, 8, huge]}}},
+        "methods": {"late": {"layer": 1, "length": {"type": "categorical", "choices": [2, 120]},
+                             "bottleneck": {"type": "categorical", "choices": [8, huge]}}},
         "train": {"lr": 0.05},
-    }
-    opts = options(tiny_model_dir, tiny_sst_dir, name="r", space=space, num_samples=4, sampler="random", seed=4)
+    }  # fmt: skip
+    enqueue = [{"method": {"name": "late", "layer": 1, "length": n, "bottleneck": b}} for n, b in
+               ((2, 8), (120, 8), (2, huge), (2, 8))]  # fmt: skip
+    opts = options(tiny_model_dir, tiny_sst_dir, name="r", space=space, num_samples=4, sampler="random", seed=4,
+                   enqueue=enqueue, portfolio=False)  # fmt: skip
     run = run_study(opts, tmp_path)
-    by_bottleneck: dict[int, list[dict[str, Any]]] = {}
+    by_case: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for row in run.rows:
-        by_bottleneck.setdefault(json.loads(row["config"])["method"]["bottleneck"], []).append(row)
-    assert sorted(by_bottleneck) == [0, 8, huge], run.rows  # the seed draws every choice
+        method = json.loads(row["config"])["method"]
+        by_case.setdefault((method["length"], method["bottleneck"]), []).append(row)
+    assert sorted(by_case) == [(2, 8), (2, huge), (120, 8)], run.rows
     # the good trials train to the end (a tiny one may predict one class: COLLAPSED, failed for Optuna)
-    assert {r["status"] for r in by_bottleneck[8]} <= {"TERMINATED", "COLLAPSED"}
-    assert all(r["status"] == "ERROR" and "bottleneck: must be > 0" in r["error"] for r in by_bottleneck[0])
-    assert all(r["status"] == "ERROR" and "out of memory" in r["error"] for r in by_bottleneck[huge])
-    for row in by_bottleneck[0] + by_bottleneck[huge]:  # failed once, not restarted by FailureConfig
+    assert {r["status"] for r in by_case[(2, 8)]} <= {"TERMINATED", "COLLAPSED"}
+    assert all(r["status"] == "ERROR" and "exceeds the model's 128 positions" in r["error"] for r in by_case[(120, 8)])
+    assert all(r["status"] == "ERROR" and "out of memory" in r["error"] for r in by_case[(2, huge)])
+    refused = by_case[(120, 8)] + by_case[(2, huge)]
+    for row in refused:  # failed once, not restarted by FailureConfig
         assert len(list((tmp_path / "r" / "train" / row["trial_id"]).glob("checkpoint_*"))) == 0
     import optuna
     from optuna.storages import JournalStorage
@@ -159,7 +167,7 @@ def test_trials_that_raise_or_run_out_of_memory_fail_alone_and_the_study_goes_on
 
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "r" / "optuna.journal")))
     states = sorted(t.state.name for t in optuna.load_study(study_name="r", storage=storage).trials)
-    failed = len(by_bottleneck[0]) + len(by_bottleneck[huge]) + sum(r["status"] == "COLLAPSED" for r in run.rows)
+    failed = len(refused) + sum(r["status"] == "COLLAPSED" for r in run.rows)
     assert states.count("FAIL") == failed and states.count("COMPLETE") == 4 - failed
 
 

@@ -80,18 +80,21 @@ def export_study(
 
 
 def _summary(row: dict[str, Any], objectives: list[Objective]) -> dict[str, Any]:
+    """What exported.json says of one exported run. `dev_score` is that run's own best dev score in
+    every file (as in its config.json); a finalist's medians over its seeds are `<metric>_median`."""
     summary = {
         "trial_id": row["trial_id"],
         "status": row["status"],
         **{o.metric: objective_value(row, o.metric) for o in objectives},
         "trainable_params": row["trainable_params"],
     }
-    if row.get("finalist_of"):  # objectives above are medians over the seeds
+    if row.get("finalist_of"):
         summary.update(
+            {f"{o.metric}_median": objective_value(row, o.metric) for o in objectives},
+            dev_score=row["checkpoint_dev_score"],  # the exported seed's own
             finalist_of=row["finalist_of"],
             seeds=row["seeds"],
             seed=row.get("seed"),
-            checkpoint_dev_score=row["checkpoint_dev_score"],
             **{f"{o.metric}_{end}": row[f"{o.metric}_{end}"] for o in objectives for end in ("min", "max")},
             test_median=row["test_median"],
         )
