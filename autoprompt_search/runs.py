@@ -263,8 +263,13 @@ def label_texts(run_dir: str, texts: list[str] | list[tuple[str, str]], device: 
     predictor = load(run_dir, device=device)
     out = []
     for text, probs in zip(texts, predictor.probabilities(texts), strict=True):
-        out.append({"text": text, "label": max(probs, key=probs.__getitem__), "probabilities": probs})
+        out.append({"text": text, "label": top_label(probs), "probabilities": probs})
     return out
+
+
+def top_label(probabilities: dict[str, float]) -> str:
+    """The most probable label (the first of a tie, as argmax)."""
+    return max(probabilities, key=probabilities.__getitem__)
 
 
 def evaluation_lines(cfg: ExperimentConfig, progress: Callable[[str], None]) -> trainer.OnEval:
@@ -303,7 +308,7 @@ class Predictor:
 
     def predict(self, texts: str | Sequence[str] | Sequence[tuple[str, str]]) -> list[str]:
         """The predicted label of each text (or text pair, for pair tasks); a string is one text."""
-        return [max(p, key=p.__getitem__) for p in self.probabilities(texts)]
+        return [top_label(p) for p in self.probabilities(texts)]
 
     def probabilities(self, texts: str | Sequence[str] | Sequence[tuple[str, str]]) -> list[dict[str, float]]:
         """Each text's class probabilities, label -> probability; a string is one text."""

@@ -109,7 +109,7 @@ def run_finalists(options: StudyOptions, study_dir: Path) -> bool:
             callbacks=[
                 TrialRecorder(str(study_dir), devices_per_trial(options)),
                 ProgressBar(len(groups), objective.metric, objective.mode),
-                FinalistProgress(sum(len(g) for g in groups)),
+                FinalistProgress(runs),
             ],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),

@@ -139,7 +139,9 @@ class StudyOptions:
         parse_budget(self.max_trainable)  # a malformed budget fails here
         if self.budget:
             require(self.fuse == 1, "study.budget: not available with --fuse yet; drop one of them")
-            self.budget_steps  # noqa: B018  (a malformed step budget fails here)
+            from .step_budget import parse_step_budget
+
+            parse_step_budget(self.budget, self.steps_per_run)  # a malformed step budget fails here
         objectives = [Objective.parse(o) for o in self.objectives]
         require(bool(objectives), "study.objectives: give at least one, e.g. dev_score:max")
         metrics = [o.metric for o in objectives]

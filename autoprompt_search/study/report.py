@@ -259,13 +259,13 @@ def _layer_grid(rows: list[dict[str, Any]], objective: Objective, num_layers: in
 
 def report_data(study_dir: Path) -> dict[str, Any]:
     from ..backbones import backbone_info
-    from ..runs import num_layers_of
 
     options = StudyOptions.load(study_dir)
     rows = study_rows(study_dir)
     objectives = options.parsed_objectives
     objective = objectives[0]
-    num_layers = num_layers_of(options.experiment.get("model", "minilm-l6"))
+    info = backbone_info(options.experiment.get("model", "minilm-l6"))  # no weights loaded
+    num_layers = info.num_layers
     values, note = importances(study_dir, options)
     data: dict[str, Any] = {
         "options": options,
@@ -279,7 +279,7 @@ def report_data(study_dir: Path) -> dict[str, Any]:
         "importances": values,
         "importance_note": note,
         "best": best_row(rows, objectives),
-        "model_params": backbone_info(options.experiment.get("model", "minilm-l6")).num_params,
+        "model_params": info.num_params,
         "budget_note": budget_note(study_dir, options),
         "stopped_note": stopped_note(rows, options),
         "pareto": [],

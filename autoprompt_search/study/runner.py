@@ -171,13 +171,11 @@ def build_searcher(options: StudyOptions, checked: CheckedStudy, study_dir: Path
     sampler = make_sampler(options)
     # Created here first so that optuna-dashboard names the objectives instead of "Objective 0".
     directions = ["maximize" if o.mode == "max" else "minimize" for o in objectives]
+    study = open_study(str(study_dir / OPTUNA_FILE), options.name, directions=directions)
     with warnings.catch_warnings():  # set_metric_names is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        open_study(str(study_dir / OPTUNA_FILE), options.name, directions=directions).set_metric_names(
-            [o.metric for o in objectives]
-        )
-    if options.enqueue or options.warm_start or checked.portfolio:
-        seed_study(options, checked, study_dir)
+        study.set_metric_names([o.metric for o in objectives])
+    seed_study(study, options, checked)
     if options.fuse > 1:
         from .group_search import GroupSearcher
 
@@ -210,14 +208,12 @@ def build_searcher(options: StudyOptions, checked: CheckedStudy, study_dir: Path
     return ConcurrencyLimiter(searcher, max_concurrent=options.max_concurrent)
 
 
-def seed_study(options: StudyOptions, checked: CheckedStudy, study_dir: Path) -> None:
-    """Before the search: the `--enqueue`d configurations queued first, then the portfolio's
-    (configurations learnt on other tasks), and the `--warm-start` study's completed trials added
-    as history the sampler learns from (not run again)."""
+def seed_study(study: Any, options: StudyOptions, checked: CheckedStudy) -> None:
+    """Before the search, in the study's Optuna `study`: the `--enqueue`d configurations queued
+    first, then the portfolio's (configurations learnt on other tasks), and the `--warm-start`
+    study's completed trials added as history the sampler learns from (not run again)."""
     import optuna
 
-    directions = ["maximize" if o.mode == "max" else "minimize" for o in options.parsed_objectives]
-    study = open_study(str(study_dir / OPTUNA_FILE), options.name, directions=directions)
     for config in options.enqueue:
         study.enqueue_trial(checked.sampler.params_of(config))
     for config in checked.portfolio:
