@@ -545,3 +545,8 @@ class BackboneInfo:
             backbone.positions_in_embeddings,
             sum(p.numel() for p in backbone.model.parameters()),
         )
+
+
+def num_layers_of(model: str) -> int:
+    """The model's number of transformer blocks, from its config alone (no weights loaded)."""
+    return int(load_config(resolve_model(model)).num_hidden_layers)

@@ -7,7 +7,7 @@ and the Python API for a single configuration.
     model = load("runs/best")
     model.predict(["How far is the moon?"])   # -> ['NUM']
 
-Keyword arguments are `TrainOptions`' fields (the command line's: model, task, data_dir, steps,
+Keyword arguments are `ExperimentOptions`' fields (the command line's: model, task, data_dir, steps,
 lr, method, layers, ...).
 """
 
@@ -18,176 +18,19 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import trainer
-from .backbones import load_config, resolve_model
 from .checkpoint import predict_run, read_run, save_run
-from .config import ExperimentConfig, load_config_file
+from .config import ExperimentConfig
 from .data import get_task
-from .dataclass_io import to_dict
-from .errors import ConfigError, require
-from .prompts import method_config
+from .errors import ConfigError
+from .experiment_options import ExperimentOptions, experiment_from_options, experiment_options
+from .option_fields import api_signature
 from .staging import refuse_study_dir, staged_directory
 from .trainer import TrainResult
 from .workspace import prepare_workspace, resolve_device
-
-
-@dataclass
-class TrainOptions:
-    """Flat options as a command line gives them; `None` means: keep the config file's value."""
-
-    config_file: str = ""
-    model: str | None = None
-    task: str | None = None
-    source: str | None = None
-    data_dir: str | None = None
-    train_file: str | None = None
-    dev_file: str | None = None
-    test_file: str | None = None
-    columns: list[str] = field(default_factory=list)  # FIELD=COLUMN
-    max_length: int | None = None
-    max_train: int | None = None
-    metric: str | None = None  # the task's score unless given: accuracy | f1 | f1_acc | mcc
-    method: str | None = None
-    layers: str | None = None  # "0,3,5" or "all"
-    length: int | None = None
-    position: str | None = None
-    split: int | None = None
-    reparam: int | None = None
-    form: str | None = None  # deep: hidden | kv
-    layer: int | None = None  # LPT insertion layer
-    generator: str | None = None
-    bottleneck: int | None = None
-    method_options: list[str] = field(default_factory=list)  # KEY=VALUE (YAML value) for any method field
-    head: str | None = None
-    pooling: str | None = None  # classifier input: token | mean | first
-    label_words: str | None = None  # comma-separated
-    steps: int | None = None
-    epochs: float | None = None  # instead of steps: passes over the training set
-    lr: float | None = None
-    weight_decay: float | None = None
-    warmup_ratio: float | None = None
-    batch_size: int | None = None
-    eval_every: int | None = None
-    seed: int | None = None
-    device: str | None = None
-    precision: str | None = None
-    prefix_cache: bool | None = None
-
-
-def train_options(values: dict[str, Any]) -> TrainOptions:
-    """Keyword arguments as TrainOptions; a name that is not an option is a ConfigError."""
-    known = {f.name for f in fields(TrainOptions)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: not an experiment option; use one of {', '.join(sorted(known))}")
-    return TrainOptions(**values)
-
-
-def num_layers_of(model: str) -> int:
-    config = load_config(resolve_model(model))
-    return int(config.num_hidden_layers)
-
-
-def parse_layers(spec: str, model: str) -> tuple[int, ...]:
-    """'all', 'lower-half'/'upper-half', or a comma list of block indices."""
-    spec = spec.strip().lower()
-    if spec in ("all", "lower-half", "upper-half"):
-        n = num_layers_of(model)
-        return {"all": tuple(range(n)), "lower-half": tuple(range(n // 2)), "upper-half": tuple(range(n // 2, n))}[spec]
-    try:
-        return tuple(int(x) for x in spec.split(",") if x.strip())
-    except ValueError as exc:
-        raise ConfigError(f"method.layers: {spec!r} is not a list of integers; use e.g. 0,3,5 or all") from exc
-
-
-def parse_columns(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        require(bool(sep and key and value), f"data.columns: {item!r} is not FIELD=COLUMN; e.g. sentence=text")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def parse_method_options(items: list[str]) -> dict[str, Any]:
-    """`--method-option budget=2 --method-option choose=[position,length]`: YAML-typed values."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        require(bool(sep and key.strip()), f"method: {item!r} is not KEY=VALUE; e.g. --method-option budget=2")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"method.{key.strip()}: {value!r} is not a valid value ({exc})") from exc
-    return out
-
-
-def experiment_from_options(o: TrainOptions) -> ExperimentConfig:
-    """Merge command-line options over a config file (or the embedded default)."""
-    base = load_config_file(o.config_file) if o.config_file else ExperimentConfig()
-    d = base.to_dict()
-    if o.model is not None:
-        d["model"] = o.model
-    data = d["data"]
-    for key in (
-        "task",
-        "source",
-        "data_dir",
-        "train_file",
-        "dev_file",
-        "test_file",
-        "max_length",
-        "max_train",
-        "metric",
-    ):
-        value = getattr(o, key)
-        if value is not None:
-            data[key] = value
-    if o.columns:
-        data["columns"] = parse_columns(o.columns)
-
-    method = d["method"]
-    if o.method is not None and o.method != method["name"]:
-        method = {"name": o.method}  # a different method starts from its own defaults
-    if o.layers is not None:
-        method["layers"] = list(parse_layers(o.layers, d["model"]))
-    for key in ("length", "position", "split", "reparam", "form", "layer", "generator", "bottleneck"):
-        value = getattr(o, key)
-        if value is not None:
-            method[key] = value
-    method.update(parse_method_options(o.method_options))
-    name = method.pop("name")
-    d["method"] = {"name": name, **to_dict(method_config(name, method))}
-
-    if o.head is not None:
-        d["head"]["kind"] = o.head
-    if o.pooling is not None:
-        d["head"]["pooling"] = o.pooling
-    if o.label_words is not None:
-        d["head"]["label_words"] = [w.strip() for w in o.label_words.split(",") if w.strip()]
-    for key in (
-        "steps",
-        "epochs",
-        "lr",
-        "weight_decay",
-        "warmup_ratio",
-        "batch_size",
-        "eval_every",
-        "seed",
-        "device",
-        "precision",
-        "prefix_cache",
-    ):
-        value = getattr(o, key)
-        if value is not None:
-            d["train"][key] = value
-    return ExperimentConfig.from_dict(d)
 
 
 def check_output_dir(output: str | Path, overwrite: bool) -> Path:
@@ -295,9 +138,13 @@ def train(
     progress: Callable[[str], None] | None = None,
     **options: Any,
 ) -> TrainResult:
-    """Train one configuration (the `autoprompt train` options) and save it to `output`;
-    `progress(line)` gets one line per evaluation."""
-    return train_to_directory(experiment_from_options(train_options(options)), output, overwrite, progress)
+    """Train one configuration and save it to `output`; `options` are the `autoprompt train`
+    options (ExperimentOptions' fields: `help(train)` lists them); `progress(line)` gets one line
+    per evaluation."""
+    return train_to_directory(experiment_from_options(experiment_options(options)), output, overwrite, progress)
+
+
+train.__signature__ = api_signature(train, [(ExperimentOptions, "train")])  # type: ignore[attr-defined]
 
 
 class Predictor:

@@ -19,7 +19,7 @@ from typing import Any
 
 from study_overhead import machine
 
-from autoprompt_search.runs import TrainOptions, experiment_from_options
+from autoprompt_search.experiment_options import ExperimentOptions, experiment_from_options
 from autoprompt_search.trainer import train
 from autoprompt_search.workspace import prepare_workspace
 
@@ -43,7 +43,7 @@ def main() -> None:
     ws = None
     for seed in [int(s) for s in args.seeds.split(",")]:
         for cache in (False, True):
-            opts = TrainOptions(
+            opts = ExperimentOptions(
                 model=args.model, task=args.task, data_dir=args.data_dir, max_length=args.max_length,
                 method="late", layer=args.layer, lr=args.lr, steps=args.steps, eval_every=args.eval_every,
                 seed=seed, device="cpu", prefix_cache=cache,

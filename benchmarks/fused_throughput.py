@@ -23,9 +23,9 @@ from typing import Any
 import optuna
 
 from autoprompt_search.backbones import BackboneInfo
+from autoprompt_search.experiment_options import ExperimentOptions, experiment_from_options
 from autoprompt_search.fused import partition
 from autoprompt_search.fused_trainer import train_group
-from autoprompt_search.runs import TrainOptions, experiment_from_options
 from autoprompt_search.search_space import SearchSpace, experiment_for
 from autoprompt_search.study.options import resolve_space
 from autoprompt_search.trainer import train
@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
 
     base = experiment_from_options(
-        TrainOptions(model=args.model, task=args.task, data_dir=args.data_dir, max_length=args.max_length,
+        ExperimentOptions(model=args.model, task=args.task, data_dir=args.data_dir, max_length=args.max_length,
                      steps=args.steps, eval_every=args.steps, device=args.device, prefix_cache=False)
     )  # fmt: skip
     ws = prepare_workspace(base)

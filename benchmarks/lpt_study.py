@@ -24,7 +24,7 @@ from typing import Any
 
 from study_overhead import machine, measure
 
-from autoprompt_search.runs import TrainOptions, experiment_from_options
+from autoprompt_search.experiment_options import ExperimentOptions, experiment_from_options
 from autoprompt_search.study.options import make_options
 from autoprompt_search.study.runner import run_study
 from autoprompt_search.workspace import prepare_workspace
@@ -50,7 +50,7 @@ def main() -> None:
     os.environ["AUTOPROMPT_CACHE"] = str(root)  # passed on to every trial
     results: list[dict[str, Any]] = []
     for variant, cache in VARIANTS.items():
-        base = TrainOptions(
+        base = ExperimentOptions(
             model=args.model, task=args.task, data_dir=args.data_dir, max_length=args.max_length,
             steps=args.steps, eval_every=args.eval_every, prefix_cache=cache,
         )  # fmt: skip

@@ -31,7 +31,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from autoprompt_search.runs import TrainOptions
+from autoprompt_search.experiment_options import ExperimentOptions
 from autoprompt_search.study.cluster import HEALTH_CHECK_ENV, RaySettings
 from autoprompt_search.study.options import make_options
 from autoprompt_search.study.runner import run_study
@@ -102,7 +102,7 @@ def main() -> None:
     for variant in args.variants.split(","):
         settings = VARIANTS[variant]
         os.environ[HEALTH_CHECK_ENV] = settings["poll_s"]
-        base = TrainOptions(model=args.model, task=args.task, data_dir=args.data_dir, steps=args.steps)
+        base = ExperimentOptions(model=args.model, task=args.task, data_dir=args.data_dir, steps=args.steps)
         concurrent = settings.get("max_concurrent", args.max_concurrent)
         options = make_options(
             args.space, base, name=f"bench-{variant}", num_samples=args.num_samples,

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
+from autoprompt_search.compare.arms import CompareOptions
 from autoprompt_search.errors import ConfigError
+from autoprompt_search.experiment_options import ExperimentOptions
+from autoprompt_search.option_fields import declared
+from autoprompt_search.study.cluster import RaySettings
+from autoprompt_search.study.options import StudyOptions
+
+from .declared import declared_options
 
 app = typer.Typer(
     add_completion=False,
@@ -19,6 +27,7 @@ app = typer.Typer(
 )
 
 Opt = typer.Option
+EXPERIMENT_FIELDS = {f.name for f in fields(ExperimentOptions)}
 
 
 def _version(value: bool) -> None:
@@ -45,76 +54,19 @@ def fail(exc: Exception) -> NoReturn:
 
 
 @app.command()
+@declared_options("train", ExperimentOptions)
 def train(
-    config: Annotated[str, Opt("--config", help="YAML/JSON experiment (e.g. one written by `export`)")] = "",
-    model: Annotated[Optional[str], Opt(help="packaged name (minilm-l6), model directory or hub id")] = None,
-    task: Annotated[
-        Optional[str], Opt(help="registered task: sst2, rte, mrpc, cola, qnli, mnli, qqp, trec, superglue-*")
-    ] = None,
-    source: Annotated[Optional[str], Opt(help="auto | files | hub | package")] = None,
-    data_dir: Annotated[Optional[str], Opt(help="folder with train/dev/test .tsv/.csv/.jsonl/.parquet")] = None,
-    train_file: Annotated[Optional[str], Opt()] = None,
-    dev_file: Annotated[Optional[str], Opt()] = None,
-    test_file: Annotated[Optional[str], Opt()] = None,
-    columns: Annotated[Optional[list[str]], Opt("--column", help="FIELD=COLUMN, repeatable")] = None,
-    max_length: Annotated[Optional[int], Opt()] = None,
-    max_train: Annotated[Optional[int], Opt(help="seeded subset of the training set (0 = all)")] = None,
-    metric: Annotated[
-        Optional[str], Opt(help="score to select on: accuracy | f1 | f1_acc | mcc (default: the task's)")
-    ] = None,
-    method: Annotated[
-        Optional[str], Opt(help="probe | deep | late | spt (SPT-DARTS gates) | dp (dynamic prompting)")
-    ] = None,
-    layers: Annotated[Optional[str], Opt(help="deep: block indices '0,3,5', 'all', 'lower-half', 'upper-half'")] = None,
-    length: Annotated[Optional[int], Opt(help="prompt length L")] = None,
-    position: Annotated[Optional[str], Opt(help="deep: prefix | split")] = None,
-    split: Annotated[Optional[int], Opt(help="deep, position=split: P[j:] + input + P[:j]")] = None,
-    reparam: Annotated[Optional[int], Opt(help="deep: MLP reparametrisation width (0 = off)")] = None,
-    form: Annotated[
-        Optional[str], Opt(help="deep: hidden (prompt tokens) | kv (key/value prefixes: P-tuning v2, prefix tuning)")
-    ] = None,
-    layer: Annotated[Optional[int], Opt(help="late: insertion layer k")] = None,
-    generator: Annotated[Optional[str], Opt(help="late: npg | appg | mppg")] = None,
-    bottleneck: Annotated[Optional[int], Opt(help="late: generator bottleneck r")] = None,
-    method_options: Annotated[
-        Optional[list[str]],
-        Opt("--method-option", help="KEY=VALUE for any method field, repeatable (e.g. budget=3, choose=[position])"),
-    ] = None,
-    head: Annotated[Optional[str], Opt(help="classifier | label_words")] = None,
-    pooling: Annotated[
-        Optional[str],
-        Opt(
-            help="classifier input: token (first; decoders: last real) | mean (of the text) | first (an input prompt's first slot, as peft)"
-        ),
-    ] = None,
-    label_words: Annotated[Optional[str], Opt(help="comma-separated, one per class")] = None,
-    steps: Annotated[Optional[int], Opt("--steps", "--max-steps")] = None,
-    epochs: Annotated[Optional[float], Opt(help="instead of --steps: passes over the training set")] = None,
-    lr: Annotated[Optional[float], Opt("--lr", "--learning-rate")] = None,
-    weight_decay: Annotated[Optional[float], Opt()] = None,
-    warmup_ratio: Annotated[Optional[float], Opt()] = None,
-    batch_size: Annotated[Optional[int], Opt()] = None,
-    eval_every: Annotated[Optional[int], Opt()] = None,
-    seed: Annotated[Optional[int], Opt()] = None,
-    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N")] = None,
-    precision: Annotated[Optional[str], Opt(help="auto | fp32 | bf16")] = None,
-    prefix_cache: Annotated[
-        Optional[bool], Opt("--prefix-cache/--no-prefix-cache", help="reuse frozen-block outputs (default on)")
-    ] = None,
     output: Annotated[str, Opt("--output", "--output-dir", help="run directory to write")] = "runs/train",
     overwrite: Annotated[bool, Opt(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no line per evaluation")] = False,
+    **options: Any,
 ) -> None:
     """Train and evaluate one prompt configuration; saves safetensors weights and config.json."""
-    values = {k: v for k, v in locals().items() if k not in ("output", "overwrite", "config", "quiet")}
     from autoprompt_search import train as train_run
 
-    values["config_file"] = config
-    values["columns"] = values["columns"] or []
-    values["method_options"] = values["method_options"] or []
     progress = None if quiet else (lambda line: typer.echo(line, err=True))
     try:
-        result = train_run(output, overwrite, progress, **values)
+        result = train_run(output, overwrite, progress, **options)
     except ConfigError as exc:
         fail(exc)
     except KeyboardInterrupt:
@@ -178,7 +130,7 @@ def space(
     """Validate a search space (every problem at once) and print sample configurations."""
     import yaml
 
-    from autoprompt_search.runs import num_layers_of
+    from autoprompt_search.backbones import num_layers_of
     from autoprompt_search.search_space import preview
 
     try:
@@ -189,96 +141,18 @@ def space(
 
 
 @app.command()
+@declared_options("search", StudyOptions, RaySettings, ExperimentOptions)
 def search(
     ctx: typer.Context,
-    space: Annotated[str, Opt(help="search-space YAML, or a shipped one: all | layers | lpt")] = "all",
-    name: Annotated[str, Opt(help="study name: results go to RESULTS_DIR/NAME")] = "default",
+    space: Annotated[str, Opt(help="search-space YAML, or a shipped one: all | layers | lpt | learned")] = "all",
     resume: Annotated[
         str, Opt(help="continue the interrupted study of this name (its stored options hold; changing one is an error)")
     ] = "",
-    num_samples: Annotated[
-        Optional[int], Opt(help="trials in the study (default 6; with --budget: as many as it holds)")
-    ] = None,
-    budget: Annotated[
-        str, Opt(help="the search's compute instead of a trial count: 4runs (x --steps) or 20000steps")
-    ] = "",
-    portfolio: Annotated[
-        bool,
-        Opt("--portfolio/--no-portfolio", help="try configurations learnt on other tasks first (never this task's)"),
-    ] = True,
-    max_concurrent: Annotated[int, Opt(help="Train jobs running at once (each a trial, or a fused group)")] = 2,
-    fuse: Annotated[
-        int, Opt(help="trials trained together in one Train job over one backbone (1 = one trial per job)")
-    ] = 1,
-    objective: Annotated[
-        Optional[list[str]], Opt(help="METRIC:max|min, repeatable; several = multi-objective (NSGA-II)")
-    ] = None,
-    finalists: Annotated[
-        int, Opt(help="after the search, retrain its top K configurations over --seeds fresh seeds (0 = none)")
-    ] = 3,
-    seeds: Annotated[int, Opt(help="seeds per finalist; the study's best is the best median")] = 3,
-    max_trainable: Annotated[
-        str,
-        Opt(
-            help="trainable-parameter budget per trial: a count (150000) or a share of the model (0.5%); "
-            "draws over it are never trained"
-        ),
-    ] = "",
-    enqueue: Annotated[
-        Optional[list[str]], Opt(help="a config (exported config.yaml, or method/train) to try first; repeatable")
-    ] = None,
-    warm_start: Annotated[
-        str, Opt(help="a study (name under --results-dir, or directory) whose finished trials the sampler learns from")
-    ] = "",
-    sampler: Annotated[str, Opt(help="auto | tpe | nsga2 | random")] = "auto",
-    startup_trials: Annotated[
-        int, Opt(help="TPE: random trials before it models results (0 = 10, or a quarter of a smaller study)")
-    ] = 0,
-    scheduler: Annotated[str, Opt(help="asha (early stopping, one objective) | fifo")] = "asha",
-    grace_period: Annotated[int, Opt(help="ASHA: evaluations before a trial may be stopped")] = 1,
-    cpus_per_worker: Annotated[
-        float,
-        Opt(help="CPUs per Train worker (a trial has --workers-per-trial of them, so per trial: this x workers)"),
-    ] = 1.0,
-    gpus_per_worker: Annotated[
-        float, Opt(help="GPUs per Train worker (per trial: this x --workers-per-trial); 0.25 packs 4 workers on a GPU")
-    ] = 0.0,
-    workers_per_trial: Annotated[int, Opt(help="Ray Train workers (DDP ranks) per trial")] = 1,
-    max_failures: Annotated[
-        int, Opt(help="restarts of a trial's Train run after a worker crash (from its last checkpoint)")
-    ] = 2,
-    search_seed: Annotated[int, Opt(help="sampler seed")] = 0,
-    address: Annotated[
-        Optional[str], Opt(help="join this Ray cluster (e.g. 127.0.0.1:6379) instead of starting one")
-    ] = None,
-    num_cpus: Annotated[Optional[int], Opt(help="local mode: CPUs Ray may use (default: all)")] = None,
-    dashboard_port: Annotated[int, Opt(help="local mode: dashboard port on 127.0.0.1")] = 8265,
-    dashboard_host: Annotated[
-        str, Opt(help="local mode: expose the dashboard on this address (risky: it runs code for anyone)")
-    ] = "127.0.0.1",
     results_dir: Annotated[str, Opt(help="where study directories live")] = "results",
-    overwrite: Annotated[bool, Opt(help="replace an existing study of the same name")] = False,
-    config: Annotated[str, Opt("--config", help="base experiment YAML/JSON (model, data, head, recipe)")] = "",
-    model: Annotated[Optional[str], Opt(help="packaged name, model directory or hub id")] = None,
-    task: Annotated[Optional[str], Opt(help="registered task (trec, sst2, rte, ...)")] = None,
-    source: Annotated[Optional[str], Opt(help="auto | files | hub | package")] = None,
-    data_dir: Annotated[Optional[str], Opt(help="folder with train/dev/test files")] = None,
-    columns: Annotated[Optional[list[str]], Opt("--column", help="FIELD=COLUMN, repeatable")] = None,
-    max_length: Annotated[Optional[int], Opt()] = None,
-    max_train: Annotated[Optional[int], Opt(help="seeded subset of the training set (0 = all)")] = None,
-    metric: Annotated[
-        Optional[str], Opt(help="score to select on: accuracy | f1 | f1_acc | mcc (default: the task's)")
-    ] = None,
-    steps: Annotated[
-        Optional[int], Opt("--steps", "--max-steps", help="training steps per trial, unless the space searches them")
-    ] = None,
-    batch_size: Annotated[Optional[int], Opt()] = None,
-    eval_every: Annotated[Optional[int], Opt()] = None,
-    seed: Annotated[Optional[int], Opt(help="training seed of every trial")] = None,
-    precision: Annotated[Optional[str], Opt(help="auto | fp32 | bf16")] = None,
-    prefix_cache: Annotated[
-        Optional[bool], Opt("--prefix-cache/--no-prefix-cache", help="reuse frozen-block outputs (default on)")
-    ] = None,
+    overwrite: Annotated[
+        bool, Opt(help="replace an existing study of the same name, once the new one has started")
+    ] = False,
+    **options: Any,
 ) -> None:
     """Run a search study on Ray: Optuna proposes configurations, each trial is a Ray Train run."""
     from autoprompt_search import resume as resume_study
@@ -292,34 +166,18 @@ def search(
         typer.echo(f"results: {study_dir}/trials.parquet (autoprompt status {study_dir})", err=True)
         typer.echo(f"tensorboard: tensorboard --logdir {study_dir}/tune", err=True)
 
-    from autoprompt_search.study.cluster import RaySettings, exposure_warning
+    from autoprompt_search.study.cluster import exposure_warning
 
-    warning = exposure_warning(dashboard_host)
+    ray_settings = RaySettings(**{k: options.pop(k) for k in RAY_FIELDS if k in options})
+    warning = exposure_warning(ray_settings.dashboard_host)
     if warning:
         typer.echo(warning, err=True)
-    ray_settings = RaySettings(
-        address=address, num_cpus=num_cpus, dashboard_port=dashboard_port, dashboard_host=dashboard_host
-    )
     connect = {"ray_settings": ray_settings, "on_connect": announce}
     try:
         if resume:
             run = resume_study(resume, results_dir=results_dir, **connect, given=_given_flags(ctx, RESUME_FLAGS))
         else:
-            run = search_study(
-                space, name=name, results_dir=results_dir, overwrite=overwrite, search_seed=search_seed, **connect,
-                # the study's knobs
-                num_samples=num_samples if num_samples is not None or budget else 6, budget=budget,
-                portfolio=portfolio, max_concurrent=max_concurrent, fuse=fuse,
-                objectives=objective or ["dev_score:max"], finalists=finalists, seeds=seeds, sampler=sampler,
-                startup_trials=startup_trials, enqueue=enqueue or [], warm_start=warm_start,
-                max_trainable=max_trainable,
-                scheduler=scheduler, grace_period=grace_period, cpus_per_worker=cpus_per_worker,
-                gpus_per_worker=gpus_per_worker, workers_per_trial=workers_per_trial, max_failures=max_failures,
-                # the base experiment (flags over --config over the embedded default)
-                config_file=config, model=model, task=task, source=source, data_dir=data_dir, columns=columns or [],
-                max_length=max_length, max_train=max_train, metric=metric, steps=steps, batch_size=batch_size,
-                eval_every=eval_every, seed=seed, precision=precision, prefix_cache=prefix_cache,
-            )  # fmt: skip
+            run = search_study(space, results_dir=results_dir, overwrite=overwrite, **connect, **options)
     except ConfigError as exc:
         fail(exc)
     _print_status(run.study_dir)
@@ -335,7 +193,8 @@ def search(
 
 
 # What --resume may take: where the study is and how to reach Ray; the rest is the stored study's.
-RESUME_FLAGS = {"resume", "results_dir", "address", "num_cpus", "dashboard_port", "dashboard_host"}
+RAY_FIELDS = tuple(f.name for f, _ in declared(RaySettings, "search"))
+RESUME_FLAGS = {"resume", "results_dir", *RAY_FIELDS}
 
 
 def _given_flags(ctx: typer.Context, allowed: set[str]) -> dict[str, object]:
@@ -442,65 +301,21 @@ def _range(low: float | None, high: float | None) -> str:
 
 
 @app.command()
+@declared_options("compare", CompareOptions, RaySettings, ExperimentOptions)
 def compare(
-    name: Annotated[str, Opt(help="results/compare/<name>")] = "compare",
     space: Annotated[str, Opt(help="discrete search space: shipped name (all, layers, lpt, learned) or YAML")] = "all",
-    search_trials: Annotated[int, Opt(help="discrete-search trials; also sets SPT-DARTS' matched budget")] = 4,
-    seeds: Annotated[int, Opt(help="seeds per arm's final runs: 1..N (>= 3 for medians), as search's --seeds")] = 3,
-    arms: Annotated[
-        Optional[list[str]],
-        Opt(
-            "--arm",
-            help="run only these arms (repeatable): probe, prompt-tuning, deep-all, lpt-half, dp, "
-            "spt-darts, discrete-search",
-        ),
-    ] = None,
-    spt_options: Annotated[Optional[list[str]], Opt("--spt-option", help="KEY=VALUE for the SPT gate search")] = None,
-    dp_options: Annotated[Optional[list[str]], Opt("--dp-option", help="KEY=VALUE for dynamic prompting")] = None,
-    max_concurrent: Annotated[int, Opt(help="discrete-search trials at once")] = 2,
-    scheduler: Annotated[str, Opt(help="discrete search: asha | fifo")] = "asha",
-    search_seed: Annotated[int, Opt(help="sampler seed of the discrete search")] = 0,
-    address: Annotated[Optional[str], Opt(help="run the discrete search on this Ray cluster")] = None,
-    num_cpus: Annotated[Optional[int], Opt(help="local mode: CPUs Ray may use")] = None,
     results_dir: Annotated[str, Opt(help="where comparisons live")] = "results/compare",
     overwrite: Annotated[bool, Opt(help="replace an existing comparison of the same name")] = False,
-    config: Annotated[str, Opt("--config", help="base experiment YAML/JSON (model, data, head, recipe)")] = "",
-    model: Annotated[Optional[str], Opt(help="packaged name, model directory or hub id")] = None,
-    task: Annotated[Optional[str], Opt(help="registered task (sst2, rte, trec, ...)")] = None,
-    source: Annotated[Optional[str], Opt(help="auto | files | hub | package")] = None,
-    data_dir: Annotated[Optional[str], Opt(help="folder with train/dev/test files")] = None,
-    max_length: Annotated[Optional[int], Opt()] = None,
-    max_train: Annotated[Optional[int], Opt(help="seeded subset of the training set (0 = all)")] = None,
-    steps: Annotated[
-        Optional[int], Opt("--steps", "--max-steps", help="training steps of every run and search trial")
-    ] = None,
-    batch_size: Annotated[Optional[int], Opt()] = None,
-    eval_every: Annotated[Optional[int], Opt()] = None,
-    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda (final runs and the gate search)")] = None,
-    precision: Annotated[Optional[str], Opt(help="auto | fp32 | bf16")] = None,
-    prefix_cache: Annotated[
-        Optional[bool], Opt("--prefix-cache/--no-prefix-cache", help="reuse frozen-block outputs (default on)")
-    ] = None,
+    **options: Any,
 ) -> None:
     """Compare discrete search, SPT-DARTS, dynamic prompting and fixed baselines on one task and model."""
     from autoprompt_search.compare.runner import make_compare_options, run_compare
-    from autoprompt_search.runs import TrainOptions
-    from autoprompt_search.study.cluster import RaySettings
 
-    seed_list = tuple(range(1, seeds + 1))  # a count, as `search --seeds`
-    base = TrainOptions(
-        config_file=config, model=model, task=task, source=source, data_dir=data_dir, max_length=max_length,
-        max_train=max_train, steps=steps, batch_size=batch_size, eval_every=eval_every, device=device,
-        precision=precision, prefix_cache=prefix_cache,
-    )  # fmt: skip
+    ray_settings = RaySettings(**{k: options.pop(k) for k in ("address", "num_cpus") if k in options})
+    base = ExperimentOptions(**{k: options.pop(k) for k in list(options) if k in EXPERIMENT_FIELDS})
     try:
-        options = make_compare_options(
-            space, base, spt_options or [], dp_options or [], name=name, search_trials=search_trials,
-            seeds=seed_list, arms=tuple(arms or ()), max_concurrent=max_concurrent, scheduler=scheduler,
-            search_seed=search_seed,
-        )  # fmt: skip
         out = run_compare(
-            options, results_dir, overwrite, RaySettings(address=address, num_cpus=num_cpus),
+            make_compare_options(space, base, **options), results_dir, overwrite, ray_settings,
             log=lambda line: typer.echo(line, err=True),
         )  # fmt: skip
     except ConfigError as exc:

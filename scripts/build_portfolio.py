@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from autoprompt_search.runs import num_layers_of
+from autoprompt_search.backbones import num_layers_of
 from autoprompt_search.study.options import StudyOptions
 from autoprompt_search.study.portfolio import portfolio_path
 from autoprompt_search.study.ranking import finalist_groups

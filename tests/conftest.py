@@ -1,10 +1,12 @@
-"""Shared fixtures: tiny random Hugging Face models of every family and a tiny real-format dataset."""
+"""Shared fixtures: tiny random Hugging Face models of every family, a tiny real-format dataset, the
+tiny experiment studies train, a local Ray per test module, free loopback ports."""
 
 from __future__ import annotations
 
 import os
 import random
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +187,15 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+NEEDS = ("ray", "browser", "packaged_model")  # what a test needs; each such test is also slow
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(name) for name in NEEDS) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 class InterruptAfter:
     """Ctrl-C the study once `n` trials have finished (once per marker file: resumed runs go on)."""
 
@@ -199,3 +210,36 @@ class InterruptAfter:
         if self.done >= self.n and not os.path.exists(self.marker):
             Path(self.marker).touch()
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on at 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tiny_experiment(model: str, data: str, steps: int = 6) -> dict[str, Any]:
+    """The base experiment of the tests' studies: deep prompts on the tiny SST-2, a few steps."""
+    return {
+        "model": model,
+        "data": {"task": "sst2", "source": "files", "data_dir": data, "max_length": 32},
+        "method": {"name": "deep"},
+        "train": {"steps": steps, "eval_every": 2, "batch_size": 8, "lr": 0.05},
+    }
+
+
+@pytest.fixture(scope="module")
+def local_ray():  # type: ignore[no-untyped-def]
+    """A local Ray (2 CPUs, 1 logical GPU that the Train workers read from LOGICAL_GPUS_ENV) shared
+    by one test module's studies."""
+    import ray
+
+    from autoprompt_search.study.cluster import start_local
+    from autoprompt_search.study.trial import LOGICAL_GPUS_ENV
+
+    os.environ[LOGICAL_GPUS_ENV] = "1"
+    start_local(num_cpus=2, num_gpus=1)
+    yield
+    ray.shutdown()
+    os.environ.pop(LOGICAL_GPUS_ENV, None)

@@ -31,7 +31,7 @@ def test_train_then_load_predicts_what_the_run_predicts(tiny_model_dir: str, tin
         autoprompt_search.train(output=tmp_path / "x", learning_rate=0.1)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_a_study_from_python(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     space = tmp_path / "space.yaml"
     space.write_text(

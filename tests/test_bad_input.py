@@ -215,7 +215,7 @@ CASES: list[tuple[str, Callable[[Sandbox], list[str]], str | tuple[str, ...]]] =
      "no Tune state to resume"),
     ("resume: a flag that changes the stored study",
      lambda b: ["search", "--resume", "no_trials", "--results-dir", b.results, "--num-samples", "50", "--steps", "9"],
-     "--resume no_trials: --num-samples 50 differs from the study's 8 (and 1 more); a resumed study keeps its options"),
+     "--resume no_trials: --num-samples 50 differs from the study's 6 (and 1 more); a resumed study keeps its options"),
     ("resume: the HF-style --max-steps is --steps",
      lambda b: ["search", "--resume", "no_trials", "--results-dir", b.results, "--max-steps", "9"],
      "--resume no_trials: --steps 9 differs from the study's"),
@@ -290,7 +290,7 @@ def test_sandbox_is_valid_when_nothing_is_wrong(sandbox: Sandbox) -> None:
     assert yaml.safe_load(Path(sandbox.path("space.yaml")).read_text())["methods"]["deep"]["length"] == 2
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_the_fault_free_search_and_train_commands_succeed(sandbox: Sandbox, tmp_path: Path) -> None:
     """The control: the exact search and train commands the cases break, without a fault, run to the end."""
     import os

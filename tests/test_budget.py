@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 import pytest
+from conftest import tiny_experiment
 
 from autoprompt_search.backbones import BackboneInfo
 from autoprompt_search.config import DataConfig, ExperimentConfig, TrainConfig
@@ -142,16 +143,13 @@ def test_a_budget_is_checked_before_ray_starts(tiny_model_dir: str, tiny_sst_dir
     check_budget(budget_for(300), sampler, [], seed=0)  # a reachable budget passes
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_a_study_with_a_budget_trains_only_configurations_within_it(
-    tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
     """The whole path on a local Ray: the budget in study.json, every trained row within it (as the
     worker counts it), the refused draws in the Optuna journal and never in the table; the control,
     the same study without the budget, trains configurations over it."""
-    import ray
-
-    from autoprompt_search.study.cluster import start_local
     from autoprompt_search.study.records import read_trials
     from autoprompt_search.study.runner import run_study
 
@@ -162,21 +160,14 @@ def test_a_study_with_a_budget_trains_only_configurations_within_it(
             "late": {"layer": {"type": "layer", "depth": [0.25, 0.75]}, "length": 2, "bottleneck": 8},
         },
     }  # fmt: skip
-    experiment = {
-        "model": tiny_model_dir, "data": {"task": "sst2", "source": "files", "data_dir": tiny_sst_dir, "max_length": 32},
-        "method": {"name": "deep"}, "train": {"steps": 4, "eval_every": 2, "batch_size": 8, "lr": 0.05},
-    }  # fmt: skip
+    experiment = tiny_experiment(tiny_model_dir, tiny_sst_dir, steps=4)
     options = StudyOptions(
         name="s", space=space, experiment=experiment, num_samples=4, max_concurrent=2, scheduler="fifo",
-        sampler="random", max_trainable="250",
+        sampler="random", max_trainable="250", finalists=0,
     )  # fmt: skip
     control = StudyOptions(**{**vars(options), "name": "control", "max_trainable": ""})
-    start_local(num_cpus=2)
-    try:
-        run_study(options, tmp_path)
-        run_study(control, tmp_path)  # the same study and sampler seed without the budget
-    finally:
-        ray.shutdown()
+    run_study(options, tmp_path)
+    run_study(control, tmp_path)  # the same study and sampler seed without the budget
     unbudgeted = read_trials(tmp_path / "control")
     assert len(unbudgeted) == 4 and max(r["trainable_params"] for r in unbudgeted) > 250, unbudgeted
     rows = read_trials(tmp_path / "s")

@@ -65,7 +65,7 @@ def test_compare_without_a_test_split_holds_dev_out(tiny_model_dir: str, tiny_ss
         run_compare(options, tmp_path / "results", log=lambda _: None)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_compare_every_arm_with_a_real_study(tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path) -> None:
     import ray
 
@@ -88,7 +88,7 @@ def test_compare_every_arm_with_a_real_study(tiny_model_dir: str, tiny_sst_dir: 
     assert (tmp_path / "all" / "search" / "trials.parquet").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_compare_stops_when_its_search_is_interrupted(
     tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

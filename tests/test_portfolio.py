@@ -44,12 +44,12 @@ def test_entries_the_space_cannot_draw_are_left_out_and_layers_scale_with_depth(
 def test_a_study_enqueues_the_portfolio_unless_told_not_to(
     tiny_model_dir: str, tiny_sst_dir: str, enabled: bool
 ) -> None:
-    from test_study import base_experiment
+    from conftest import tiny_experiment
 
     from autoprompt_search.study.options import StudyOptions
 
     opts = StudyOptions(name="p", space=_all_space(),
-                        experiment=base_experiment(tiny_model_dir, tiny_sst_dir), portfolio=enabled)  # fmt: skip
+                        experiment=tiny_experiment(tiny_model_dir, tiny_sst_dir), portfolio=enabled)  # fmt: skip
     checked = check_study(opts)
     assert bool(checked.portfolio) == enabled  # an sst2 study: TREC's configurations, scaled to 4 layers
     assert all(c["method"]["layers"] != [0, 1, 2, 3, 4, 5] for c in checked.portfolio)

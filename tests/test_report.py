@@ -191,7 +191,7 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-@pytest.mark.slow
+@pytest.mark.browser
 def test_the_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     import shutil
     import subprocess

@@ -49,12 +49,13 @@ def test_trials_start_while_a_full_run_fits_and_stopped_trials_give_steps_back()
 
 
 def test_under_a_budget_asha_brackets_start_at_an_eighth_of_a_run(tiny_model_dir: str, tiny_sst_dir: str) -> None:
-    from test_study import base_experiment, options
+    from conftest import tiny_experiment
+    from test_study import options
 
     from autoprompt_search.study.preflight import check_study
     from autoprompt_search.study.runner import make_scheduler
 
-    base = base_experiment(tiny_model_dir, tiny_sst_dir, steps=80)
+    base = tiny_experiment(tiny_model_dir, tiny_sst_dir, steps=80)
     base["train"]["eval_every"] = 5
     opts = options(tiny_model_dir, tiny_sst_dir, experiment=base, budget="4runs", num_samples=1000, scheduler="asha")
     assert opts.budget_steps == 320 and opts.planned_trials == 12 and opts.tpe_startup_trials == 3

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import InterruptAfter
+from conftest import InterruptAfter, tiny_experiment
 
 from autoprompt_search.checkpoint import predict_run
 from autoprompt_search.config import load_config_file
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.prompts import method_to_dict
 from autoprompt_search.search_space import SearchSpaceError, experiment_for
-from autoprompt_search.study.cluster import ClusterInfo, check_resources, start_local
+from autoprompt_search.study.cluster import ClusterInfo, check_resources
 from autoprompt_search.study.export import export_study
 from autoprompt_search.study.options import Objective, StudyOptions
 from autoprompt_search.study.ranking import (
@@ -31,17 +31,7 @@ from autoprompt_search.study.ranking import (
 )
 from autoprompt_search.study.records import error_line, read_trials
 from autoprompt_search.study.runner import resume_study, run_study
-from autoprompt_search.study.trial import LOGICAL_GPUS_ENV, worker_resources
-
-
-def base_experiment(model: str, data: str, steps: int = 6) -> dict[str, Any]:
-    return {
-        "model": model,
-        "data": {"task": "sst2", "source": "files", "data_dir": data, "max_length": 32},
-        "method": {"name": "deep"},
-        "train": {"steps": steps, "eval_every": 2, "batch_size": 8, "lr": 0.05},
-    }
-
+from autoprompt_search.study.trial import TrialPayload, worker_resources
 
 SPACE = {
     "methods": {
@@ -54,8 +44,8 @@ SPACE = {
 
 def options(model: str, data: str, **kw: Any) -> StudyOptions:
     defaults: dict[str, Any] = {
-        "name": "s", "space": SPACE, "experiment": base_experiment(model, data), "num_samples": 4,
-        "max_concurrent": 2, "scheduler": "fifo",
+        "name": "s", "space": SPACE, "experiment": tiny_experiment(model, data), "num_samples": 4,
+        "max_concurrent": 2, "scheduler": "fifo", "finalists": 0,
     }  # fmt: skip
     return StudyOptions(**{**defaults, **kw})
 
@@ -99,13 +89,14 @@ def test_gpu_requests_are_checked_before_anything_runs() -> None:
     check_resources(StudyOptions(gpus_per_worker=0.25, cpus_per_worker=0.5), one_gpu)
     with pytest.raises(ConfigError, match="needs 2 GPUs"):
         check_resources(StudyOptions(gpus_per_worker=1, workers_per_trial=2, cpus_per_worker=0.5), one_gpu)
-    payload = {"cpus_per_worker": 0.5, "gpus_per_worker": 0.25, "workers_per_trial": 1}
+    payload = TrialPayload.of(StudyOptions(cpus_per_worker=0.5, gpus_per_worker=0.25), Path("s"))
     assert worker_resources(payload) == {"CPU": 0.49, "GPU": 0.25}  # 0.01 is the Tune trial's
-    assert worker_resources({"cpus_per_worker": 1, "gpus_per_worker": 0, "workers_per_trial": 2}) == {"CPU": 0.995}
+    payload = TrialPayload.of(StudyOptions(workers_per_trial=2), Path("s"))
+    assert worker_resources(payload) == {"CPU": 0.995}
 
 
 def test_sampled_config_applies_over_the_base(tiny_model_dir: str, tiny_sst_dir: str) -> None:
-    base = base_experiment(tiny_model_dir, tiny_sst_dir)
+    base = tiny_experiment(tiny_model_dir, tiny_sst_dir)
     cfg = experiment_for(base, {"method": {"name": "late", "layer": 2, "length": 3}, "train": {"lr": 0.02}})
     assert cfg.method.layer == 2 and cfg.train.lr == 0.02 and cfg.train.steps == 6
     assert base["method"] == {"name": "deep"}  # the base is not mutated
@@ -215,7 +206,7 @@ def test_bad_studies_fail_before_ray_starts(tiny_model_dir: str, tiny_sst_dir: s
     with pytest.raises(SearchSpaceError) as err:
         run_study(options(tiny_model_dir, tiny_sst_dir, space=bad_space), tmp_path)
     assert len(err.value.problems) == 3
-    missing = base_experiment(tiny_model_dir, str(tmp_path / "absent"))
+    missing = tiny_experiment(tiny_model_dir, str(tmp_path / "absent"))
     with pytest.raises(ConfigError, match="data"):
         run_study(options(tiny_model_dir, tiny_sst_dir, experiment=missing), tmp_path)
     fixed_layer = {"methods": {"late": {"layer": 9}}}
@@ -233,17 +224,6 @@ def test_a_capped_finalist_count_is_said_before_the_study_starts() -> None:
 # ---- on a local Ray -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    os.environ[LOGICAL_GPUS_ENV] = "1"  # read by the Train workers of the fractional-GPU test
-    start_local(num_cpus=2, num_gpus=1)
-    yield
-    ray.shutdown()
-    os.environ.pop(LOGICAL_GPUS_ENV, None)
-
-
 def assert_no_placement_group_left(wait_s: float = 15.0) -> None:
     from ray.util import placement_group_table
 
@@ -255,11 +235,11 @@ def assert_no_placement_group_left(wait_s: float = 15.0) -> None:
     assert not left, left
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_study_of_four_trials_two_concurrent(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
-    opts = options(tiny_model_dir, tiny_sst_dir, scheduler="asha", sampler="tpe", seed=3)
+    opts = options(tiny_model_dir, tiny_sst_dir, scheduler="asha", sampler="tpe", search_seed=3)
     run = run_study(opts, tmp_path)
     rows = read_trials(tmp_path / "s")
     assert run.rows == rows and len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
@@ -322,7 +302,7 @@ def test_study_of_four_trials_two_concurrent(
         export_study(tmp_path / "s", top=1)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_errors_land_in_the_table(local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path) -> None:
     # lr 1e30 makes the loss NaN: the trial fails with our one-line reason, the study goes on.
     space = {
@@ -362,7 +342,7 @@ def test_optuna_is_told_how_each_trial_ended(tmp_path: Path) -> None:
     assert trials[1].intermediate_values == {1: 0.5, 2: 0.9}  # the result that stopped it: what TPE ranks it by
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_a_collapsed_trial_is_collapsed_never_best_and_failed_in_optuna(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
@@ -370,9 +350,9 @@ def test_a_collapsed_trial_is_collapsed_never_best_and_failed_in_optuna(
     # set); at lr 10 it does not at step 4 and scores 0.458 there. Plain selection would rank the
     # collapsed 0.5 first.
     space = {"methods": {"probe": {}}, "train": {"lr": {"type": "categorical", "choices": [1000.0, 10.0]}}}
-    base = base_experiment(tiny_model_dir, tiny_sst_dir)
+    base = tiny_experiment(tiny_model_dir, tiny_sst_dir)
     base["train"] |= {"warmup_ratio": 0.0, "grad_clip": 0.0}
-    opts = options(tiny_model_dir, tiny_sst_dir, space=space, experiment=base, sampler="random", seed=1)
+    opts = options(tiny_model_dir, tiny_sst_dir, space=space, experiment=base, sampler="random", search_seed=1)
     run = run_study(opts, tmp_path)
     collapsed = [r for r in run.rows if json.loads(r["config"])["train"]["lr"] == 1000.0]
     fine = [r for r in run.rows if json.loads(r["config"])["train"]["lr"] == 10.0]
@@ -395,7 +375,7 @@ def test_a_collapsed_trial_is_collapsed_never_best_and_failed_in_optuna(
     assert {(t.params["train.lr"], t.state.name) for t in trials} == {(1000.0, "FAIL"), (10.0, "COMPLETE")}
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_spt_darts_trials_checkpoint_and_export_the_retrained_layers(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
@@ -415,11 +395,11 @@ def test_spt_darts_trials_checkpoint_and_export_the_retrained_layers(
     assert metrics["score"] == pytest.approx(max(r["dev_score"] for r in run.rows), abs=1e-6)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_resume_after_interruption_runs_no_trial_twice(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    opts = options(tiny_model_dir, tiny_sst_dir, max_concurrent=1, sampler="random", seed=5, finalists=1, seeds=2)
+    opts = options(tiny_model_dir, tiny_sst_dir, max_concurrent=1, sampler="random", search_seed=5, finalists=1, seeds=2)
     marker = str(tmp_path / "interrupted")
     interrupted = run_study(opts, tmp_path / "r", callbacks=[InterruptAfter(2, marker)])
     # 6 tiny steps: a trial may predict one class at every evaluation and end COLLAPSED instead
@@ -474,7 +454,7 @@ def test_resume_after_interruption_runs_no_trial_twice(
     assert export_study(tmp_path / "moved" / "s", top=1) and write_report(tmp_path / "moved" / "s").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_fractional_gpus_pack_trials(local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path) -> None:
     import ray
 
@@ -493,13 +473,13 @@ def test_fractional_gpus_pack_trials(local_ray: None, tiny_model_dir: str, tiny_
         )
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_fused_study_writes_a_row_per_member_resumes_and_exports(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
     # Four trials in fused groups of two, one Train job at a time, ASHA per member through Optuna;
     # interrupted after the first group, then resumed.
-    opts = options(tiny_model_dir, tiny_sst_dir, fuse=2, max_concurrent=1, scheduler="asha", sampler="random", seed=2)
+    opts = options(tiny_model_dir, tiny_sst_dir, fuse=2, max_concurrent=1, scheduler="asha", sampler="random", search_seed=2)
     marker = str(tmp_path / "interrupted")
     run_study(opts, tmp_path, callbacks=[InterruptAfter(1, marker)])
     first = {r["trial_id"]: r for r in read_trials(tmp_path / "s")}
@@ -537,7 +517,7 @@ def test_fused_study_writes_a_row_per_member_resumes_and_exports(
     assert metrics["score"] == pytest.approx(best["dev_score"], abs=1e-6)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_local_ray_listens_on_loopback_only(local_ray: None) -> None:
     """Every TCP port the local Ray's processes listen on is bound to 127.0.0.1 (checked with `ss -ltnp`)."""
     import re
@@ -587,7 +567,7 @@ def test_space_yaml_files_load() -> None:
         resolve_space("nonexistent")
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_a_fused_group_trains_over_two_ddp_workers_as_over_one(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
@@ -634,15 +614,15 @@ def test_a_fused_group_trains_over_two_ddp_workers_as_over_one(
 
 
 def test_a_study_refuses_an_epoch_budget(tiny_model_dir: str, tiny_sst_dir: str) -> None:
-    from autoprompt_search.runs import TrainOptions
+    from autoprompt_search.experiment_options import ExperimentOptions
     from autoprompt_search.study.options import make_options
 
-    base = TrainOptions(model=tiny_model_dir, task="sst2", data_dir=tiny_sst_dir, epochs=1.0)
+    base = ExperimentOptions(model=tiny_model_dir, task="sst2", data_dir=tiny_sst_dir, epochs=1.0)
     with pytest.raises(ConfigError, match="train.epochs: a study budgets trials in steps; use --steps"):
         make_options("layers", base, name="s")
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_enqueue_and_warm_start_seed_a_new_study(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
@@ -678,14 +658,17 @@ def test_enqueue_and_warm_start_seed_a_new_study(
 def test_resume_conflicts_name_only_flags_that_change_the_stored_study(tiny_model_dir: str, tiny_sst_dir: str) -> None:
     from autoprompt_search.study.options import resume_conflicts
 
-    options = StudyOptions(num_samples=8, experiment=base_experiment(tiny_model_dir, tiny_sst_dir))
-    same = {"num_samples": 8, "objective": ["dev_score:max"], "steps": 6, "data_dir": tiny_sst_dir}
+    options = StudyOptions(num_samples=8, experiment=tiny_experiment(tiny_model_dir, tiny_sst_dir))
+    same = {"num_samples": 8, "objectives": ["dev_score:max"], "steps": 6, "data_dir": tiny_sst_dir}
     assert resume_conflicts(options, same) == []
-    changed = resume_conflicts(options, {"num_samples": 9, "steps": 7, "config": "x.yaml"})
+    changed = resume_conflicts(
+        options, {"num_samples": 9, "steps": 7, "config_file": "x.yaml", "objectives": ["train_loss"]}
+    )
     assert changed == [
         "--num-samples 9 differs from the study's 8",
         "--steps 7 differs from the study's 6",
         "--config cannot change a resumed study",
+        "--objective ['train_loss:min'] differs from the study's ['dev_score:max']",
     ]
 
 
@@ -724,7 +707,7 @@ def test_finalists_medians_are_told_to_optuna_once(tmp_path: Path) -> None:
     assert tell_optuna(options, tmp_path) == []  # a resume does not tell it twice
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_overwrite_replaces_a_finished_study_once_the_new_one_has_run(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
@@ -735,7 +718,7 @@ def test_overwrite_replaces_a_finished_study_once_the_new_one_has_run(
     assert (tmp_path / "s" / "finished.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_a_trial_trains_what_its_configuration_trains_alone(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
@@ -770,7 +753,7 @@ LEARNING_SPACE = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_a_step_budget_ends_the_search_when_no_full_run_fits(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:
@@ -779,7 +762,7 @@ def test_a_step_budget_ends_the_search_when_no_full_run_fits(
     finalists run. (Tiny trials train 8 steps faster than Tune can stop them, so how many more
     configurations the brackets try is measured on MiniLM in results/quality/, and the step
     accounting with stopped trials in test_step_budget.py.)"""
-    opts = options(tiny_model_dir, tiny_sst_dir, experiment=base_experiment(tiny_model_dir, tiny_sst_dir, steps=8),
+    opts = options(tiny_model_dir, tiny_sst_dir, experiment=tiny_experiment(tiny_model_dir, tiny_sst_dir, steps=8),
                    scheduler="asha", budget="3runs", num_samples=30, sampler="random", space=LEARNING_SPACE,
                    finalists=1, seeds=1)  # fmt: skip
     run = run_study(opts, tmp_path)

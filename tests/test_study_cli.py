@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +13,13 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import peft_and_our_logits
+from conftest import free_port, peft_and_our_logits
 from typer.testing import CliRunner
 
 from cli.main import app
 
 runner = CliRunner()
 AUTOPROMPT = [sys.executable, "-m", "cli.main"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def search_args(model: str, data: str, results: Path, space: Path, *extra: str) -> list[str]:
@@ -100,7 +93,7 @@ def head_cluster():
     head.wait(60)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_search_joins_an_existing_cluster(
     head_cluster: str, tiny_model_dir: str, tiny_sst_dir: str, small_space: Path, tmp_path: Path
 ) -> None:
@@ -134,7 +127,7 @@ def test_search_joins_an_existing_cluster(
     assert json.loads(res.stdout)["score"] == pytest.approx(summary[0]["dev_score"], abs=1e-6)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_finalists_retrain_the_top_configurations_over_seeds(
     bert_with_pooler: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:

@@ -18,25 +18,39 @@ from typing import Any
 
 from ..config import absolute_paths
 from ..errors import ConfigError, require
+from ..option_fields import option
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 OPTIONS_FILE = "compare.json"
+COMPARE = ("compare",)
 
 
 @dataclass
 class CompareOptions:
-    name: str = "compare"
+    """A comparison's options; each one a user sets is declared once here (`option`)."""
+
+    name: str = option("compare", "the comparison's name: its results go to RESULTS_DIR/NAME", "Compare",
+                       commands=COMPARE)  # fmt: skip
     experiment: dict[str, Any] = field(default_factory=dict)  # base: model, data, head, train recipe
     space: dict[str, Any] = field(default_factory=dict)  # the discrete search's space
     space_file: str = ""
-    search_trials: int = 4  # discrete-search trials; sets the matched selection budget
-    max_concurrent: int = 2
-    scheduler: str = "asha"  # of the discrete search
-    seeds: tuple[int, ...] = (1, 2, 3)
-    spt: dict[str, Any] = field(default_factory=dict)  # SptConfig overrides for the gate search
-    dp: dict[str, Any] = field(default_factory=dict)  # DpConfig overrides
-    search_seed: int = 0
-    arms: tuple[str, ...] = ()  # a subset of ARMS to run; () = all
+    search_trials: int = option(4, "discrete-search trials; also sets SPT-DARTS' matched budget", "Compare",
+                                commands=COMPARE)  # fmt: skip
+    max_concurrent: int = option(2, "discrete-search trials at once", "Compare", commands=COMPARE)
+    scheduler: str = option("asha", "the discrete search's scheduler: asha | fifo", "Compare", commands=COMPARE)
+    seeds: tuple[int, ...] = option(
+        (1, 2, 3), "seeds 1..N of every arm's final runs (>= 3 for medians), as search's --seeds; default 3",
+        "Compare", commands=COMPARE, cli_type=int,
+    )  # fmt: skip
+    spt: dict[str, Any] = option(help="KEY=VALUE for the SPT gate search, repeatable", panel="Compare",
+                                 names=("--spt-option",), commands=COMPARE, factory=dict, cli_type=list[str])  # fmt: skip
+    dp: dict[str, Any] = option(help="KEY=VALUE for dynamic prompting, repeatable", panel="Compare",
+                                names=("--dp-option",), commands=COMPARE, factory=dict, cli_type=list[str])  # fmt: skip
+    search_seed: int = option(0, "the discrete search's sampler seed", "Compare", commands=COMPARE)
+    arms: tuple[str, ...] = option(
+        (), "run only these arms (repeatable): probe, prompt-tuning, deep-all, lpt-half, dp, spt-darts, "
+        "discrete-search", "Compare", names=("--arm",), commands=COMPARE, cli_type=list[str],
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.experiment = absolute_paths(self.experiment)

@@ -23,8 +23,8 @@ from typing import Any
 from ..backbones import BackboneInfo
 from ..config import ExperimentConfig
 from ..errors import ConfigError
+from ..experiment_options import ExperimentOptions, experiment_from_options, parse_method_options
 from ..prompts import SptConfig, method_from_dict, method_to_dict
-from ..runs import TrainOptions, experiment_from_options, parse_method_options
 from ..search_space import SearchSpace, fix_steps
 from ..staging import replacing_directory
 from ..trainer import train
@@ -36,16 +36,19 @@ SEARCH_DIR = "search"
 SPT_RECIPE = {"lr": 3e-3, "weight_decay": 0.1}  # SPT's generators are LPT's: the LPT baseline's recipe
 
 
-def make_compare_options(
-    space: str, base: TrainOptions, spt_options: list[str], dp_options: list[str], **knobs: Any
-) -> CompareOptions:
-    """From command-line values: a space name or file, the base experiment, KEY=VALUE method options."""
+def make_compare_options(space: str, base: ExperimentOptions, **knobs: Any) -> CompareOptions:
+    """From command-line values: a space name or file, the base experiment, the comparison's options
+    (`seeds` may be a count N: seeds 1..N; `spt` and `dp` KEY=VALUE lists)."""
     from ..study.options import resolve_space
 
     mapping, path = resolve_space(space)
     experiment = experiment_from_options(base).to_dict()
-    spt, dp = parse_method_options(spt_options), parse_method_options(dp_options)
-    return CompareOptions(space=mapping, space_file=path, experiment=experiment, spt=spt, dp=dp, **knobs)
+    if isinstance(knobs.get("seeds"), int):
+        knobs["seeds"] = tuple(range(1, knobs["seeds"] + 1))
+    for key in ("spt", "dp"):
+        if isinstance(knobs.get(key), list):
+            knobs[key] = parse_method_options(knobs[key])
+    return CompareOptions(space=mapping, space_file=path, experiment=experiment, **knobs)
 
 
 def prepare_compare_dir(results_dir: str | Path, name: str, overwrite: bool) -> Path:
@@ -160,7 +163,8 @@ def discrete_search(
         num_samples=options.search_trials,
         max_concurrent=options.max_concurrent,
         scheduler=options.scheduler,
-        seed=options.search_seed,
+        search_seed=options.search_seed,
+        finalists=0,  # the comparison retrains every arm's choice itself, over its own seeds
     )
     run = run_study(study, out, overwrite=True, ray_settings=ray_settings)
     if run.interrupted:  # Ctrl-C inside the search (Tune returned): stop, as Ctrl-C does elsewhere

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..option_fields import option
 from .options import StudyOptions
 
 
@@ -21,15 +22,24 @@ class ClusterInfo:
     started_here: bool
 
 
+RAY_COMMANDS = ("search", "compare")
+
+
 @dataclass
 class RaySettings:
     """Which Ray a study runs on: `address` joins a cluster, None starts a local one here."""
 
-    address: str | None = None
-    num_cpus: int | None = None
+    address: str | None = option(
+        None, "join this Ray cluster (e.g. 127.0.0.1:6379) instead of starting one", "Ray", commands=RAY_COMMANDS
+    )
+    num_cpus: int | None = option(None, "local mode: CPUs Ray may use (default: all)", "Ray", commands=RAY_COMMANDS)
     num_gpus: int | None = None
-    dashboard_port: int = 8265  # local mode; the next free port when taken
-    dashboard_host: str = "127.0.0.1"  # local mode; anything else exposes the dashboard (see exposure_warning)
+    dashboard_port: int = option(8265, "local mode: dashboard port on 127.0.0.1 (the next free one when taken)",
+                                 "Ray", commands=("search",))  # fmt: skip
+    dashboard_host: str = option(
+        "127.0.0.1", "local mode: expose the dashboard on this address (risky: it runs code for anyone)", "Ray",
+        commands=("search",),
+    )  # fmt: skip
     preload_modules: tuple[str, ...] = ()  # local mode: imported by every Ray worker process at start
 
 

@@ -22,11 +22,12 @@ values told), and a resumed group skips the members `trials.parquet` holds as en
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .trial import (
     RESTORED_HISTORY,
+    TrialPayload,
+    WorkerTask,
     configuration_failures,
     evaluation_metrics,
     make_trainer,
@@ -45,7 +46,7 @@ def member_id(trial_id: str, index: int) -> str:
     return f"{trial_id}-{index}"
 
 
-def run_group(config: dict[str, Any], study: dict[str, Any]) -> None:
+def run_group(config: dict[str, Any], study: TrialPayload) -> None:
     """Tune function trainable for a fused group."""
     make_trainer(group_worker, config, study).fit()
 
@@ -71,10 +72,11 @@ def group_worker(loop_config: dict[str, Any]) -> None:
 
 def member_keys(loop_config: dict[str, Any], index: int) -> dict[str, Any]:
     """What names a member in each of its reports: its index, table row id and Optuna trial."""
-    member = loop_config["sampled"]["members"][index]
+    task: WorkerTask = loop_config["task"]
+    member = task.sampled["members"][index]
     return {
         "member": index,
-        "member_id": member_id(loop_config["trial_id"], index),
+        "member_id": member_id(task.trial_id, index),
         "optuna_number": member.get("number"),
     }
 
@@ -82,7 +84,7 @@ def member_keys(loop_config: dict[str, Any], index: int) -> dict[str, Any]:
 def _fail_open_members(loop_config: dict[str, Any], ended: set[int], reason: str) -> None:
     import ray.train
 
-    for index in range(len(loop_config["sampled"]["members"])):
+    for index in range(len(loop_config["task"].sampled["members"])):
         if index not in ended:
             failure = {
                 "member_final": True,
@@ -107,28 +109,29 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
     from .records import ENDED, recorded_row
 
     started, started_at = time.perf_counter(), time.time()
-    study = loop_config["study"]
-    members: list[dict[str, Any]] = loop_config["sampled"]["members"]
+    task: WorkerTask = loop_config["task"]
+    study = task.study
+    members: list[dict[str, Any]] = task.sampled["members"]
     finalists = any(m.get("finalist_of") for m in members)
-    cfgs = [experiment_for(loop_config["base"], m) for m in members]
-    gpu_ids = [place(cfg, loop_config["use_gpu"]) for cfg in cfgs][-1]  # every member on this worker's device
+    cfgs = [experiment_for(study.experiment, m) for m in members]
+    gpu_ids = [place(cfg, task.use_gpu) for cfg in cfgs][-1]  # every member on this worker's device
     ws = prepare_workspace(cfgs[0])
     if not finalists:
         ws.splits.pop("test", None)  # a search selects on dev only
     load_seconds = time.perf_counter() - started
     rank = ray.train.get_context().get_world_rank()
     searching = rank == 0 and not finalists
-    optuna_study = open_study(study["optuna_storage"], study["study"], pruner=_pruner(study)) if searching else None
-    out = Path(study["train_storage"]) / loop_config["trial_id"] / "members"
+    optuna_study = open_study(study.optuna_storage, study.study, pruner=_pruner(study)) if searching else None
+    out = task.run_dir / "members"
     evaluations = [0] * len(members)
     last: dict[int, dict[str, Any]] = {}  # member -> its latest report (objective values for the end)
     resumed: dict[int, Any] = {}  # member -> the TrainingState it continued from, until its first report
     resumed_from: dict[int, int] = {}  # member -> the step it continued from after a restart
-    single_objective = len(study["objectives"]) == 1  # Optuna's report and pruners are single-objective
+    single_objective = len(study.objectives) == 1  # Optuna's report and pruners are single-objective
 
     def finished(index: int) -> bool:  # resume: Optuna (finalists: the table) already holds its result
         if finalists:
-            row = recorded_row(study["study_dir"], member_id(loop_config["trial_id"], index))
+            row = recorded_row(study.study_dir, member_id(task.trial_id, index))
             return row is not None and row["status"] in ENDED
         if optuna_study is None:
             return False
@@ -143,7 +146,7 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
             "load_seconds": load_seconds,
             "worker_seconds": time.perf_counter() - started,
             "worker_started_at": started_at,
-            "trial_entered_at": loop_config["trial_entered_at"],
+            "trial_entered_at": task.trial_entered_at,
             "gpu_ids": ",".join(gpu_ids),
             "resumed_from_step": resumed_from.get(index, 0),
         }
@@ -168,7 +171,7 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
             if optuna_study is not None and single_objective:  # intermediate values with or without ASHA
                 trial = _optuna_trial(optuna_study, members[index]["number"])
                 trial.report(record["eval_score"], evaluations[index])
-                prune = study["prune"] and trial.should_prune()
+                prune = study.prune and trial.should_prune()
             if rank == 0:
                 # The best state and the configuration trained (SPT-DARTS: the derived one) with the
                 # training state: the member resumes from here after a crash.
@@ -227,13 +230,13 @@ def _alone(cfg: ExperimentConfig, ws: Any, on_eval: Any) -> Any:
         return TrainResult(None, {"dev": {}, "trainable_params": 0}, [], {}, cfg, "ERROR", str(exc))  # type: ignore[arg-type]
 
 
-def _pruner(study: dict[str, Any]) -> Any:
+def _pruner(study: TrialPayload) -> Any:
     import optuna
 
-    if not study["prune"]:
+    if not study.prune:
         return optuna.pruners.NopPruner()
     return optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=int(study["grace_period"]), reduction_factor=int(study["reduction_factor"])
+        min_resource=study.grace_period, reduction_factor=study.reduction_factor
     )
 
 

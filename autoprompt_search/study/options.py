@@ -12,18 +12,17 @@ import re
 from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from ..config import ExperimentConfig, absolute_paths
 from ..dataclass_io import from_dict, to_dict
 from ..errors import ConfigError, require
+from ..experiment_options import ExperimentOptions, experiment_from_options, experiment_options
+from ..option_fields import cli_names, declared, flag_of, option
 from ..search_space import SearchSpace, SearchSpaceError, fix_steps, sampled_of, space_path
 from ..staging import STUDY_FILE
-
-if TYPE_CHECKING:
-    from ..runs import TrainOptions
 
 OPTUNA_FILE = "optuna.journal"  # the Optuna study (sampler history, optuna-dashboard reads it)
 # What a trial reports after every evaluation; objectives and ASHA read these.
@@ -79,37 +78,81 @@ def parse_budget(text: str) -> tuple[float, bool] | None:
     return value, percent
 
 
-RENAMED = {"cpus_per_trial": "cpus_per_worker", "gpus_per_trial": "gpus_per_worker"}  # they were per worker
+# Older study.json names: per-trial resources were per worker; `seed` was the sampler's seed.
+RENAMED = {"cpus_per_trial": "cpus_per_worker", "gpus_per_trial": "gpus_per_worker", "seed": "search_seed"}
+
+
+SEARCH = ("search",)
 
 
 @dataclass
 class StudyOptions:
-    name: str = "default"
+    """A study's options; each field a user sets is declared once here (`option`): `autoprompt
+    search` takes it as a flag, `search(...)` as a keyword argument, `study.json` stores it."""
+
+    name: str = option("default", "study name: its results go to RESULTS_DIR/NAME", "Study", commands=SEARCH)
     space: dict[str, Any] = field(default_factory=dict)  # the search-space mapping (file contents)
     space_file: str = ""
     experiment: dict[str, Any] = field(default_factory=dict)  # base ExperimentConfig as a dict
-    objectives: list[str] = field(default_factory=lambda: ["dev_score:max"])
-    num_samples: int = 8
-    max_concurrent: int = 2
-    cpus_per_worker: float = 1.0  # per Train worker
-    gpus_per_worker: float = 0.0  # per Train worker; 0.25 packs four trials on one GPU
-    workers_per_trial: int = 1  # Train workers (DDP ranks) per trial
-    sampler: str = "auto"  # auto: TPE for one objective, NSGA-II for several
-    startup_trials: int = 0  # TPE's random trials before it models results; 0 = auto (tpe_startup_trials)
-    scheduler: str = "asha"  # ASHA early stopping (single objective only) or fifo
-    grace_period: int = 1  # evaluations before ASHA may stop a trial
-    reduction_factor: int = 3
-    seed: int = 0
-    max_failures: int = 2  # Train-run restarts per trial after a worker crash, from its last checkpoint
-    reuse_actors: bool = False  # Tune runs the next trial in a finished trial's process
-    fuse: int = 1  # trials trained together in one Train job over one backbone (fused groups)
-    finalists: int = 0  # after the search: its top configurations retrained over fresh seeds (0 = none)
-    seeds: int = 3  # seeds per finalist
-    enqueue: list[dict[str, Any]] = field(default_factory=list)  # {'method', 'train'} configs tried first
-    warm_start: str = ""  # a finished study whose completed trials the sampler learns from first
-    max_trainable: str = ""  # trainable-parameter budget: a count ("150000") or a share of the model ("0.5%")
-    budget: str = ""  # the search's compute in training steps: "4runs" (x the base steps) or "20000steps"
-    portfolio: bool = True  # enqueue configurations learnt on other tasks first (study/portfolio.py)
+    objectives: list[str] = option(
+        help="METRIC:max|min, repeatable; several = multi-objective (NSGA-II)", panel="Study", names=("--objective",),
+        commands=SEARCH, factory=lambda: ["dev_score:max"],
+    )  # fmt: skip
+    num_samples: int = option(6, "trials in the study (with --budget: as many as it holds)", "Study", commands=SEARCH)
+    budget: str = option(
+        "", "the search's compute instead of a trial count: 4runs (x --steps) or 20000steps", "Study", commands=SEARCH
+    )
+    max_trainable: str = option(
+        "", "trainable-parameter budget per trial: a count (150000) or a share of the model (0.5%); draws over it "
+        "are never trained", "Study", commands=SEARCH,
+    )  # fmt: skip
+    finalists: int = option(
+        3, "after the search, retrain its top K configurations over --seeds fresh seeds (0 = none)", "Study",
+        commands=SEARCH,
+    )  # fmt: skip
+    seeds: int = option(3, "seeds per finalist; the study's best is the best median", "Study", commands=SEARCH)
+    portfolio: bool = option(
+        True, "try configurations learnt on other tasks first (never this task's)", "Study",
+        names=("--portfolio/--no-portfolio",), commands=SEARCH,
+    )  # fmt: skip
+    enqueue: list[dict[str, Any]] = option(
+        help="a config (an exported config.yaml, or method/train) to try first; repeatable", panel="Study",
+        commands=SEARCH, factory=list, cli_type=list[str],
+    )  # fmt: skip
+    warm_start: str = option(
+        "", "a study (a name under --results-dir, or a directory) whose finished trials the sampler learns from",
+        "Study", commands=SEARCH,
+    )  # fmt: skip
+    sampler: str = option("auto", "auto (TPE; NSGA-II for several objectives) | tpe | nsga2 | random", "Sampler",
+                          commands=SEARCH)  # fmt: skip
+    search_seed: int = option(0, "the sampler's seed", "Sampler", commands=SEARCH)
+    startup_trials: int = option(
+        0, "TPE: random trials before it models results (0 = 10, or a quarter of a smaller study)", "Sampler",
+        commands=SEARCH,
+    )  # fmt: skip
+    scheduler: str = option("asha", "asha (early stopping, one objective) | fifo", "Sampler", commands=SEARCH)
+    grace_period: int = option(1, "ASHA: evaluations before a trial may be stopped", "Sampler", commands=SEARCH)
+    reduction_factor: int = option(3, "ASHA: keep 1 of this many trials at each rung", "Sampler", commands=SEARCH)
+    max_concurrent: int = option(2, "Train jobs running at once (each a trial, or a fused group)", "Resources",
+                                 commands=SEARCH)  # fmt: skip
+    fuse: int = option(
+        1, "trials trained together in one Train job over one backbone (1 = one trial per job)", "Resources",
+        commands=SEARCH,
+    )  # fmt: skip
+    cpus_per_worker: float = option(
+        1.0, "CPUs per Train worker (per trial: this x --workers-per-trial)", "Resources", commands=SEARCH
+    )
+    gpus_per_worker: float = option(
+        0.0, "GPUs per Train worker (per trial: this x --workers-per-trial); 0.25 packs 4 workers on a GPU",
+        "Resources", commands=SEARCH,
+    )  # fmt: skip
+    workers_per_trial: int = option(1, "Ray Train workers (DDP ranks) per trial", "Resources", commands=SEARCH)
+    max_failures: int = option(
+        2, "restarts of a trial's Train run after a worker crash (from its last checkpoint)", "Resources",
+        commands=SEARCH,
+    )  # fmt: skip
+    reuse_actors: bool = option(False, "Tune runs the next trial in a finished trial's process", "Resources",
+                                names=("--reuse-actors/--no-reuse-actors",), commands=SEARCH)  # fmt: skip
 
     def __post_init__(self) -> None:
         self.experiment = absolute_paths(self.experiment)  # Ray workers run in other directories
@@ -234,42 +277,26 @@ class StudyOptions:
             ) from exc
 
 
-# `autoprompt search` flags that name a stored study option (flag -> StudyOptions field) or a
-# base-experiment value (flag -> its path in the experiment dict); what --resume must not change.
-STUDY_FLAGS = {
-    "num_samples": "num_samples", "max_concurrent": "max_concurrent", "fuse": "fuse", "objective": "objectives",
-    "finalists": "finalists", "seeds": "seeds", "sampler": "sampler", "startup_trials": "startup_trials",
-    "scheduler": "scheduler",
-    "grace_period": "grace_period", "cpus_per_worker": "cpus_per_worker", "gpus_per_worker": "gpus_per_worker",
-    "workers_per_trial": "workers_per_trial", "max_failures": "max_failures", "search_seed": "seed",
-    "max_trainable": "max_trainable", "budget": "budget", "portfolio": "portfolio",
-}  # fmt: skip
-EXPERIMENT_FLAGS = {
-    "model": ("model",), "task": ("data", "task"), "source": ("data", "source"), "data_dir": ("data", "data_dir"),
-    "max_length": ("data", "max_length"), "max_train": ("data", "max_train"), "metric": ("data", "metric"),
-    "steps": ("train", "steps"), "batch_size": ("train", "batch_size"), "eval_every": ("train", "eval_every"),
-    "seed": ("train", "seed"), "precision": ("train", "precision"), "prefix_cache": ("train", "prefix_cache"),
-}  # fmt: skip
-
-
 def resume_conflicts(options: StudyOptions, given: dict[str, Any]) -> list[str]:
-    """The flags given with --resume (flag name -> value) that differ from what the study stored,
-    one line each; a resumed study keeps its options."""
+    """The options given with --resume (field name -> value) that differ from what the study
+    stored, one line each; a resumed study keeps its options."""
+    study_fields = {f.name: flag for f, flag in declared(StudyOptions, "search")}
+    experiment_fields = {f.name: flag for f, flag in declared(ExperimentOptions, "search")}
     out = []
-    for flag, value in given.items():
-        shown = "--" + flag.replace("_", "-")
-        if flag in STUDY_FLAGS:
-            stored = getattr(options, STUDY_FLAGS[flag])
-            if flag == "objective":
+    for name, value in given.items():
+        shown = flag_shown(name, (StudyOptions, ExperimentOptions))
+        if name in study_fields and name not in ("name", "enqueue", "warm_start"):
+            stored = getattr(options, name)
+            if name == "objectives":
                 value = [str(Objective.parse(v)) for v in value]
                 stored = [str(Objective.parse(v)) for v in stored]
-        elif flag in EXPERIMENT_FLAGS:
+        elif name in experiment_fields and experiment_fields[name].config:
             stored = options.experiment
-            for key in EXPERIMENT_FLAGS[flag]:
+            for key in experiment_fields[name].config.split("."):
                 stored = stored.get(key) if isinstance(stored, dict) else None
-            if flag in ("data_dir", "model") and isinstance(value, str) and Path(value).exists():
+            if name in ("data_dir", "model") and isinstance(value, str) and Path(value).exists():
                 value = str(Path(value).resolve())
-        elif flag == "space":
+        elif name == "space":
             from ..search_space import space_path
 
             value, stored = str(space_path(value).resolve()), str(Path(options.space_file).resolve())
@@ -279,6 +306,15 @@ def resume_conflicts(options: StudyOptions, given: dict[str, Any]) -> list[str]:
         if value != stored:
             out.append(f"{shown} {value} differs from the study's {stored}")
     return out
+
+
+def flag_shown(name: str, classes: tuple[type, ...]) -> str:
+    """The command-line spelling of an option (`objectives` -> `--objective`)."""
+    for cls in classes:
+        for f in fields(cls):
+            if f.name == name and (flag := flag_of(f)) is not None:
+                return cli_names(f, flag)[0].split("/")[0]
+    return "--" + name.replace("_", "-")
 
 
 # Set while a study resumes: what Tune restores from its saved state (the searcher, the results
@@ -344,9 +380,8 @@ def resolve_space(spec: str) -> tuple[dict[str, Any], str]:
     return data, str(path)
 
 
-def make_options(space: str, base: TrainOptions, **study: Any) -> StudyOptions:
+def make_options(space: str, base: ExperimentOptions, **study: Any) -> StudyOptions:
     """The study: a space, the base experiment (flags over --config over the embedded default), knobs."""
-    from ..runs import experiment_from_options  # torch and transformers: only when a study starts
 
     mapping, path = resolve_space(space)
     experiment = experiment_from_options(base)
@@ -363,19 +398,11 @@ def make_options(space: str, base: TrainOptions, **study: Any) -> StudyOptions:
     return StudyOptions(space=mapping, space_file=path, experiment=experiment.to_dict(), **study)
 
 
-# What the study's owner sets beside the space and base experiment: every StudyOptions field but
-# these (search_seed sets `seed`, the sampler's seed; the experiment's own `seed` trains).
-NOT_KNOBS = ("name", "space", "space_file", "experiment", "seed")
-
-
-def study_options(
-    space: str, *, name: str, results_dir: str | Path, search_seed: int = 0, **options: Any
-) -> StudyOptions:
-    """The study that `search(space, **options)` asks for: keyword arguments that name a study knob
-    (a StudyOptions field) set it, the rest describe the base experiment (TrainOptions' fields)."""
-    from ..runs import train_options
-
-    knobs = {f.name for f in fields(StudyOptions)} - set(NOT_KNOBS)
+def study_options(space: str, *, name: str, results_dir: str | Path, **options: Any) -> StudyOptions:
+    """The study that `search(space, **options)` asks for: keyword arguments that name a study
+    option (a declared StudyOptions field) set it, the rest describe the base experiment
+    (ExperimentOptions' fields; `seed` there is the training seed, `search_seed` the sampler's)."""
+    knobs = {f.name for f, _ in declared(StudyOptions, "search")} - {"name"}
     study = {k: options.pop(k) for k in list(options) if k in knobs}
     if study.get("budget") and study.get("num_samples") is None:
         from .step_budget import BUDGET_TRIAL_CAP
@@ -386,7 +413,7 @@ def study_options(
     study["enqueue"] = read_enqueued([str(p) for p in study.get("enqueue") or []])
     if study.get("warm_start"):
         study["warm_start"] = str(study_path(study["warm_start"], results_dir).resolve())
-    return make_options(space, train_options(options), name=name, seed=search_seed, **study)
+    return make_options(space, experiment_options(options), name=name, **study)
 
 
 def read_enqueued(paths: list[str]) -> list[dict[str, Any]]:

@@ -32,8 +32,8 @@ class CheckedStudy:
 def check_study(options: StudyOptions) -> CheckedStudy:
     """Everything that can be checked before Ray starts: space, model depth, data, tokens (cached),
     the parameter budget."""
+    from ..backbones import num_layers_of
     from ..data import load_task_data, tokenize
-    from ..runs import num_layers_of
     from ..workspace import load_tokenizer
 
     space = SearchSpace.from_dict(options.space, options.space_file or "<study>")
@@ -50,7 +50,7 @@ def check_study(options: StudyOptions) -> CheckedStudy:
             tokenize(tokenizer, examples, base.data.max_length, False)
     budget = param_budget(options, len(data.task.labels))
     if budget is not None:
-        check_budget(budget, sampler, options.enqueue, options.seed)
+        check_budget(budget, sampler, options.enqueue, options.search_seed)
     portfolio = portfolio_for(data.task.name, sampler) if options.portfolio else []
     if budget is not None:  # a portfolio entry over the parameter budget is not tried
         portfolio = [c for c in portfolio if budget.count(c) <= budget.limit]

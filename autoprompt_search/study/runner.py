@@ -29,6 +29,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ..config import ExperimentConfig
 from ..dataclass_io import to_dict
 from ..errors import ConfigError
+from ..experiment_options import ExperimentOptions
+from ..option_fields import api_signature, declared
 from ..search_space import sampled_of
 from ..staging import replacing_directory
 from .budget import MAX_DRAWS, ParamBudget
@@ -98,22 +100,27 @@ def search(
     name: str = "default",
     results_dir: str | Path = "results",
     overwrite: bool = False,
-    search_seed: int = 0,
-    address: str | None = None,
-    num_cpus: int | None = None,
     callbacks: list[Any] | None = None,
     ray_settings: RaySettings | None = None,
     on_connect: Any = None,
     **options: Any,
 ) -> SearchResult:
     """Run a study on Ray (a local one unless `address`) and return its result. `options`: the
-    study's knobs (num_samples, finalists, seeds, objectives, ...) and the experiment's (model,
-    task, steps, seed: the training seed, ...); `search_seed` seeds the sampler. `ray_settings`
-    replaces address/num_cpus; `on_connect(cluster, study_dir)` runs once Ray is up; `callbacks`:
-    more Ray Tune callbacks for the search."""
-    study = study_options(space, name=name, results_dir=results_dir, search_seed=search_seed, **options)
-    settings = ray_settings or RaySettings(address=address, num_cpus=num_cpus)
+    study's (num_samples, finalists, seeds, objectives, search_seed: the sampler's seed, ...), Ray's
+    (address, num_cpus, ...) and the base experiment's (model, task, steps, seed: the training seed,
+    ...), each declared once (StudyOptions, RaySettings, ExperimentOptions; `help(search)` lists
+    them). `ray_settings` replaces Ray's; `on_connect(cluster, study_dir)` runs once Ray is up;
+    `callbacks`: more Ray Tune callbacks for the search."""
+    ray_options = {k: options.pop(k) for k in RAY_FIELDS if k in options}
+    study = study_options(space, name=name, results_dir=results_dir, **options)
+    settings = ray_settings or RaySettings(**ray_options)
     return run_study(study, results_dir, overwrite, settings, on_connect, callbacks)
+
+
+RAY_FIELDS = tuple(f.name for f, _ in declared(RaySettings, "search"))
+search.__signature__ = api_signature(  # type: ignore[attr-defined]
+    search, [(StudyOptions, "search"), (RaySettings, "search"), (ExperimentOptions, "search")]
+)
 
 
 def resume(
@@ -149,14 +156,14 @@ def make_sampler(options: StudyOptions) -> Any:
     if kind == "auto":
         kind = "nsga2" if options.multi_objective else "tpe"
     if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=options.seed)
+        return optuna.samplers.NSGAIISampler(seed=options.search_seed)
     if kind == "random":
-        return optuna.samplers.RandomSampler(seed=options.seed)
+        return optuna.samplers.RandomSampler(seed=options.search_seed)
     with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # group: each method has its own parameters, so TPE models them on the trials that sampled them.
         return optuna.samplers.TPESampler(
-            seed=options.seed, n_startup_trials=options.tpe_startup_trials, multivariate=True, group=True
+            seed=options.search_seed, n_startup_trials=options.tpe_startup_trials, multivariate=True, group=True
         )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from .fused_trial import run_group
 from .options import StudyOptions
-from .trial import TRIAL_RESOURCES, run_trial, trial_payload
+from .trial import TRIAL_RESOURCES, TrialPayload, run_trial
 
 
 def trainable_for(options: StudyOptions, study_dir: Path, fused: bool) -> Any:
@@ -16,4 +16,6 @@ def trainable_for(options: StudyOptions, study_dir: Path, fused: bool) -> Any:
     from ray import tune
 
     function = run_group if fused else run_trial
-    return tune.with_resources(tune.with_parameters(function, study=trial_payload(options, study_dir)), TRIAL_RESOURCES)
+    return tune.with_resources(
+        tune.with_parameters(function, study=TrialPayload.of(options, study_dir)), TRIAL_RESOURCES
+    )

@@ -22,6 +22,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,33 +43,66 @@ RESTORED_HISTORY = "restored_history"  # first report after a resume: the evalua
 REPLAYED = ("dev_score", "eval_score", "trainable_params", "worker_seconds")  # objectives a table row holds
 
 
-def worker_resources(study: dict[str, Any]) -> dict[str, float]:
+@dataclass(frozen=True)
+class TrialPayload:
+    """What every trial needs from its study, passed once through Ray's object store."""
+
+    experiment: dict[str, Any]  # the base ExperimentConfig as a dict
+    study: str  # the study's name: its Optuna study in the journal
+    study_dir: str
+    train_storage: str  # Ray Train's runs: <study_dir>/train
+    optuna_storage: str  # the study's Optuna journal
+    objectives: tuple[str, ...]
+    cpus_per_worker: float
+    gpus_per_worker: float
+    workers_per_trial: int
+    max_failures: int
+    prune: bool  # fused groups: per-member ASHA through Optuna's pruner
+    grace_period: int
+    reduction_factor: int
+
+    @staticmethod
+    def of(options: StudyOptions, study_dir: Path) -> TrialPayload:
+        from .options import OPTUNA_FILE
+
+        return TrialPayload(
+            experiment=options.experiment,
+            study=options.name,
+            study_dir=str(study_dir),
+            train_storage=str(study_dir / TRAIN_DIR),
+            optuna_storage=str(study_dir / OPTUNA_FILE),
+            objectives=tuple(options.objectives),
+            cpus_per_worker=options.cpus_per_worker,
+            gpus_per_worker=options.gpus_per_worker,
+            workers_per_trial=options.workers_per_trial,
+            max_failures=options.max_failures,
+            prune=options.scheduler == "asha" and not options.multi_objective,
+            grace_period=options.grace_period,
+            reduction_factor=options.reduction_factor,
+        )
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """What one trial's Train workers train (Ray Train's `train_loop_config["task"]`)."""
+
+    study: TrialPayload
+    sampled: dict[str, Any]  # the Tune trial's config: a sampled configuration, or {"members": [...]}
+    trial_id: str
+    use_gpu: bool
+    trial_entered_at: float  # when the Tune trial started (its wait for Ray Train is measured from it)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.study.train_storage) / self.trial_id
+
+
+def worker_resources(study: TrialPayload) -> dict[str, float]:
     """What each Train worker of a trial holds (fractional GPUs pack trials onto one GPU)."""
-    resources = {"CPU": float(study["cpus_per_worker"]) - TRIAL_CPU / int(study["workers_per_trial"])}
-    if float(study["gpus_per_worker"]):
-        resources["GPU"] = float(study["gpus_per_worker"])
+    resources = {"CPU": float(study.cpus_per_worker) - TRIAL_CPU / int(study.workers_per_trial)}
+    if float(study.gpus_per_worker):
+        resources["GPU"] = float(study.gpus_per_worker)
     return resources
-
-
-def trial_payload(options: StudyOptions, study_dir: Path) -> dict[str, Any]:
-    """What every trial needs from the study (passed once through the object store)."""
-    from .options import OPTUNA_FILE
-
-    return {
-        "experiment": options.experiment,
-        "cpus_per_worker": options.cpus_per_worker,
-        "gpus_per_worker": options.gpus_per_worker,
-        "workers_per_trial": options.workers_per_trial,
-        "max_failures": options.max_failures,
-        "train_storage": str(study_dir / TRAIN_DIR),
-        "study_dir": str(study_dir),
-        "study": options.name,
-        "optuna_storage": str(study_dir / OPTUNA_FILE),
-        "objectives": options.objectives,
-        "prune": options.scheduler == "asha" and not options.multi_objective,  # fused: per-member ASHA in Optuna
-        "grace_period": options.grace_period,
-        "reduction_factor": options.reduction_factor,
-    }
 
 
 def trial_dirname(trial: Any) -> str:
@@ -80,14 +114,14 @@ def devices_per_trial(options: StudyOptions) -> float:
     return per_worker * options.workers_per_trial
 
 
-def run_trial(config: dict[str, Any], study: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], study: TrialPayload) -> None:
     """Tune function trainable: build and fit the trial's TorchTrainer, named by trial id."""
     from ray import tune
 
     from .records import ENDED, recorded_row
 
     trial_id = tune.get_context().get_trial_id()
-    row = recorded_row(study["study_dir"], trial_id)
+    row = recorded_row(study.study_dir, trial_id)
     if row is not None and row["status"] in ENDED:
         # A resumed study's Tune state (saved every few seconds) restarted a trial that had
         # already ended: tell Tune its recorded result instead of training it again.
@@ -106,7 +140,7 @@ def run_ended(status: str, reason: str) -> dict[str, Any]:
     return {"dev_score": float("nan"), RUN_STATUS: status, RUN_ERROR: reason, "trained_to_end": True}
 
 
-def make_trainer(loop: Any, config: dict[str, Any], study: dict[str, Any]) -> Any:
+def make_trainer(loop: Any, config: dict[str, Any], study: TrialPayload) -> Any:
     """The trial's TorchTrainer: `loop` on the Train workers, reports forwarded to Tune."""
     import ray.train
     from ray import tune
@@ -120,23 +154,16 @@ def make_trainer(loop: Any, config: dict[str, Any], study: dict[str, Any]) -> An
     nccl = use_gpu and os.environ.get(LOGICAL_GPUS_ENV) != "1"
     return TorchTrainer(
         loop,
-        train_loop_config={
-            "base": study["experiment"],
-            "sampled": config,
-            "use_gpu": use_gpu,
-            "trial_entered_at": entered_at,
-            "trial_id": trial_id,
-            "study": study,
-        },
+        train_loop_config={"task": WorkerTask(study, config, trial_id, use_gpu, entered_at)},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=int(study["workers_per_trial"]), use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=study.workers_per_trial, use_gpu=use_gpu, resources_per_worker=resources
         ),
         torch_config=TorchConfig(backend="nccl" if nccl else "gloo"),
         run_config=ray.train.RunConfig(
             name=trial_id,
-            storage_path=study["train_storage"],
+            storage_path=study.train_storage,
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=int(study["max_failures"])),
+            failure_config=ray.train.FailureConfig(max_failures=study.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
     )
@@ -278,9 +305,10 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     from ..workspace import prepare_workspace
 
     started, started_at = time.perf_counter(), time.time()
-    cfg = experiment_for(loop_config["base"], loop_config["sampled"])
-    gpu_ids = place(cfg, loop_config["use_gpu"])
-    cfg, resume = resume_point(cfg, Path(loop_config["study"]["train_storage"]) / loop_config["trial_id"])
+    task: WorkerTask = loop_config["task"]
+    cfg = experiment_for(task.study.experiment, task.sampled)
+    gpu_ids = place(cfg, task.use_gpu)
+    cfg, resume = resume_point(cfg, task.run_dir)
     ws = prepare_workspace(cfg)
     ws.splits.pop("test", None)  # a search selects on dev only; test is for exported configs
     load_seconds = time.perf_counter() - started
@@ -294,7 +322,7 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
             "load_seconds": load_seconds,
             "worker_seconds": time.perf_counter() - started,
             "worker_started_at": started_at,
-            "trial_entered_at": loop_config["trial_entered_at"],
+            "trial_entered_at": task.trial_entered_at,
             "gpu_ids": ",".join(gpu_ids),
             "resumed_from_step": resumed_from,
         }
