@@ -1,22 +1,25 @@
 """autoprompt-search: find where and how to prompt-tune a frozen transformer.
 
 The Python API: `search` and `resume` run studies (`study/runner.py`), `train` and `load` one
-configuration (`runs.py`). Each is imported on first use, so `import autoprompt_search` stays light.
+configuration (`runs.py`); every error a user can fix is an `AutopromptError` (`ConfigError` for
+bad input, `TrainingError` for a run that cannot go on).
 """
 
-from typing import Any
+__version__ = "0.1.0"  # first: modules below read it while the package initialises
 
-__version__ = "0.1.0"
-__all__ = ["Predictor", "SearchResult", "__version__", "load", "resume", "search", "train"]
+from autoprompt_search.errors import AutopromptError, ConfigError, TrainingError
+from autoprompt_search.runs import Predictor, load, train
+from autoprompt_search.study.runner import SearchResult, resume, search
 
-
-def __getattr__(name: str) -> Any:
-    if name in ("search", "resume", "SearchResult"):
-        from .study import runner
-
-        return getattr(runner, name)
-    if name in ("train", "load", "Predictor"):
-        from . import runs
-
-        return getattr(runs, name)
-    raise AttributeError(f"module 'autoprompt_search' has no attribute {name!r}")
+__all__ = [
+    "AutopromptError",
+    "ConfigError",
+    "Predictor",
+    "SearchResult",
+    "TrainingError",
+    "__version__",
+    "load",
+    "resume",
+    "search",
+    "train",
+]

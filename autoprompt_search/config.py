@@ -14,11 +14,11 @@ from typing import Any
 
 import yaml
 
-from .data import DataConfig
-from .dataclass_io import from_dict, to_dict
-from .errors import ConfigError, require
-from .heads import HeadConfig
-from .prompts import DeepConfig, method_from_dict, method_to_dict
+from autoprompt_search.data import DataConfig
+from autoprompt_search.dataclass_io import from_dict, to_dict
+from autoprompt_search.engine.heads import HeadConfig
+from autoprompt_search.errors import ConfigError, require
+from autoprompt_search.methods import DeepConfig, method_from_dict, method_to_dict
 
 PRECISIONS = ("auto", "fp32", "bf16")
 

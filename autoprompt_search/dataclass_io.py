@@ -6,7 +6,7 @@ import dataclasses
 import typing
 from typing import Any, TypeVar
 
-from .errors import ConfigError
+from autoprompt_search.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
-from .config import ExperimentConfig, load_config_file
-from .dataclass_io import to_dict
-from .errors import ConfigError, require
-from .option_fields import declared, option
-from .prompts import method_config
+from autoprompt_search.config import ExperimentConfig, load_config_file
+from autoprompt_search.dataclass_io import to_dict
+from autoprompt_search.errors import ConfigError, require
+from autoprompt_search.methods import method_config
+from autoprompt_search.option_fields import declared, option
 
 TRAIN_ONLY = ("train",)
 TRAIN_AND_SEARCH = ("train", "search")
@@ -126,7 +126,7 @@ def parse_layers(spec: str, model: str) -> tuple[int, ...]:
     """'all', 'lower-half'/'upper-half', or a comma list of block indices."""
     spec = spec.strip().lower()
     if spec in ("all", "lower-half", "upper-half"):
-        from .backbones import num_layers_of
+        from autoprompt_search.backbones import num_layers_of
 
         n = num_layers_of(model)
         return {"all": tuple(range(n)), "lower-half": tuple(range(n // 2)), "upper-half": tuple(range(n // 2, n))}[spec]

@@ -21,16 +21,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import trainer
-from .checkpoint import predict_run, read_run, save_run
-from .config import ExperimentConfig
-from .data import get_task
-from .errors import ConfigError
-from .experiment_options import ExperimentOptions, experiment_from_options, experiment_options
-from .option_fields import api_signature
-from .staging import refuse_study_dir, staged_directory
-from .trainer import TrainResult
-from .workspace import prepare_workspace, resolve_device
+from autoprompt_search.config import ExperimentConfig
+from autoprompt_search.data import get_task
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.experiment_options import ExperimentOptions, experiment_from_options, experiment_options
+from autoprompt_search.option_fields import api_signature
+from autoprompt_search.storage.checkpoint import predict_run, read_run, save_run
+from autoprompt_search.storage.staging import refuse_study_dir, staged_directory
+from autoprompt_search.training import loop as trainer
+from autoprompt_search.training.loop import TrainResult
+from autoprompt_search.training.workspace import prepare_workspace, resolve_device
 
 
 def check_output_dir(output: str | Path, overwrite: bool) -> Path:
@@ -85,7 +85,7 @@ def predict_to_file(
 def read_texts(path: str, columns: list[str], task: str) -> list[str] | list[tuple[str, str]]:
     """The texts of a tsv/csv/jsonl/parquet file to label: `columns` (one, or two for a pair task),
     else the task's own text fields."""
-    from .data.sources import read_rows
+    from autoprompt_search.data.sources import read_rows
 
     rows = read_rows(path)
     names = columns or list(get_task(task).text_fields[:2])
@@ -159,8 +159,8 @@ class Predictor:
 
     def probabilities(self, texts: str | Sequence[str] | Sequence[tuple[str, str]]) -> list[dict[str, float]]:
         """Each text's class probabilities, label -> probability; a string is one text."""
-        from .data import Examples, tokenize
-        from .evaluation import split_logits
+        from autoprompt_search.data import Examples, tokenize
+        from autoprompt_search.training.evaluation import split_logits
 
         items = [texts] if isinstance(texts, str) else list(texts)
         if not items:
@@ -177,7 +177,7 @@ class Predictor:
 
 def load(run_dir: str | Path, device: str = "auto") -> Predictor:
     """A run directory (`autoprompt train` or `export`) as a Predictor; its data files are not needed."""
-    from .checkpoint import load_run
+    from autoprompt_search.storage.checkpoint import load_run
 
     model, cfg, ws = load_run(run_dir, device=device, with_data=False)
     return Predictor(model, cfg, ws.tokenizer, tuple(ws.data.task.labels), resolve_device(device))

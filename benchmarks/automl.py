@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_study import run_study_contestant  # this script's directory is on sys.path
-from quality import code_version, machine, spread
+from reporting import code_version, machine, spread
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

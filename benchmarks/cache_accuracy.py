@@ -20,11 +20,11 @@ from typing import Any
 from study_overhead import machine
 
 from autoprompt_search.experiment_options import ExperimentOptions, experiment_from_options
-from autoprompt_search.trainer import train
-from autoprompt_search.workspace import prepare_workspace
+from autoprompt_search.training.loop import train
+from autoprompt_search.training.workspace import prepare_workspace
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--task", default="sst2")
@@ -36,7 +36,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--out", default="results/benchmarks/cache_accuracy_cpu")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     os.environ["AUTOPROMPT_CACHE"] = tempfile.mkdtemp(prefix="bench-cache-acc-")  # empty prefix cache
     rows: list[dict[str, Any]] = []

@@ -64,9 +64,9 @@ def flat_all_reduce(params: list[torch.Tensor], world: int) -> None:
 def step_times(rank: int, args: argparse.Namespace, mode: str, ws: Any) -> tuple[list[float], list[torch.Tensor]]:
     from torch.nn.parallel import DistributedDataParallel
 
-    from autoprompt_search.batch import concat_batches
-    from autoprompt_search.fused import FusedModel
-    from autoprompt_search.workspace import build_model
+    from autoprompt_search.engine.batch import concat_batches
+    from autoprompt_search.training.fused import FusedModel
+    from autoprompt_search.training.workspace import build_model
 
     cfgs = configs(args.members, args.steps)
     models = [build_model(c, ws).train() for c in cfgs]
@@ -96,7 +96,7 @@ def step_times(rank: int, args: argparse.Namespace, mode: str, ws: Any) -> tuple
 
 
 def worker(rank: int, args: argparse.Namespace, queue: Any) -> None:
-    from autoprompt_search.workspace import prepare_workspace
+    from autoprompt_search.training.workspace import prepare_workspace
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))

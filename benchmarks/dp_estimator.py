@@ -23,10 +23,10 @@ import torch
 from torch.nn import functional as F
 
 from autoprompt_search.backbones import BackboneInfo, backbone_from_config
-from autoprompt_search.engine import Batch, PromptedModel
-from autoprompt_search.heads import ClassifierHead
-from autoprompt_search.prompts import DpConfig, build_method
-from autoprompt_search.prompts.noise import seed_noise
+from autoprompt_search.engine.heads import ClassifierHead
+from autoprompt_search.engine.model import Batch, PromptedModel
+from autoprompt_search.methods import DpConfig, build_method
+from autoprompt_search.methods.noise import seed_noise
 
 TEXT = 4  # T text tokens
 PROMPT = 3  # L prompt slots; the answer needs position j = L

@@ -24,12 +24,12 @@ import optuna
 
 from autoprompt_search.backbones import BackboneInfo
 from autoprompt_search.experiment_options import ExperimentOptions, experiment_from_options
-from autoprompt_search.fused import partition
-from autoprompt_search.fused_trainer import train_group
-from autoprompt_search.search_space import SearchSpace, experiment_for
 from autoprompt_search.study.options import resolve_space
-from autoprompt_search.trainer import train
-from autoprompt_search.workspace import prepare_workspace
+from autoprompt_search.study.space import SearchSpace, experiment_for
+from autoprompt_search.training.fused import partition
+from autoprompt_search.training.fused_loop import train_group
+from autoprompt_search.training.loop import train
+from autoprompt_search.training.workspace import prepare_workspace
 
 
 def machine() -> str:
@@ -42,7 +42,7 @@ def machine() -> str:
     return f"CPU ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default="layers")
     parser.add_argument("--model", default="minilm-l6")
@@ -54,7 +54,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/benchmarks/fused_cpu")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     base = experiment_from_options(
         ExperimentOptions(model=args.model, task=args.task, data_dir=args.data_dir, max_length=args.max_length,

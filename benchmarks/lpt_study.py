@@ -27,7 +27,7 @@ from study_overhead import machine, measure
 from autoprompt_search.experiment_options import ExperimentOptions, experiment_from_options
 from autoprompt_search.study.options import make_options
 from autoprompt_search.study.runner import run_study
-from autoprompt_search.workspace import prepare_workspace
+from autoprompt_search.training.workspace import prepare_workspace
 
 VARIANTS = {"naive (no cache)": False, "ours (prefix cache)": True}
 

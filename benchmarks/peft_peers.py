@@ -32,7 +32,7 @@ import torch
 
 if TYPE_CHECKING:
     from autoprompt_search.data import TokenizedSplit
-    from autoprompt_search.engine import Batch
+    from autoprompt_search.engine.model import Batch
 
 ARMS = ("peft-prompt", "peft-prefix", "peft-lora", "full-ft", "hf-probe")
 
@@ -70,8 +70,8 @@ def logits_of(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: TokenizedSplit, metric: str, num_classes: int) -> dict:
-    from autoprompt_search.evaluation import eval_batches
-    from autoprompt_search.metrics import classification_metrics
+    from autoprompt_search.training.evaluation import eval_batches
+    from autoprompt_search.training.metrics import classification_metrics
 
     model.eval()
     preds = torch.empty(len(split), dtype=torch.long)
@@ -103,7 +103,7 @@ def parse_args() -> argparse.Namespace:
 
 def train_loop(model: torch.nn.Module, splits: dict, args: argparse.Namespace, metric: str, classes: int) -> dict:
     """AdamW with the shared recipe; the best dev state is loaded back into `model` at the end."""
-    from autoprompt_search.recipe import lr_lambda, param_groups, train_batches
+    from autoprompt_search.training.recipe import lr_lambda, param_groups, train_batches
 
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     params = list(named.values())
@@ -143,7 +143,7 @@ def train_loop(model: torch.nn.Module, splits: dict, args: argparse.Namespace, m
 
 
 def main() -> None:
-    from quality import code_version  # this script's directory is on sys.path
+    from reporting import code_version  # this script's directory is on sys.path
 
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -153,7 +153,7 @@ def main() -> None:
 
     from autoprompt_search.backbones import resolve_model
     from autoprompt_search.data import DataConfig, load_task_data, tokenize
-    from autoprompt_search.workspace import load_tokenizer
+    from autoprompt_search.training.workspace import load_tokenizer
 
     started = time.perf_counter()
     code = code_version()  # the code that starts the run (the checkout may change while it runs)

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from quality_table import table  # this script's directory is on sys.path
+from reporting import code_version, machine
 
 HERE = Path(__file__).resolve().parent
 PEERS = {"peft-prompt": 3e-2, "peft-prefix": 1e-2, "full-ft": 5e-5, "hf-probe": 1e-2}  # arm -> lr
@@ -86,9 +87,9 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
     from autoprompt_search.backbones import load_backbone
     from autoprompt_search.config import ExperimentConfig
-    from autoprompt_search.recipe import lr_lambda, train_batches
-    from autoprompt_search.trainer import train
-    from autoprompt_search.workspace import build_model, prepare_workspace
+    from autoprompt_search.training.loop import train
+    from autoprompt_search.training.recipe import lr_lambda, train_batches
+    from autoprompt_search.training.workspace import build_model, prepare_workspace
 
     code = code_version()  # the code that starts the run (the checkout may change while it runs)
     torch.set_num_threads(args.threads)
@@ -145,15 +146,6 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         "config": cfg.to_dict(),
         "code": code,
     }
-
-
-def code_version() -> str:
-    """The checkout's commit, '+' when it has uncommitted changes (results name the code that made them)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def command(arm: str, seed: int, args: argparse.Namespace) -> list[str]:
@@ -299,7 +291,7 @@ def main() -> None:
     rows = [json.loads(line) for line in runs_path.read_text().splitlines()] if runs_path.exists() else []
 
     if args.table_only:
-        out.with_suffix(".md").write_text(table(rows, args))
+        out.with_suffix(".md").write_text(table(rows, args, PEERS, PEER_VARIANTS))
         return
 
     def record(row: dict[str, Any]) -> None:
@@ -308,7 +300,7 @@ def main() -> None:
         with runs_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         rows.append(row)
-        out.with_suffix(".md").write_text(table(rows, args))
+        out.with_suffix(".md").write_text(table(rows, args, PEERS, PEER_VARIANTS))
         print(json.dumps({k: row.get(k) for k in ("arm", "seed", "ms_per_step", "error")}), flush=True)
 
     if args.time_steps:  # one at a time, interleaved, so the arms share the machine's state
@@ -328,78 +320,6 @@ def main() -> None:
             record(row)
 
 
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}"
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]" if values else "-"
-
-
-def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    by_arm: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        if "error" not in r:
-            by_arm.setdefault(r["arm"], []).append(r)
-    cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
-    commands = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
-    unnamed = sum(1 for r in rows if not r.get("command") and "error" not in r)
-    if args.time_steps:
-        ms = {arm: statistics.median(r["ms_per_step"] for r in rs) for arm, rs in by_arm.items()}
-        base = ms.get("peft-prefix")
-        lines = [
-            f"# Step time on the same batches: {args.task}, {args.model}",
-            "",
-            f"Each arm alone on the machine, {args.time_steps} timed steps after 5 warm-up steps, median step; "
-            f"{args.rounds} rounds interleaved over the arms, median of the rounds; {args.threads} torch threads; "
-            f"batch {args.batch_size}, max length {args.max_length} (padded to the batch's longest).",
-            f"Machine: {machine()}. Command: `{cmd}`",
-            "",
-            "| arm | ms / step (median of rounds) | vs peft prefix tuning | rounds |",
-            "|---|---|---|---|",
-        ]
-        for arm, rs in by_arm.items():
-            ratio = f"{ms[arm] / base:.2f}x" if base else "-"
-            lines.append(f"| {arm} | {ms[arm]:.0f} | {ratio} | {len(rs)} |")
-        return "\n".join(lines) + "\n"
-    lines = [
-        f"# Quality side by side: {args.task}, {args.model}, {args.steps} steps",
-        "",
-        f"Recipe for every row: AdamW (weight decay 0.01 unless the arm says), 6% warmup + linear decay, "
-        f"batch {args.batch_size}, max length {args.max_length}, gradient clipping 1.0, {args.steps} steps, "
-        f"dev evaluated every {args.steps // 5} steps, the best dev checkpoint scored once on the labelled "
-        "held-out split (test). Same batches in the same order for every arm of a seed. Peers run through "
-        "peft/transformers in their own venv; ours through autoprompt_search. Scores x100, median [min-max] "
-        "over seeds. ms/step is measured while `--jobs` runs share the machine: read the step-time table "
-        "for speed.",
-        f"Machine: {machine()}. Commands: "
-        + "; ".join(f"`{c}`" for c in commands or ([] if args.table_only else [cmd]))
-        + (f" ({unnamed} rows predate recording the command: see results/quality/README.md)" if unnamed else ""),
-        "",
-        "| arm | side | seeds | dev median [range] | test median [range] | trainable params | % of model "
-        "| ms/step | collapsed |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arm, rs in by_arm.items():
-        dev = [100 * r["dev"]["score"] for r in rs]
-        test = [100 * r["test"]["score"] for r in rs if r.get("test")]
-        trainable, total = rs[0]["trainable_params"], rs[0].get("total_params") or 0
-        share = f"{100 * trainable / total:.2f}%" if total else "-"
-        ms = statistics.median(r["ms_per_step"] for r in rs)
-        side = "peer" if arm in PEERS or arm in PEER_VARIANTS else "ours"
-        lines.append(
-            f"| {arm} | {side} | {len(rs)} | {spread(dev)} | {spread(test)} | {trainable:,} | {share} | {ms:.0f} "
-            f"| {sum(bool(r['collapsed']) for r in rs)}/{len(rs)} |"
-        )
-    studies = {r["arm"]: r["study"] for r in rows if r.get("study")}  # one paragraph per search seed
-    for arm, study in studies.items():
-        lines += ["", study_paragraph(arm, study, by_arm.get("full-ft", []))]
-    errors = [r for r in rows if "error" in r]
-    if errors:
-        lines += ["", "Failed runs: " + "; ".join(f"{r['arm']} seed {r['seed']}: {r['error']}" for r in errors)]
-    return "\n".join(lines) + "\n"
-
-
 def over_budget_draws(study_dir: Path) -> int:
     """Configurations the search drew over its parameter budget and never trained (Optuna's journal)."""
     from autoprompt_search.study.budget import refused_draws
@@ -416,31 +336,6 @@ def study_arm(search_seed: int, max_trainable: str = "", grace_period: int = 1) 
     budget = f"-max{max_trainable.replace('%', 'pct')}" if max_trainable else ""
     grace = f"-g{grace_period}" if grace_period != 1 else ""
     return (f"study-s{search_seed}" if search_seed else "study") + budget + grace
-
-
-def study_paragraph(arm: str, study: dict[str, Any], full_ft: list[dict[str, Any]]) -> str:
-    """The study arm's search: what it tried, what it chose and what it cost against full fine-tuning."""
-    search, finalists = study["search_worker_seconds"], study["finalist_worker_seconds"]
-    text = (
-        f"The `{arm}` row (sampler seed {study.get('search_seed', 0)}): {study['trials']} searched trials ({', '.join(f'{n} {s}' for s, n in study['statuses'].items())}; "
-        f"{study['search_steps']:,} training steps), then finalists ({study['finalist_steps']:,} steps); the row is "
-        f"the best finalist's seeds (trial {study['best_trial']}, dev {100 * study['best_search_dev']:.1f} in the "
-        f"search). Finalists' dev scores per seed: "
-        + "; ".join(f"{t}: {', '.join(f'{100 * d:.1f}' for d in ds)}" for t, ds in study["finalists"].items())
-        + f". Worker time: search {search:,.0f} s, finalists {finalists:,.0f} s."
-    )
-    if study.get("max_trainable"):
-        text += (
-            f" Parameter budget `--max-trainable {study['max_trainable']}`: {study['over_budget_draws']} draws over it "
-            "were refused before training (PRUNED in Optuna, not counted among the trials)."
-        )
-    if full_ft:
-        ft = statistics.median(r["train_seconds"] for r in full_ft)
-        text += (
-            f" One full fine-tuning run: {ft:,.0f} s (median); the search is {search / ft:.1f}x of it, "
-            f"search + finalists {(search + finalists) / ft:.1f}x (both measured with `--jobs` runs sharing the machine)."
-        )
-    return text
 
 
 if __name__ == "__main__":

@@ -36,11 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from autoprompt_search.backbones import Backbone, BackboneInfo, backbone_from_config, load_backbone
-from autoprompt_search.engine import Batch, PromptedModel
-from autoprompt_search.heads import ClassifierHead
-from autoprompt_search.precision import autocast
-from autoprompt_search.prefix_cache import PrefixFeeder, cache_dtype
-from autoprompt_search.prompts import DeepConfig, LateConfig, build_method
+from autoprompt_search.engine.heads import ClassifierHead
+from autoprompt_search.engine.model import Batch, PromptedModel
+from autoprompt_search.engine.precision import autocast
+from autoprompt_search.engine.prefix_cache import PrefixFeeder, cache_dtype
+from autoprompt_search.methods import DeepConfig, LateConfig, build_method
 
 MODES = ("full-ft", "deep-all", "lpt", "lpt-cached")
 
@@ -186,7 +186,7 @@ class SavedBytes:
         return t
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--random", default="", help="roberta-large | roberta-base: random weights of that size")
@@ -200,34 +200,33 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default="")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    device = torch.device(
-        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-    )
-    bb = make_backbone(args).to(device)
-    n = bb.num_layers
-    k = args.layer if args.layer >= 0 else n // 2
+
+Key = tuple[str, str]  # (implementation: ours | hand, mode)
+
+
+def build_steps(
+    args: argparse.Namespace, bb: Any, k: int, device: torch.device
+) -> tuple[dict[Key, Callable[[], Tensor]], dict[Key, list[nn.Parameter]]]:
+    """Each (implementation, mode)'s forward returning the loss, and its trainable parameters."""
     torch.manual_seed(0)
     ids = torch.randint(5, int(bb.config.vocab_size), (args.batch, args.length))
     labels = torch.randint(0, 2, (args.batch,))
     split = FixedSplit(ids, labels)
     rows = torch.arange(args.batch)
     dev_ids, dev_labels = ids.to(device), labels.to(device)
-
-    def amp() -> Any:
-        return autocast(device, args.precision)
-
     cache_dir = tempfile.mkdtemp(prefix="bench-prefix-")
-    steps: dict[tuple[str, str], Callable[[], Tensor]] = {}
-    params_of: dict[tuple[str, str], list[nn.Parameter]] = {}
+    steps: dict[Key, Callable[[], Tensor]] = {}
+    params_of: dict[Key, list[nn.Parameter]] = {}
     for mode in MODES:
         model = ours(bb, mode, args.prompt, k, args.bottleneck, 2).to(device).train()
         feeder = None
         if mode == "lpt-cached":
             feeder = PrefixFeeder(
-                model, {"train": split}, k, device, cache_dtype(device, args.precision), 2**40, Path(cache_dir), amp
-            )
+                model, {"train": split}, k, device, cache_dtype(device, args.precision), 2**40, Path(cache_dir),
+                lambda: autocast(device, args.precision),
+            )  # fmt: skip
             feeder.batch("train", rows)  # fill once; every timed step reads it back from the file
 
         def fetch(feeder: PrefixFeeder | None = feeder) -> Batch:
@@ -247,7 +246,17 @@ def main() -> None:
             params = [p for name, p in module.named_parameters() if not name.startswith("bb.") and p.requires_grad]
             steps[(impl, mode)] = fwd
             params_of[(impl, mode)] = params
+    return steps, params_of
 
+
+def time_steps(
+    args: argparse.Namespace,
+    bb: Any,
+    steps: dict[Key, Callable[[], Tensor]],
+    params_of: dict[Key, list[nn.Parameter]],
+    device: torch.device,
+) -> dict[Key, dict[str, Any]]:
+    """Median step time, bytes saved for backward and (GPU) peak memory of each (implementation, mode)."""
     block_params = [p for blk in bb.blocks for p in blk.parameters()]
     weights = {p.untyped_storage().data_ptr() for p in bb.parameters()}
     opts = {}
@@ -256,7 +265,7 @@ def main() -> None:
         if key[1] == "full-ft":  # lr 0: AdamW's full arithmetic on every weight, weights unchanged
             groups.append({"params": block_params, "lr": 0.0})
         opts[key] = torch.optim.AdamW(groups)
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+    times: dict[Key, list[float]] = {key: [] for key in steps}
     saved = {key: SavedBytes(weights) for key in steps}
     peak = dict.fromkeys(steps, 0)
     for it in range(args.warmup + args.iters):  # round by round: every mode sees the same machine state
@@ -269,7 +278,7 @@ def main() -> None:
                 base = torch.cuda.memory_allocated(device)
             t0 = time.perf_counter()
             pack = saved[key].pack if it == args.warmup else (lambda t: t)
-            with amp(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with autocast(device, args.precision), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 loss = fwd()
             opts[key].zero_grad(set_to_none=True)
             loss.backward()
@@ -281,24 +290,27 @@ def main() -> None:
                 times[key].append(time.perf_counter() - t0)
     for p in block_params:
         p.requires_grad_(False)
-    results: dict[tuple[str, str], dict[str, Any]] = {}
-    for key in steps:
-        results[key] = {
+    return {
+        key: {
             "impl": key[0],
             "mode": key[1],
             "ms": 1000 * statistics.median(times[key]),
             "saved_mib": saved[key].total / 2**20,
             "peak_mib": peak[key] / 2**20 if device.type == "cuda" else None,
         }
-        print(json.dumps(results[key]), flush=True)
+        for key in steps
+    }
 
+
+def table(args: argparse.Namespace, results: dict[Key, dict[str, Any]], bb: Any, k: int, device: torch.device) -> str:
+    """The markdown table: ours vs the hand-written loop per mode, and each vs deep-all."""
     name = args.random + " (random weights)" if args.random else args.model
     lines = [
         f"# One training step on {machine(device)}",
         "",
-        f"Model {name}: {n} blocks, d={bb.hidden_size}; batch {args.batch} x {args.length} tokens, prompt length "
-        f"{args.prompt}, LPT k={k} (NPG, r={args.bottleneck}), precision {args.precision}; median of {args.iters} steps "
-        f"after {args.warmup} warm-up steps. Command: `python benchmarks/step_time.py "
+        f"Model {name}: {bb.num_layers} blocks, d={bb.hidden_size}; batch {args.batch} x {args.length} tokens, "
+        f"prompt length {args.prompt}, LPT k={k} (NPG, r={args.bottleneck}), precision {args.precision}; median of "
+        f"{args.iters} steps after {args.warmup} warm-up steps. Command: `python benchmarks/step_time.py "
         + " ".join(f"--{a.replace('_', '-')} {v}" for a, v in vars(args).items() if v not in ("", None) and a != "out")
         + "`",
         "",
@@ -319,13 +331,26 @@ def main() -> None:
         if device.type == "cuda":
             row += f" {o['peak_mib']:.0f} | {h['peak_mib']:.0f} |"
         lines.append(row)
-    lines += [
-        "",
-        f"Memory ratios use {'the peak allocated during a step' if device.type == 'cuda' else 'the bytes saved for backward'}.",
-    ]
-    text = "\n".join(lines) + "\n"
+    what = "the peak allocated during a step" if device.type == "cuda" else "the bytes saved for backward"
+    lines += ["", f"Memory ratios use {what}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(
+        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    )
+    bb = make_backbone(args).to(device)
+    k = args.layer if args.layer >= 0 else bb.num_layers // 2
+    steps, params_of = build_steps(args, bb, k, device)
+    results = time_steps(args, bb, steps, params_of, device)
+    for row in results.values():
+        print(json.dumps(row), flush=True)
+    text = table(args, results, bb, k, device)
     print(text)
     if args.out:
+        name = args.random + " (random weights)" if args.random else args.model
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".md").write_text(text, encoding="utf-8")

@@ -18,6 +18,7 @@ from autoprompt_search.study.cluster import RaySettings
 from autoprompt_search.study.options import StudyOptions
 
 from .declared import declared_options
+from .status_table import print_status
 
 app = typer.Typer(
     add_completion=False,
@@ -79,7 +80,7 @@ def train(
         )
     )
     if "spt_search" in m:
-        from autoprompt_search.darts import describe_search
+        from autoprompt_search.methods.spt_search import describe_search
 
         typer.echo(describe_search(m["spt_search"]), err=True)
     if result.status == "COLLAPSED":
@@ -131,7 +132,7 @@ def space(
     import yaml
 
     from autoprompt_search.backbones import num_layers_of
-    from autoprompt_search.search_space import preview
+    from autoprompt_search.study.space import preview
 
     try:
         drawn = preview(path, num_layers_of(model), samples, seed)
@@ -180,7 +181,7 @@ def search(
             run = search_study(space, results_dir=results_dir, overwrite=overwrite, **connect, **options)
     except ConfigError as exc:
         fail(exc)
-    _print_status(run.study_dir)
+    print_status(run.study_dir)
     if run.finished_before:
         typer.echo(
             f"nothing left to run: the study had finished; export with: autoprompt export {run.study_dir} --top 3"
@@ -205,99 +206,6 @@ def _given_flags(ctx: typer.Context, allowed: set[str]) -> dict[str, object]:
         return source is not None and source.name == "COMMANDLINE"
 
     return {name: value for name, value in ctx.params.items() if name not in allowed and typed(name)}
-
-
-def _print_status(study_dir) -> None:  # type: ignore[no-untyped-def]
-    from rich.console import Console
-    from rich.table import Table
-
-    from autoprompt_search.study.options import StudyOptions
-    from autoprompt_search.study.ranking import stopped_note, summarize
-    from autoprompt_search.study.records import optuna_numbers, study_rows
-
-    options = StudyOptions.load(study_dir)
-    rows = study_rows(study_dir)
-    summary = summarize(rows, options.parsed_objectives)
-    finalist_text = f", {summary['finalist_runs']} finalist runs" if summary["finalist_runs"] else ""
-    budget_text = f", at most {options.max_trainable} trainable" if options.max_trainable else ""
-    if options.budget:
-        spent = sum(int(r["last_step"] or 0) for r in rows if not r["finalist_of"])
-        budget_text += f", {spent:,} of {options.budget_steps:,} search steps ({options.budget})"
-    table = Table(
-        title=f"study {options.name}: {summary['trials']} trials{finalist_text}{budget_text} {summary['counts']}"
-    )
-    numbers = optuna_numbers(study_dir, options.name)
-    for column in (
-        "#",
-        "trial",
-        "optuna #",
-        "status",
-        "method",
-        "seed",
-        "dev_score",
-        "test",
-        "params",
-        "evals",
-        "collapsed",
-        "wall s",
-        "error",
-    ):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(
-            str(r["number"]),
-            r["trial_id"],
-            str(numbers.get(r["trial_id"], "-")),
-            r["status"],
-            r["method"] or "-",
-            "-" if r.get("seed") is None else str(r["seed"]),
-            _number(r["dev_score"]),
-            _number(r.get("test_score")),
-            str(r["trainable_params"] or "-"),
-            str(r["evaluations"] or 0),
-            str(r.get("collapsed_evals") or 0),
-            _number(r["wall_seconds"], "{:.0f}"),
-            (r["error"] or "")[:60],
-        )
-    console = Console() if sys.stdout.isatty() else Console(width=180)
-    console.print(table)
-    note = stopped_note(rows, options)
-    if note:
-        console.print(note)
-    metric = summary["objective"].split(":")[0]
-    if summary["finalists"]:
-        finals = Table(title="finalists: median over seeds (range); a failed or collapsed seed counts as the worst")
-        for column in ("of trial", "method", "seeds", f"{metric} median", "range", "test median", "range"):
-            finals.add_column(column)
-        for g in summary["finalists"]:
-            finals.add_row(
-                g["finalist_of"],
-                g["method"] or "-",
-                f"{g['scored']}/{g['seeds']}",
-                _number(g[metric]),
-                _range(g[metric + "_min"], g[metric + "_max"]),
-                _number(g["test_median"]),
-                _range(g["test_min"], g["test_max"]),
-            )
-        console.print(finals)
-    best = summary["best"]
-    if best is not None and best.get("finalist_of"):
-        source = next(r for r in rows if r["trial_id"] == best["finalist_of"])
-        console.print(
-            f"best {summary['objective']}: median {_number(best[metric])} over {best['scored']}/{best['seeds']} seeds "
-            f"(range {_range(best[metric + '_min'], best[metric + '_max'])}), the configuration of trial "
-            f"{best['finalist_of']}: {source['config']}"
-        )
-    elif best is not None:
-        console.print(f"best {summary['objective']}: trial {best['trial_id']} {best['config']}")
-
-
-def _number(value: float | None, fmt: str = "{:.4f}") -> str:
-    return "-" if value is None else fmt.format(value)
-
-
-def _range(low: float | None, high: float | None) -> str:
-    return "-" if low is None else f"{low:.4f}-{high:.4f}"
 
 
 @app.command()
@@ -331,7 +239,7 @@ def status(
 ) -> None:
     """Show a study's trials: best so far, running, stopped, failed; finalists' medians."""
     try:
-        _print_status(_study_dir(study, results_dir))
+        print_status(_study_dir(study, results_dir))
     except ConfigError as exc:
         fail(exc)
 
@@ -349,7 +257,7 @@ def export(
     ] = "native",
 ) -> None:
     """Export chosen trials as run directories: config.yaml (retrain) + safetensors weights (serve)."""
-    from autoprompt_search.peft_format import loading_code
+    from autoprompt_search.storage.peft_format import loading_code
     from autoprompt_search.study.export import export_study
 
     try:

@@ -20,9 +20,9 @@ import torch
 from autoprompt_search.backbones import load_backbone
 from autoprompt_search.config import ExperimentConfig, TrainConfig
 from autoprompt_search.data import DataConfig
-from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig
-from autoprompt_search.trainer import train
-from autoprompt_search.workspace import prepare_workspace
+from autoprompt_search.methods import DeepConfig, LateConfig, ProbeConfig
+from autoprompt_search.training.loop import train
+from autoprompt_search.training.workspace import prepare_workspace
 
 
 def methods(num_layers: int, probe_lrs: list[float]) -> dict[str, tuple[object, float, float]]:

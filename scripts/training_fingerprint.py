@@ -32,8 +32,8 @@ METHODS: dict[str, dict[str, Any]] = {
 
 def runs(data_dir: str) -> dict[str, dict[str, Any]]:
     from autoprompt_search.config import ExperimentConfig
-    from autoprompt_search.trainer import train
-    from autoprompt_search.workspace import prepare_workspace
+    from autoprompt_search.training.loop import train
+    from autoprompt_search.training.workspace import prepare_workspace
 
     base = {
         "model": "minilm-l6",

@@ -149,7 +149,7 @@ def peft_and_our_logits(run: str | Path, model: str) -> tuple[Any, torch.Tensor,
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from autoprompt_search import load
-    from autoprompt_search.batch import Batch
+    from autoprompt_search.engine.batch import Batch
 
     enc = AutoTokenizer.from_pretrained(model)(
         ["good fine great", "bad awful poor terrible dull"], padding=True, return_tensors="pt"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 import autoprompt_search
-from autoprompt_search.checkpoint import predict_run
 from autoprompt_search.data import DataConfig, load_task_data
 from autoprompt_search.errors import ConfigError
+from autoprompt_search.storage.checkpoint import predict_run
 from autoprompt_search.study.export import export_study
 
 

@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from autoprompt_search.config import DataConfig, ExperimentConfig
-from autoprompt_search.prompts import DeepConfig
+from autoprompt_search.methods import DeepConfig
 from autoprompt_search.study.options import StudyOptions
 from autoprompt_search.study.records import SCHEMA, write_trials
 from cli.main import app

@@ -12,16 +12,17 @@ from conftest import tiny_experiment
 
 from autoprompt_search.backbones import BackboneInfo
 from autoprompt_search.config import DataConfig, ExperimentConfig, TrainConfig
+from autoprompt_search.engine.heads import HeadConfig
 from autoprompt_search.errors import ConfigError
-from autoprompt_search.heads import HeadConfig
-from autoprompt_search.prompts import DeepConfig, DpConfig, LateConfig, ProbeConfig, SptConfig
-from autoprompt_search.search_space import SearchSpace
+from autoprompt_search.methods import DeepConfig, DpConfig, LateConfig, ProbeConfig, SptConfig
 from autoprompt_search.study.budget import CONSTRAINT, ParamBudget, check_budget, param_budget
 from autoprompt_search.study.group_search import GroupSearcher
-from autoprompt_search.study.options import StudyOptions, journal_storage
+from autoprompt_search.study.journal import journal_storage
+from autoprompt_search.study.options import StudyOptions
 from autoprompt_search.study.report import budget_note
-from autoprompt_search.study.runner import ResumableOptunaSearch
-from autoprompt_search.workspace import build_model, count_trainable, prepare_workspace
+from autoprompt_search.study.searcher import ResumableOptunaSearch
+from autoprompt_search.study.space import SearchSpace
+from autoprompt_search.training.workspace import build_model, count_trainable, prepare_workspace
 
 METHODS = {
     "deep-hidden": DeepConfig(layers=(0, 2), length=4),

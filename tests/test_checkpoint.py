@@ -8,10 +8,10 @@ import pytest
 import torch
 from test_training import experiment
 
-from autoprompt_search.checkpoint import load_run, predict_run, save_run
-from autoprompt_search.prompts import DeepConfig, LateConfig
-from autoprompt_search.trainer import train
-from autoprompt_search.workspace import prepare_workspace
+from autoprompt_search.methods import DeepConfig, LateConfig
+from autoprompt_search.storage.checkpoint import load_run, predict_run, save_run
+from autoprompt_search.training.loop import train
+from autoprompt_search.training.workspace import prepare_workspace
 
 
 @pytest.mark.parametrize(
@@ -55,9 +55,9 @@ def test_weights_that_do_not_match_the_config_are_refused(tiny_model_dir: str, t
 
 def test_a_corrupt_training_state_is_one_line_config_error(tmp_path) -> None:
     """What a resumed trial reads back (training_state.json / .safetensors) fails with the file and the fix."""
-    from autoprompt_search.checkpoint import load_training_state, save_training_state, training_step
     from autoprompt_search.errors import ConfigError
-    from autoprompt_search.trainer import TrainingState
+    from autoprompt_search.storage.checkpoint import load_training_state, save_training_state, training_step
+    from autoprompt_search.training.loop import TrainingState
 
     save_training_state(TrainingState({"param.w": torch.ones(3)}, {"step": 7}), tmp_path)
     assert training_step(tmp_path) == 7 and load_training_state(tmp_path).meta["step"] == 7  # type: ignore[union-attr]

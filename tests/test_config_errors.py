@@ -7,7 +7,7 @@ from conftest import tiny_configs
 
 from autoprompt_search.backbones import BackboneInfo, backbone_from_config
 from autoprompt_search.config import ExperimentConfig, load_config_file
-from autoprompt_search.prompts import DeepConfig, LateConfig, build_method, method_config
+from autoprompt_search.methods import DeepConfig, LateConfig, build_method, method_config
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_lpt_layer_out_of_range(info: BackboneInfo) -> None:
 
 
 def test_generators_refuse_layer_0() -> None:
-    from autoprompt_search.prompts import SptConfig
+    from autoprompt_search.methods import SptConfig
 
     with pytest.raises(ValueError) as exc:
         LateConfig(layer=0)
@@ -103,8 +103,8 @@ def test_a_method_registers_itself_and_probe_is_one_of_them() -> None:
     from dataclasses import dataclass
 
     from autoprompt_search.backbones import BackboneInfo
-    from autoprompt_search.prompts import METHODS, LinearProbe, ProbeConfig, build_method, register_method
-    from autoprompt_search.prompts.probe import LinearProbe as Registered
+    from autoprompt_search.methods import METHODS, LinearProbe, ProbeConfig, build_method, register_method
+    from autoprompt_search.methods.probe import LinearProbe as Registered
 
     info = BackboneInfo(num_layers=4, hidden_size=8, max_positions=64, causal=False)
     probe = build_method(ProbeConfig(), info)

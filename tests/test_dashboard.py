@@ -14,7 +14,8 @@ import optuna
 import pytest
 from conftest import free_port
 
-from autoprompt_search.study.options import OPTUNA_FILE, StudyOptions
+from autoprompt_search.study.journal import OPTUNA_FILE
+from autoprompt_search.study.options import StudyOptions
 
 AUTOPROMPT = str(Path(sys.executable).with_name("autoprompt"))
 

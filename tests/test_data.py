@@ -150,7 +150,7 @@ def test_task_registry_covers_glue_superglue_trec() -> None:
 def test_glue_pair_score_is_the_mean_of_f1_and_accuracy_and_metric_can_be_chosen(tiny_sst_dir: str) -> None:
     import torch
 
-    from autoprompt_search.metrics import classification_metrics
+    from autoprompt_search.training.metrics import classification_metrics
 
     gold = torch.tensor([1] * 68 + [0] * 32)  # 68% positive, as in MRPC
     constant = classification_metrics(torch.ones(100, dtype=torch.long), gold, 2, "f1_acc")

@@ -7,10 +7,10 @@ import torch
 from conftest import DECODERS, ENCODERS, FAMILIES, tiny_configs
 
 from autoprompt_search.backbones import Backbone, BackboneInfo, backbone_from_config
-from autoprompt_search.engine import Batch, PromptedModel
-from autoprompt_search.heads import ClassifierHead
-from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig, PromptMethod, SlotLayout, build_method
-from autoprompt_search.prompts.base import BatchContext
+from autoprompt_search.engine.heads import ClassifierHead
+from autoprompt_search.engine.model import Batch, PromptedModel
+from autoprompt_search.methods import DeepConfig, LateConfig, ProbeConfig, PromptMethod, SlotLayout, build_method
+from autoprompt_search.methods.base import BatchContext
 
 ATOL = 1e-5
 

@@ -10,10 +10,10 @@ from test_training import experiment
 from autoprompt_search.backbones import backbone_from_config
 from autoprompt_search.config import ExperimentConfig
 from autoprompt_search.errors import ConfigError
-from autoprompt_search.fused_trainer import train_group
-from autoprompt_search.prompts import DeepConfig, LateConfig, ProbeConfig
-from autoprompt_search.trainer import TrainResult, train
-from autoprompt_search.workspace import build_model, prepare_workspace
+from autoprompt_search.methods import DeepConfig, LateConfig, ProbeConfig
+from autoprompt_search.training.fused_loop import train_group
+from autoprompt_search.training.loop import TrainResult, train
+from autoprompt_search.training.workspace import build_model, prepare_workspace
 
 
 def members(model_dir: str, data_dir: str, **kw: object) -> list[ExperimentConfig]:
@@ -108,8 +108,8 @@ def test_members_that_cannot_share_a_batch_are_refused(tiny_model_dir: str, tiny
 
 def test_partition_groups_by_key_then_first_layer_and_length(tiny_model_dir: str, tiny_sst_dir: str) -> None:
     from autoprompt_search.backbones import BackboneInfo
-    from autoprompt_search.fused import partition
-    from autoprompt_search.prompts import SptConfig
+    from autoprompt_search.methods import SptConfig
+    from autoprompt_search.training.fused import partition
 
     cfgs = [
         experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=3, length=2)),  # 0
@@ -178,7 +178,7 @@ class Crash(Exception):
 def test_a_run_resumed_from_its_training_state_ends_as_if_never_stopped(
     tiny_model_dir: str, tiny_sst_dir: str, tmp_path
 ) -> None:
-    from autoprompt_search.checkpoint import load_training_state, save_training_state
+    from autoprompt_search.storage.checkpoint import load_training_state, save_training_state
 
     cfgs = members(tiny_model_dir, tiny_sst_dir, steps=8, eval_every=2, prefix_cache=False, warmup_ratio=0.25)
     ws = prepare_workspace(cfgs[0])
@@ -209,7 +209,7 @@ def test_a_run_resumed_from_its_training_state_ends_as_if_never_stopped(
 def test_a_dynamic_prompting_member_trains_fused_as_alone(tiny_model_dir: str, tiny_sst_dir: str) -> None:
     """DP mixes every arrangement's input embeddings on its own rows inside the group (its Gumbel
     samples come from the global generator, which the deep member does not draw from)."""
-    from autoprompt_search.prompts import DpConfig
+    from autoprompt_search.methods import DpConfig
 
     dp = DpConfig(length=3, pool=2, level="task", choose=("position", "length", "pool"))
     cfgs = [
@@ -225,11 +225,11 @@ def test_a_dynamic_prompting_member_trains_fused_as_alone(tiny_model_dir: str, t
 
 def test_members_with_dropout_train_fused_as_alone(tiny_model_dir: str, tiny_sst_dir: str) -> None:
     """Prompt, generator and classifier-input dropout draw from each member's own seeded stream
-    (prompts/noise.py), so with that dropout on a member trains fused exactly as alone (the same
+    (methods/noise.py), so with that dropout on a member trains fused exactly as alone (the same
     float tolerance as without). Not covered, and not exact: the backbone's own dropout inside
     prompted blocks (off in the tiny test model; 0.1 in BERT-style models) draws from torch's
     global stream over the whole fused batch, so a member's masks there differ from alone's."""
-    from autoprompt_search.heads import HeadConfig
+    from autoprompt_search.engine.heads import HeadConfig
 
     cfgs = [
         experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0, 2), length=3, dropout=0.2), lr=1e-1, seed=1,

@@ -14,9 +14,9 @@ from test_engine import full_batch, make
 from transformers import DynamicCache
 
 from autoprompt_search.backbones import Backbone
-from autoprompt_search.engine import Batch, PromptedModel
-from autoprompt_search.fused import FusedModel
-from autoprompt_search.prompts import DeepConfig
+from autoprompt_search.engine.model import Batch, PromptedModel
+from autoprompt_search.methods import DeepConfig
+from autoprompt_search.training.fused import FusedModel
 
 ATOL = 1e-5
 

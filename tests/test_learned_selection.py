@@ -8,12 +8,12 @@ from conftest import FAMILIES
 from test_engine import ATOL, full_batch, make
 from test_training import experiment
 
-from autoprompt_search.checkpoint import load_run, predict_run, save_run
-from autoprompt_search.darts import BilevelSearch, split_rows
 from autoprompt_search.errors import ConfigError
-from autoprompt_search.prompts import DeepConfig, DpConfig, LateConfig, SptConfig, method_config
-from autoprompt_search.trainer import train
-from autoprompt_search.workspace import prepare_workspace
+from autoprompt_search.methods import DeepConfig, DpConfig, LateConfig, SptConfig, method_config
+from autoprompt_search.methods.spt_search import BilevelSearch, split_rows
+from autoprompt_search.storage.checkpoint import load_run, predict_run, save_run
+from autoprompt_search.training.loop import train
+from autoprompt_search.training.workspace import prepare_workspace
 
 # ---- SPT --------------------------------------------------------------------------------
 
@@ -155,7 +155,7 @@ def _rank_searches(rank: int, model_dir: str, data_dir: str, port: int, out: str
     (as a nondeterministic kernel could tip a gate there)."""
     import torch.distributed as dist
 
-    from autoprompt_search import darts
+    from autoprompt_search.methods import spt_search as darts
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -244,7 +244,7 @@ def test_a_resumed_spt_darts_run_continues_its_derived_layers_without_searching_
 ) -> None:  # type: ignore[no-untyped-def]
     import ray.train
 
-    from autoprompt_search.checkpoint import save_state, save_training_state
+    from autoprompt_search.storage.checkpoint import save_state, save_training_state
     from autoprompt_search.study.trial import resume_point
 
     class Crash(Exception):
@@ -418,9 +418,9 @@ def test_dp_mixed_input_is_one_dropout_sample_of_the_chosen_arrangement(family: 
     from conftest import tiny_configs
 
     from autoprompt_search.backbones import BackboneInfo, backbone_from_config
-    from autoprompt_search.engine import PromptedModel
-    from autoprompt_search.heads import ClassifierHead
-    from autoprompt_search.prompts import build_method
+    from autoprompt_search.engine.heads import ClassifierHead
+    from autoprompt_search.engine.model import PromptedModel
+    from autoprompt_search.methods import build_method
 
     p = 0.5
     config = tiny_configs()[family]
@@ -455,7 +455,7 @@ def test_dp_mixed_input_is_one_dropout_sample_of_the_chosen_arrangement(family: 
 
 def test_rotary_dp_position_falls_back_to_the_chosen_options_scale() -> None:
     """Llama's positions act inside attention: arrangements cannot be mixed at the input, the
-    chosen prompt is scaled by its sample instead (documented in prompts/dynamic.py)."""
+    chosen prompt is scaled by its sample instead (documented in methods/dp.py)."""
     model = make("llama", DpConfig(length=3, pool=1, level="task", choose=("position",))).train()
     logits = model(full_batch(b=4))
     c = model.method.choices

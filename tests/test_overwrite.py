@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoprompt_search.errors import ConfigError
-from autoprompt_search.staging import replacing_directory, staged_directory
+from autoprompt_search.storage.staging import replacing_directory, staged_directory
 from cli.main import app
 
 runner = CliRunner()

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from autoprompt_search.backbones import BackboneInfo, load_backbone
-from autoprompt_search.engine import Batch, PromptedModel
-from autoprompt_search.heads import ClassifierHead
-from autoprompt_search.prompts import DeepConfig, LateConfig, LinearProbe, ProbeConfig, build_method
-from autoprompt_search.workspace import load_tokenizer
+from autoprompt_search.engine.heads import ClassifierHead
+from autoprompt_search.engine.model import Batch, PromptedModel
+from autoprompt_search.methods import DeepConfig, LateConfig, LinearProbe, ProbeConfig, build_method
+from autoprompt_search.training.workspace import load_tokenizer
 
 pytestmark = pytest.mark.packaged_model
 

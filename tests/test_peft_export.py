@@ -15,8 +15,14 @@ import torch
 from conftest import peft_and_our_logits
 
 from autoprompt_search.config import ExperimentConfig
-from autoprompt_search.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, refusal, run_adapter, write_peft_adapter
 from autoprompt_search.runs import train_to_directory
+from autoprompt_search.storage.peft_format import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    refusal,
+    run_adapter,
+    write_peft_adapter,
+)
 
 EVERY = [0, 1, 2, 3]
 

@@ -18,9 +18,9 @@ from conftest import tiny_configs
 from test_engine import full_batch, make
 
 from autoprompt_search.backbones import BackboneInfo, backbone_from_config
-from autoprompt_search.engine import Batch, PromptedModel
-from autoprompt_search.heads import ClassifierHead
-from autoprompt_search.prompts import DeepConfig, build_method
+from autoprompt_search.engine.heads import ClassifierHead
+from autoprompt_search.engine.model import Batch, PromptedModel
+from autoprompt_search.methods import DeepConfig, build_method
 
 peft = pytest.importorskip("peft")
 

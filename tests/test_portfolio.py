@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from autoprompt_search.search_space import SearchSpace
 from autoprompt_search.study.portfolio import portfolio_for, read_portfolio, scaled_layers
 from autoprompt_search.study.preflight import check_study
+from autoprompt_search.study.space import SearchSpace
 
 ALL = SearchSpace.load("all").sampler(num_layers=6)
 

@@ -11,10 +11,10 @@ from safetensors import safe_open
 from test_training import experiment
 
 from autoprompt_search.backbones import backbone_from_config
-from autoprompt_search.prefix_cache import PrefixStore, cache_root
-from autoprompt_search.prompts import DeepConfig, DpConfig, LateConfig, ProbeConfig
-from autoprompt_search.trainer import train
-from autoprompt_search.workspace import build_model, prefix_feeder, prepare_workspace
+from autoprompt_search.engine.prefix_cache import PrefixStore, cache_root
+from autoprompt_search.methods import DeepConfig, DpConfig, LateConfig, ProbeConfig
+from autoprompt_search.training.loop import train
+from autoprompt_search.training.workspace import build_model, prefix_feeder, prepare_workspace
 
 
 @pytest.fixture(autouse=True)

@@ -147,7 +147,7 @@ def test_importances_come_from_the_studys_own_journal(tmp_path: Path) -> None:
     """PED-ANOVA over the journal's COMPLETE trials: the parameter the score depends on ranks first."""
     import optuna
 
-    from autoprompt_search.study.options import journal_storage
+    from autoprompt_search.study.journal import journal_storage
     from autoprompt_search.study.report import importances
 
     study = tmp_path / "imp"

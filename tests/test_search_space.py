@@ -11,7 +11,7 @@ import pytest
 from autoprompt_search.backbones import BackboneInfo
 from autoprompt_search.config import ExperimentConfig
 from autoprompt_search.errors import ConfigError
-from autoprompt_search.search_space import SearchSpace, SearchSpaceError, depth_range
+from autoprompt_search.study.space import SearchSpace, SearchSpaceError, depth_range
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -156,8 +156,8 @@ def test_a_method_can_have_its_own_training_dimensions() -> None:
 def test_a_drawn_configuration_is_drawn_again_from_its_parameters(name: str) -> None:
     """params_of inverts the sampler: what `--enqueue` gives Optuna makes the sampler return that
     configuration (checked on 20 random draws of each shipped space)."""
-    from autoprompt_search.prompts import method_from_dict, method_to_dict
-    from autoprompt_search.search_space import space_path
+    from autoprompt_search.methods import method_from_dict, method_to_dict
+    from autoprompt_search.study.space import space_path
 
     sampler = SearchSpace.load(space_path(name)).sampler(6)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
@@ -172,7 +172,7 @@ def test_a_drawn_configuration_is_drawn_again_from_its_parameters(name: str) -> 
 
 
 def test_params_of_refuses_what_the_space_cannot_draw() -> None:
-    from autoprompt_search.search_space import space_path
+    from autoprompt_search.study.space import space_path
 
     sampler = SearchSpace.load(space_path("all")).sampler(6)
     with pytest.raises(ConfigError, match="method 'dp' is not in the search space"):
@@ -186,7 +186,7 @@ def test_params_of_refuses_what_the_space_cannot_draw() -> None:
 def test_an_enqueued_config_must_match_what_the_space_fixes() -> None:
     """An option the space fixes or leaves at its default is not a parameter: a config with another
     value would run as another configuration, silently. It is refused instead."""
-    from autoprompt_search.search_space import space_path
+    from autoprompt_search.study.space import space_path
 
     sampler = SearchSpace.load(space_path("all")).sampler(6)
     with pytest.raises(ConfigError, match=r"method.init is 'normal' but this search space uses 'vocab'"):
@@ -207,7 +207,7 @@ def test_a_short_study_gets_a_short_random_start_and_tpe_learns_the_conditional_
     the `all` space scored 1 for deep prompts and 0 otherwise, its TPE (multivariate, grouped by
     method) samples deep about twice as often after its startup as random search does."""
     from autoprompt_search.study.options import StudyOptions
-    from autoprompt_search.study.runner import make_sampler
+    from autoprompt_search.study.searcher import make_sampler
 
     assert [StudyOptions(num_samples=n).tpe_startup_trials for n in (2, 8, 12, 40, 100)] == [2, 2, 3, 10, 10]
     assert StudyOptions(num_samples=8, startup_trials=5).tpe_startup_trials == 5

@@ -13,11 +13,10 @@ import pytest
 import yaml
 from conftest import InterruptAfter, tiny_experiment
 
-from autoprompt_search.checkpoint import predict_run
 from autoprompt_search.config import load_config_file
 from autoprompt_search.errors import ConfigError
-from autoprompt_search.prompts import method_to_dict
-from autoprompt_search.search_space import SearchSpaceError, experiment_for
+from autoprompt_search.methods import method_to_dict
+from autoprompt_search.storage.checkpoint import predict_run
 from autoprompt_search.study.cluster import ClusterInfo, check_resources
 from autoprompt_search.study.export import export_study
 from autoprompt_search.study.options import Objective, StudyOptions
@@ -31,6 +30,7 @@ from autoprompt_search.study.ranking import (
 )
 from autoprompt_search.study.records import error_line, read_trials
 from autoprompt_search.study.runner import resume_study, run_study
+from autoprompt_search.study.space import SearchSpaceError, experiment_for
 from autoprompt_search.study.trial import TrialPayload, worker_resources
 
 SPACE = {
@@ -118,8 +118,8 @@ def test_finalist_jobs_hold_only_runs_that_train_as_one_fused_group(tiny_model_d
     """Finalists are grouped by what can share a batch, not by their place in the list: a job whose
     members the worker would split trains them one after another."""
     from autoprompt_search.backbones import BackboneInfo, backbone_info, load_backbone
-    from autoprompt_search.fused import partition
     from autoprompt_search.study.finalists import fused_groups
+    from autoprompt_search.training.fused import partition
 
     base = {"model": tiny_model_dir, "data": {"task": "sst2", "source": "files", "data_dir": tiny_sst_dir}}
     configs = [
@@ -193,7 +193,7 @@ def test_finalists_are_distinct_finished_configs_and_the_best_is_the_best_median
 def test_error_line_finds_the_root_cause() -> None:
     trace = (
         "Traceback (most recent call last):\n  File x\nray.train.TrainingFailedError: worker failed\n"
-        "autoprompt_search.trainer.TrainingError: loss became nan at step 3; lower --lr or check the data\n"
+        "autoprompt_search.training.loop.TrainingError: loss became nan at step 3; lower --lr or check the data\n"
         "\nThe above exception was the direct cause of:\nray.exceptions.RayTaskError(TrainingFailedError): boom"
     )
     assert error_line(trace).endswith("loss became nan at step 3; lower --lr or check the data")
@@ -320,9 +320,9 @@ def test_optuna_is_told_how_each_trial_ended(tmp_path: Path) -> None:
     no finite score: FAIL."""
     import optuna
 
-    from autoprompt_search.search_space import SearchSpace
-    from autoprompt_search.study.options import journal_storage
-    from autoprompt_search.study.runner import ResumableOptunaSearch
+    from autoprompt_search.study.journal import journal_storage
+    from autoprompt_search.study.searcher import ResumableOptunaSearch
+    from autoprompt_search.study.space import SearchSpace
 
     searcher = ResumableOptunaSearch(
         space=SearchSpace.from_dict(SPACE).sampler(num_layers=2), metric="dev_score", mode="max",
@@ -399,7 +399,9 @@ def test_spt_darts_trials_checkpoint_and_export_the_retrained_layers(
 def test_resume_after_interruption_runs_no_trial_twice(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    opts = options(tiny_model_dir, tiny_sst_dir, max_concurrent=1, sampler="random", search_seed=5, finalists=1, seeds=2)
+    opts = options(
+        tiny_model_dir, tiny_sst_dir, max_concurrent=1, sampler="random", search_seed=5, finalists=1, seeds=2
+    )
     marker = str(tmp_path / "interrupted")
     interrupted = run_study(opts, tmp_path / "r", callbacks=[InterruptAfter(2, marker)])
     # 6 tiny steps: a trial may predict one class at every evaluation and end COLLAPSED instead
@@ -479,7 +481,9 @@ def test_fused_study_writes_a_row_per_member_resumes_and_exports(
 ) -> None:
     # Four trials in fused groups of two, one Train job at a time, ASHA per member through Optuna;
     # interrupted after the first group, then resumed.
-    opts = options(tiny_model_dir, tiny_sst_dir, fuse=2, max_concurrent=1, scheduler="asha", sampler="random", search_seed=2)
+    opts = options(
+        tiny_model_dir, tiny_sst_dir, fuse=2, max_concurrent=1, scheduler="asha", sampler="random", search_seed=2
+    )
     marker = str(tmp_path / "interrupted")
     run_study(opts, tmp_path, callbacks=[InterruptAfter(1, marker)])
     first = {r["trial_id"]: r for r in read_trials(tmp_path / "s")}
@@ -576,7 +580,7 @@ def test_a_fused_group_trains_over_two_ddp_workers_as_over_one(
     # ranks draw their own dropout masks).
     import optuna
 
-    from autoprompt_search.study.options import journal_storage
+    from autoprompt_search.study.journal import journal_storage
 
     space = {"methods": {"late": {**SPACE["methods"]["late"], "dropout": 0.0}}, "train": SPACE["train"]}
     results = {}
@@ -726,8 +730,8 @@ def test_a_trial_trains_what_its_configuration_trains_alone(
     alone, gives the same history, with dropout on (the search path is reproducible)."""
     import shutil
 
-    from autoprompt_search.trainer import train
-    from autoprompt_search.workspace import prepare_workspace
+    from autoprompt_search.training.loop import train
+    from autoprompt_search.training.workspace import prepare_workspace
 
     model = tmp_path / "tiny-dropout"
     shutil.copytree(tiny_model_dir, model)
@@ -784,7 +788,7 @@ def test_checkpoints_are_stored_relative_to_the_study_and_older_tables_re_rooted
     assert pq.read_table(study / "trials.parquet").to_pylist()[0]["checkpoint"] == "train/t0/checkpoint_000001"
     assert read_trials(study)[0]["checkpoint"] == str(study / "train" / "t0" / "checkpoint_000001")
     # A table written before paths were relative names where the study ran: read from its own place.
-    from autoprompt_search.tables import write_table
+    from autoprompt_search.storage.tables import write_table
 
     old = "/elsewhere/results/s/train/t0/checkpoint_000001"
     write_table(study / "trials.parquet", [{**row, "checkpoint": old}], SCHEMA)

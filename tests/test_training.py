@@ -10,9 +10,9 @@ from autoprompt_search.backbones import BackboneInfo, backbone_from_config
 from autoprompt_search.config import ExperimentConfig, TrainConfig
 from autoprompt_search.data import DataConfig
 from autoprompt_search.errors import TrainingError
-from autoprompt_search.prompts import DeepConfig, LateConfig, LinearProbe, ProbeConfig, SptConfig
-from autoprompt_search.trainer import train
-from autoprompt_search.workspace import build_model, prepare_workspace
+from autoprompt_search.methods import DeepConfig, LateConfig, LinearProbe, ProbeConfig, SptConfig
+from autoprompt_search.training.loop import train
+from autoprompt_search.training.workspace import build_model, prepare_workspace
 
 
 def experiment(model_dir: str, data_dir: str, method: object, **train_kw: object) -> ExperimentConfig:
@@ -118,7 +118,7 @@ def test_nan_loss_fails_the_trial_with_a_reason(tiny_model_dir: str, tiny_sst_di
 def test_gpu_requested_without_gpu_is_a_clear_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    from autoprompt_search.workspace import resolve_device
+    from autoprompt_search.training.workspace import resolve_device
 
     with pytest.raises(
         ValueError, match=r"^train.device: cuda requested but no GPU is visible here; use --device cpu$"
@@ -142,8 +142,8 @@ def test_label_word_head_trains_prompt_through_frozen_lm_head(tiny_model_dir: st
 
 
 def test_label_word_head_on_decoder() -> None:
-    from autoprompt_search.engine import Batch, PromptedModel
-    from autoprompt_search.heads import LabelWordHead
+    from autoprompt_search.engine.heads import LabelWordHead
+    from autoprompt_search.engine.model import Batch, PromptedModel
 
     bb = backbone_from_config(tiny_configs()["gpt2"], lm_head=True)
     model = PromptedModel(bb, LinearProbe(ProbeConfig(), BackboneInfo.of(bb)), LabelWordHead(bb, [5, 9]))
@@ -153,8 +153,8 @@ def test_label_word_head_on_decoder() -> None:
 
 
 def test_mean_pooling_trains_and_bad_poolings_are_refused(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    from autoprompt_search.engine.heads import HeadConfig
     from autoprompt_search.errors import ConfigError
-    from autoprompt_search.heads import HeadConfig
 
     cfg = experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0,), length=2), lr=0.1)
     cfg.head = HeadConfig(pooling="mean")
@@ -175,7 +175,7 @@ def test_epochs_set_the_number_of_steps(tiny_model_dir: str, tiny_sst_dir: str) 
 
 
 def test_no_weight_decay_on_biases_and_norms(tiny_model_dir: str, tiny_sst_dir: str) -> None:
-    from autoprompt_search.recipe import param_groups
+    from autoprompt_search.training.recipe import param_groups
 
     cfg = experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=2, length=3, bottleneck=8), weight_decay=0.1)
     named = build_model(cfg, prepare_workspace(cfg)).trainable_parameters()
@@ -194,7 +194,7 @@ def test_no_weight_decay_on_biases_and_norms(tiny_model_dir: str, tiny_sst_dir: 
 
 
 def test_the_gate_search_decays_no_bias_or_norm(tiny_model_dir: str, tiny_sst_dir: str) -> None:
-    from autoprompt_search.darts import BilevelSearch
+    from autoprompt_search.methods.spt_search import BilevelSearch
 
     spt = SptConfig(length=2, bottleneck=8, top_k=2, search_steps=2)
     cfg = experiment(tiny_model_dir, tiny_sst_dir, spt, weight_decay=0.1, prefix_cache=False)
@@ -223,7 +223,7 @@ def test_first_pooling_is_refused_on_a_decoder() -> None:
 
 
 def test_classifier_dropout_is_on_in_training_only_and_refused_for_label_words() -> None:
-    from autoprompt_search.heads import ClassifierHead, HeadConfig
+    from autoprompt_search.engine.heads import ClassifierHead, HeadConfig
 
     head = ClassifierHead(backbone_from_config(tiny_configs()["bert"]), 3, pooler=False, dropout=0.5)
     token = torch.randn(64, 32)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import absolute_paths
-from ..errors import ConfigError, require
-from ..option_fields import option
+from autoprompt_search.config import absolute_paths
+from autoprompt_search.errors import ConfigError, require
+from autoprompt_search.option_fields import option
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 OPTIONS_FILE = "compare.json"
@@ -65,7 +65,7 @@ class CompareOptions:
         require(not unknown, f"--arm: {unknown[0] if unknown else ''!r} unknown; use any of {', '.join(ARMS)}")
 
     def save(self, directory: Path) -> None:
-        from ..dataclass_io import to_dict
+        from autoprompt_search.dataclass_io import to_dict
 
         (directory / OPTIONS_FILE).write_text(json.dumps(to_dict(self), indent=2) + "\n", encoding="utf-8")
 
@@ -110,7 +110,7 @@ def baseline_arms(num_layers: int) -> dict[str, Arm]:
 
 def check_overrides(kind: str, overrides: dict[str, Any]) -> Any:
     """The validated method config of --spt/--dp options (the method's own validation names the field)."""
-    from ..prompts import method_config
+    from autoprompt_search.methods import method_config
 
     if kind == "spt" and "search" in overrides:
         raise ConfigError("--spt search: compare always searches the gates; drop it")

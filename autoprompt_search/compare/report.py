@@ -11,9 +11,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..study.options import Objective
-from ..study.ranking import pareto_front
-from ..tables import read_table, write_table
+from autoprompt_search.storage.tables import read_table, write_table
+from autoprompt_search.study.options import Objective
+from autoprompt_search.study.ranking import pareto_front
 
 RUNS_FILE = "runs.parquet"
 SCHEMA = pa.schema(

@@ -20,17 +20,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..backbones import BackboneInfo
-from ..config import ExperimentConfig
-from ..errors import ConfigError
-from ..experiment_options import ExperimentOptions, experiment_from_options, parse_method_options
-from ..prompts import SptConfig, method_from_dict, method_to_dict
-from ..search_space import SearchSpace, fix_steps
-from ..staging import replacing_directory
-from ..trainer import train
-from ..workspace import Workspace, prepare_workspace
-from .arms import Arm, CompareOptions, baseline_arms, check_overrides
-from .report import write_report, write_runs
+from autoprompt_search.backbones import BackboneInfo
+from autoprompt_search.compare.arms import Arm, CompareOptions, baseline_arms, check_overrides
+from autoprompt_search.compare.report import write_report, write_runs
+from autoprompt_search.config import ExperimentConfig
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.experiment_options import ExperimentOptions, experiment_from_options, parse_method_options
+from autoprompt_search.methods import SptConfig, method_from_dict, method_to_dict
+from autoprompt_search.storage.staging import replacing_directory
+from autoprompt_search.study.space import SearchSpace, fix_steps
+from autoprompt_search.training.loop import train
+from autoprompt_search.training.workspace import Workspace, prepare_workspace
 
 SEARCH_DIR = "search"
 SPT_RECIPE = {"lr": 3e-3, "weight_decay": 0.1}  # SPT's generators are LPT's: the LPT baseline's recipe
@@ -39,7 +39,7 @@ SPT_RECIPE = {"lr": 3e-3, "weight_decay": 0.1}  # SPT's generators are LPT's: th
 def make_compare_options(space: str, base: ExperimentOptions, **knobs: Any) -> CompareOptions:
     """From command-line values: a space name or file, the base experiment, the comparison's options
     (`seeds` may be a count N: seeds 1..N; `spt` and `dp` KEY=VALUE lists)."""
-    from ..study.options import resolve_space
+    from autoprompt_search.study.options import resolve_space
 
     mapping, path = resolve_space(space)
     experiment = experiment_from_options(base).to_dict()
@@ -152,8 +152,8 @@ def discrete_search(
     rows: list[dict[str, Any]],
 ) -> Arm:
     """A real study (Ray Tune + Optuna + Ray Train); its best trial on dev becomes the arm's config."""
-    from ..study.options import StudyOptions
-    from ..study.runner import run_study
+    from autoprompt_search.study.options import StudyOptions
+    from autoprompt_search.study.runner import run_study
 
     study = StudyOptions(
         name=SEARCH_DIR,
@@ -201,7 +201,7 @@ def spt_search(
     options: CompareOptions, base: ExperimentConfig, ws: Workspace, steps: int, rows: list[dict[str, Any]]
 ) -> tuple[Arm, dict[str, Any]]:
     """SPT-DARTS's bi-level gate search on the first seed; the derived layer set becomes the arm's config."""
-    from ..darts import BilevelSearch
+    from autoprompt_search.methods.spt_search import BilevelSearch
 
     spt = method_from_dict({"name": "spt", **options.spt, "search": True, "search_steps": max(1, steps)})
     assert isinstance(spt, SptConfig)

@@ -1,8 +1,8 @@
 """Tasks, data sources, tokenisation and batching."""
 
-from .sources import DataConfig, Examples, TaskData, load_task_data
-from .tasks import TASKS, Task, get_task
-from .tokens import TokenizedSplit, tokenize
+from autoprompt_search.data.sources import DataConfig, Examples, TaskData, load_task_data
+from autoprompt_search.data.tasks import TASKS, Task, get_task
+from autoprompt_search.data.tokens import TokenizedSplit, tokenize
 
 __all__ = [
     "TASKS",

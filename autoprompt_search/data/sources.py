@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, require
-from .tasks import METRICS, Task, get_task
+from autoprompt_search.data.tasks import METRICS, Task, get_task
+from autoprompt_search.errors import ConfigError, require
 
 log = logging.getLogger(__name__)
 SOURCES = ("auto", "files", "hub", "package")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError
+from autoprompt_search.errors import ConfigError
 
 METRICS = ("accuracy", "f1", "f1_acc", "mcc")
 

@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..batch import Batch
-from ..cache_paths import cache_dir
-from .sources import Examples
+from autoprompt_search.data.sources import Examples
+from autoprompt_search.engine.batch import Batch
+from autoprompt_search.storage.cache_paths import cache_dir
 
 
 @dataclass

@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..backbones import BackboneInfo
-from ..errors import ConfigError
-from ..search_space import experiment_for
-from .options import StudyOptions, parse_budget
+from autoprompt_search.backbones import BackboneInfo
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.study.options import StudyOptions, parse_budget
+from autoprompt_search.study.space import experiment_for
 
 CONSTRAINT = "trainable_params"  # Optuna constraint key: count - limit (feasible when <= 0)
 MAX_DRAWS = 200  # draws per trial before the search gives up on the budget
@@ -31,7 +31,7 @@ class ParamBudget:
     num_classes: int
 
     def count(self, sampled: dict[str, Any]) -> int:
-        from ..workspace import count_trainable
+        from autoprompt_search.training.workspace import count_trainable
 
         return count_trainable(experiment_for(self.base, sampled), self.info, self.num_classes)
 
@@ -56,7 +56,7 @@ def refused_draws(trials: list[Any]) -> int:
 
 def param_budget(options: StudyOptions, num_classes: int) -> ParamBudget | None:
     """The study's budget resolved against its model, or None when it has none."""
-    from ..backbones import backbone_info
+    from autoprompt_search.backbones import backbone_info
 
     parsed = parse_budget(options.max_trainable)
     if parsed is None:

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..option_fields import option
-from .options import StudyOptions
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.option_fields import option
+from autoprompt_search.study.options import StudyOptions
 
 
 @dataclass

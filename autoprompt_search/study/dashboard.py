@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError
-from .cluster import LOOPBACK_HOSTS
-from .options import OPTUNA_FILE, StudyOptions, journal_storage, open_study
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.study.cluster import LOOPBACK_HOSTS
+from autoprompt_search.study.journal import OPTUNA_FILE, journal_storage, open_study
+from autoprompt_search.study.options import StudyOptions
 
 
 def journal_of(study_dir: str | Path) -> Path:

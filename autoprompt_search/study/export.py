@@ -14,13 +14,13 @@ from typing import Any
 
 import yaml
 
-from ..checkpoint import CONFIG, WEIGHTS, read_run
-from ..errors import ConfigError
-from ..peft_format import run_adapter, write_peft_adapter
-from ..staging import refuse_study_dir, staged_directory
-from .options import Objective, StudyOptions
-from .ranking import SELECTABLE, finalist_groups, objective_value, pareto_front, rank_top
-from .records import study_rows
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.storage.checkpoint import CONFIG, WEIGHTS, read_run
+from autoprompt_search.storage.peft_format import run_adapter, write_peft_adapter
+from autoprompt_search.storage.staging import refuse_study_dir, staged_directory
+from autoprompt_search.study.options import Objective, StudyOptions
+from autoprompt_search.study.ranking import SELECTABLE, finalist_groups, objective_value, pareto_front, rank_top
+from autoprompt_search.study.records import study_rows
 
 FORMS = ("native", "peft")  # peft: adapter_config.json + adapter_model.safetensors beside our files
 

@@ -19,13 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..search_space import experiment_for
-from .options import OPTUNA_FILE, StudyOptions, open_study
-from .progress import FinalistProgress, ProgressBar
-from .ranking import choose_finalists, finalist_groups
-from .records import TrialRecorder, read_trials
-from .trainable import trainable_for
-from .trial import devices_per_trial, trial_dirname
+from autoprompt_search.study.journal import OPTUNA_FILE, open_study
+from autoprompt_search.study.options import StudyOptions
+from autoprompt_search.study.progress import FinalistProgress, ProgressBar
+from autoprompt_search.study.ranking import choose_finalists, finalist_groups
+from autoprompt_search.study.records import TrialRecorder, read_trials
+from autoprompt_search.study.space import experiment_for
+from autoprompt_search.study.trainable import trainable_for
+from autoprompt_search.study.trial import devices_per_trial, trial_dirname
 
 FINALISTS_TUNE_DIR = "tune-finalists"  # the finalists' Tune experiment (the search's is TUNE_DIR)
 
@@ -55,8 +56,8 @@ def fused_groups(options: StudyOptions, runs: list[dict[str, Any]]) -> list[list
     length, so its length tolerance is the stricter one: a group here stays one group there)."""
     if options.fuse == 1:
         return [[run] for run in runs]
-    from ..backbones import backbone_info
-    from ..fused import partition
+    from autoprompt_search.backbones import backbone_info
+    from autoprompt_search.training.fused import partition
 
     cfgs = [experiment_for(options.experiment, run) for run in runs]
     info = backbone_info(cfgs[0].model)

@@ -20,8 +20,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from .budget import MAX_DRAWS, ParamBudget
-from .options import open_study, study_journal
+from autoprompt_search.study.budget import MAX_DRAWS, ParamBudget
+from autoprompt_search.study.journal import open_study, study_journal
 
 
 class GroupSearcher(Searcher):

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import json
 import re
-from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..config import ExperimentConfig, absolute_paths
-from ..dataclass_io import from_dict, to_dict
-from ..errors import ConfigError, require
-from ..experiment_options import ExperimentOptions, experiment_from_options, experiment_options
-from ..option_fields import cli_names, declared, flag_of, option
-from ..search_space import SearchSpace, SearchSpaceError, fix_steps, sampled_of, space_path
-from ..staging import STUDY_FILE
+from autoprompt_search.config import ExperimentConfig, absolute_paths
+from autoprompt_search.dataclass_io import from_dict, to_dict
+from autoprompt_search.errors import ConfigError, require
+from autoprompt_search.experiment_options import ExperimentOptions, experiment_from_options, experiment_options
+from autoprompt_search.option_fields import cli_names, declared, flag_of, option
+from autoprompt_search.storage.staging import STUDY_FILE
+from autoprompt_search.study.space import SearchSpace, SearchSpaceError, fix_steps, sampled_of, space_path
 
-OPTUNA_FILE = "optuna.journal"  # the Optuna study (sampler history, optuna-dashboard reads it)
 # What a trial reports after every evaluation; objectives and ASHA read these.
 REPORTED_METRICS = (
     "dev_score",  # best dev score so far: the checkpointed state, and the default objective
@@ -182,7 +180,7 @@ class StudyOptions:
         parse_budget(self.max_trainable)  # a malformed budget fails here
         if self.budget:
             require(self.fuse == 1, "study.budget: not available with --fuse yet; drop one of them")
-            from .step_budget import parse_step_budget
+            from autoprompt_search.study.step_budget import parse_step_budget
 
             parse_step_budget(self.budget, self.steps_per_run)  # a malformed step budget fails here
         objectives = [Objective.parse(o) for o in self.objectives]
@@ -237,7 +235,7 @@ class StudyOptions:
     @property
     def budget_steps(self) -> int | None:
         """--budget in training steps, or None without one."""
-        from .step_budget import parse_step_budget
+        from autoprompt_search.study.step_budget import parse_step_budget
 
         return parse_step_budget(self.budget, self.steps_per_run) if self.budget else None
 
@@ -297,7 +295,7 @@ def resume_conflicts(options: StudyOptions, given: dict[str, Any]) -> list[str]:
             if name in ("data_dir", "model") and isinstance(value, str) and Path(value).exists():
                 value = str(Path(value).resolve())
         elif name == "space":
-            from ..search_space import space_path
+            from autoprompt_search.study.space import space_path
 
             value, stored = str(space_path(value).resolve()), str(Path(options.space_file).resolve())
         else:  # --config, --column, --enqueue, --warm-start, --name, --overwrite: nothing to compare
@@ -317,22 +315,6 @@ def flag_shown(name: str, classes: tuple[type, ...]) -> str:
     return "--" + name.replace("_", "-")
 
 
-# Set while a study resumes: what Tune restores from its saved state (the searcher, the results
-# recorder) holds the paths of where the study first ran; a moved or copied study must go on with
-# its own files.
-RESUMED_STUDY: ContextVar[Path | None] = ContextVar("resumed_study", default=None)
-
-
-def current_study_dir(stored: str | Path) -> Path:
-    """A study directory kept in Tune's saved state: the resumed study's own, else `stored`."""
-    return RESUMED_STUDY.get() or Path(stored)
-
-
-def study_journal(stored: str | Path) -> Path:
-    """The Optuna journal a searcher opens (see `current_study_dir`)."""
-    return current_study_dir(Path(stored).parent) / OPTUNA_FILE
-
-
 def study_path(study: str | Path, results_dir: str | Path) -> Path:
     """A study given by name (a directory under `results_dir`) or as a path. A bare name is looked
     up under `results_dir` first; a name with a `/`, or one only the current directory holds, is a path."""
@@ -341,32 +323,6 @@ def study_path(study: str | Path, results_dir: str | Path) -> Path:
     if given.is_absolute() or "/" in str(study) or (given.is_dir() and not under.is_dir()):
         return given
     return under
-
-
-def journal_storage(path: str | Path) -> Any:
-    """Optuna's storage over a study's journal file (the sampler, the dashboard and reports read it)."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-def open_study(storage_path: str, name: str, sampler: Any = None, pruner: Any = None, directions: Any = None) -> Any:
-    """The study's Optuna study over its journal file (created when `directions` is given); a
-    journal that cannot be read, or holds no study of that name, is a one-line ConfigError."""
-    import optuna
-
-    try:
-        storage = journal_storage(storage_path)
-        if directions is not None:
-            return optuna.create_study(
-                study_name=name, storage=storage, sampler=sampler, pruner=pruner, directions=directions,
-                load_if_exists=True,
-            )  # fmt: skip
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-    except (KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        why = "not a readable Optuna journal" if not isinstance(exc, KeyError) else f"no Optuna study {name!r} in it"
-        raise ConfigError(f"study: {storage_path}: {why}; the study directory is corrupt") from exc
 
 
 def resolve_space(spec: str) -> tuple[dict[str, Any], str]:
@@ -405,7 +361,7 @@ def study_options(space: str, *, name: str, results_dir: str | Path, **options: 
     knobs = {f.name for f, _ in declared(StudyOptions, "search")} - {"name"}
     study = {k: options.pop(k) for k in list(options) if k in knobs}
     if study.get("budget") and study.get("num_samples") is None:
-        from .step_budget import BUDGET_TRIAL_CAP
+        from autoprompt_search.study.step_budget import BUDGET_TRIAL_CAP
 
         study["num_samples"] = BUDGET_TRIAL_CAP  # the budget ends the search, not a trial count
     study = {k: v for k, v in study.items() if v is not None}

@@ -14,8 +14,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..search_space import SpaceSampler
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.study.space import SpaceSampler
 
 PORTFOLIO_FILE = "portfolio.json"
 MAX_ENQUEUED = 3

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ExperimentConfig
-from ..errors import ConfigError
-from ..search_space import SearchSpace, SpaceSampler
-from .budget import ParamBudget, check_budget, param_budget
-from .options import OPTUNA_FILE, STUDY_FILE, StudyOptions, open_study
-from .portfolio import portfolio_for
+from autoprompt_search.config import ExperimentConfig
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.study.budget import ParamBudget, check_budget, param_budget
+from autoprompt_search.study.journal import OPTUNA_FILE, open_study
+from autoprompt_search.study.options import STUDY_FILE, StudyOptions
+from autoprompt_search.study.portfolio import portfolio_for
+from autoprompt_search.study.space import SearchSpace, SpaceSampler
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,9 @@ class CheckedStudy:
 def check_study(options: StudyOptions) -> CheckedStudy:
     """Everything that can be checked before Ray starts: space, model depth, data, tokens (cached),
     the parameter budget."""
-    from ..backbones import num_layers_of
-    from ..data import load_task_data, tokenize
-    from ..workspace import load_tokenizer
+    from autoprompt_search.backbones import num_layers_of
+    from autoprompt_search.data import load_task_data, tokenize
+    from autoprompt_search.training.workspace import load_tokenizer
 
     space = SearchSpace.from_dict(options.space, options.space_file or "<study>")
     base = options.base_experiment()

@@ -8,7 +8,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from .records import RUN_STATUS
+from autoprompt_search.study.records import RUN_STATUS
 
 
 def failed(trial: Any) -> bool:

@@ -12,7 +12,7 @@ import math
 import statistics
 from typing import Any
 
-from .options import Objective, StudyOptions
+from autoprompt_search.study.options import Objective, StudyOptions
 
 SELECTABLE = ("TERMINATED", "STOPPED")  # statuses whose best checkpoint may be chosen
 

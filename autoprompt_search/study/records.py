@@ -19,12 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.tune import Callback
 
-from ..errors import ConfigError
-from ..metrics import COLLAPSED
-from ..search_space import sampled_of
-from ..tables import read_table, write_table
-from .options import StudyOptions, current_study_dir
-from .trial import TRAIN_DIR
+from autoprompt_search.errors import ConfigError
+from autoprompt_search.storage.tables import read_table, write_table
+from autoprompt_search.study.journal import current_study_dir
+from autoprompt_search.study.options import StudyOptions
+from autoprompt_search.study.space import sampled_of
+from autoprompt_search.study.trial import TRAIN_DIR
+from autoprompt_search.training.metrics import COLLAPSED
 
 TRIALS_FILE = "trials.parquet"
 # A run's last report when it has no result (trial.run_ended): COLLAPSED or ERROR, and the reason.
@@ -322,7 +323,7 @@ def study_rows(study_dir: str | Path) -> list[dict[str, Any]]:
 def optuna_numbers(study_dir: str | Path, name: str) -> dict[str, int]:
     """Tune trial id -> its Optuna trial number (what optuna-dashboard shows; the two differ where
     the budget refused draws or a --warm-start study added trials); empty without a journal."""
-    from .options import OPTUNA_FILE, open_study
+    from autoprompt_search.study.journal import OPTUNA_FILE, open_study
 
     journal = Path(study_dir) / OPTUNA_FILE
     if not journal.is_file():

@@ -17,7 +17,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from ..errors import ConfigError
+from autoprompt_search.errors import ConfigError
 
 BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(runs?|steps?)\s*$")
 BUDGET_TRIAL_CAP = 1000  # trials Tune may start under a budget: the budget ends the search first

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .fused_trial import run_group
-from .options import StudyOptions
-from .trial import TRIAL_RESOURCES, TrialPayload, run_trial
+from autoprompt_search.study.fused_trial import run_group
+from autoprompt_search.study.options import StudyOptions
+from autoprompt_search.study.trial import TRIAL_RESOURCES, TrialPayload, run_trial
 
 
 def trainable_for(options: StudyOptions, study_dir: Path, fused: bool) -> Any:

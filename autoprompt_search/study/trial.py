@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..config import ExperimentConfig
-    from .options import StudyOptions
+    from autoprompt_search.config import ExperimentConfig
+    from autoprompt_search.study.options import StudyOptions
 
 # What the Tune trial itself holds (it only waits on its Train run; the Train controller and the
 # report queue actor are placed in its bundle). The workers get the rest of --cpus-per-worker, so
@@ -63,7 +63,7 @@ class TrialPayload:
 
     @staticmethod
     def of(options: StudyOptions, study_dir: Path) -> TrialPayload:
-        from .options import OPTUNA_FILE
+        from autoprompt_search.study.journal import OPTUNA_FILE
 
         return TrialPayload(
             experiment=options.experiment,
@@ -118,7 +118,7 @@ def run_trial(config: dict[str, Any], study: TrialPayload) -> None:
     """Tune function trainable: build and fit the trial's TorchTrainer, named by trial id."""
     from ray import tune
 
-    from .records import ENDED, recorded_row
+    from autoprompt_search.study.records import ENDED, recorded_row
 
     trial_id = tune.get_context().get_trial_id()
     row = recorded_row(study.study_dir, trial_id)
@@ -135,7 +135,7 @@ def run_trial(config: dict[str, Any], study: TrialPayload) -> None:
 def run_ended(status: str, reason: str) -> dict[str, Any]:
     """The last report of a run that has no result, said as data (a raised error would make Ray
     Train restart the run, only to fail again): NaN objective, so Optuna holds it as failed."""
-    from .records import RUN_ERROR, RUN_STATUS
+    from autoprompt_search.study.records import RUN_ERROR, RUN_STATUS
 
     return {"dev_score": float("nan"), RUN_STATUS: status, RUN_ERROR: reason, "trained_to_end": True}
 
@@ -174,7 +174,7 @@ def place(cfg: ExperimentConfig, use_gpu: bool) -> list[str]:
     import ray
     import torch
 
-    from ..errors import ConfigError
+    from autoprompt_search.errors import ConfigError
 
     gpu_ids = [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
     if use_gpu and torch.cuda.is_available():
@@ -202,7 +202,7 @@ def resume_point(cfg: ExperimentConfig, run_dir: Path) -> tuple[ExperimentConfig
     """
     import ray.train
 
-    from ..checkpoint import TRAINING_META, resume_from, training_step
+    from autoprompt_search.storage.checkpoint import TRAINING_META, resume_from, training_step
 
     checkpoint = ray.train.get_checkpoint()
     with contextlib.ExitStack() as stack:
@@ -262,7 +262,7 @@ def configuration_failures(report_failure: Callable[[str], None]) -> Iterator[No
     """Report the configuration's own failures (NaN loss, a rejected option, out of memory) as
     data through `report_failure(reason)` instead of raising: Ray Train would restart the run,
     only to fail again. Anything else may be the machine's fault and is raised for FailureConfig."""
-    from ..errors import AutopromptError
+    from autoprompt_search.errors import AutopromptError
 
     try:
         yield
@@ -283,7 +283,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def failure_message(exc: BaseException) -> str:
-    from ..errors import AutopromptError
+    from autoprompt_search.errors import AutopromptError
 
     if not isinstance(exc, AutopromptError) and is_out_of_memory(exc):
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
@@ -298,11 +298,11 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from ..checkpoint import save_state, save_training_state
-    from ..metrics import COLLAPSED
-    from ..search_space import experiment_for
-    from ..trainer import train
-    from ..workspace import prepare_workspace
+    from autoprompt_search.storage.checkpoint import save_state, save_training_state
+    from autoprompt_search.study.space import experiment_for
+    from autoprompt_search.training.loop import train
+    from autoprompt_search.training.metrics import COLLAPSED
+    from autoprompt_search.training.workspace import prepare_workspace
 
     started, started_at = time.perf_counter(), time.time()
     task: WorkerTask = loop_config["task"]

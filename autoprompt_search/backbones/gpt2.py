@@ -1,0 +1,39 @@
+"""GPT-2: a decoder with absolute positions and a fused QKV projection."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from autoprompt_search.backbones.base import Backbone
+
+
+class GPT2Backbone(Backbone):
+    """GPT-2: learned absolute positions, causal, final LayerNorm."""
+
+    model_types = ("gpt2",)
+    causal = True
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.h
+
+    def attention(self, index: int) -> nn.Module:
+        return self.blocks[index].attn
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.model.wte
+
+    @property
+    def max_positions(self) -> int | None:
+        return int(self.config.n_positions)
+
+    @property
+    def lower_modules(self) -> list[nn.Module]:
+        return [self.model.wte, self.model.wpe, self.model.drop]
+
+    def embed(self, word: Tensor, positions: Tensor, token_types: Tensor | None) -> Tensor:
+        return self.model.drop(word + self.model.wpe(positions))
+
+    def final_norm(self, h: Tensor) -> Tensor:
+        return self.model.ln_f(h)

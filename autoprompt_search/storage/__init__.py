@@ -1,0 +1,1 @@
+"""What is written to disk: run checkpoints, peft adapters, parquet tables, atomic directory swaps, cache paths."""
