@@ -17,7 +17,7 @@ from autoprompt_search.config import ExperimentConfig, load_config_file
 from autoprompt_search.dataclass_io import to_dict
 from autoprompt_search.errors import ConfigError, require
 from autoprompt_search.methods import method_config
-from autoprompt_search.option_fields import declared, option
+from autoprompt_search.option_fields import EVERY_RUN_COMMAND, flag_of, option
 
 TRAIN_ONLY = ("train",)
 TRAIN_AND_SEARCH = ("train", "search")
@@ -32,7 +32,7 @@ class ExperimentOptions:
         names=("--config",),
     )  # fmt: skip
     model: str | None = option(None, "packaged name (minilm-l6), model directory, .gguf file or hub id", "Experiment",
-                               config="model")  # fmt: skip
+                               commands=(*EVERY_RUN_COMMAND, "space"), config="model")  # fmt: skip
     task: str | None = option(
         None, "registered task: sst2, rte, mrpc, cola, qnli, mnli, qqp, trec, superglue-*", "Data", config="data.task"
     )
@@ -57,8 +57,8 @@ class ExperimentOptions:
     length: int | None = option(None, "prompt length L", "Method", commands=TRAIN_ONLY, config="method.length")
     position: str | None = option(None, "deep: prefix | split", "Method", commands=TRAIN_ONLY,
                                   config="method.position")  # fmt: skip
-    split: int | None = option(None, "deep, --position split: P[j:] + input + P[:j]", "Method", commands=TRAIN_ONLY,
-                               config="method.split")  # fmt: skip
+    split_at: int | None = option(None, "deep, --position split: P[j:] + input + P[:j] at j = this", "Method",
+                                  commands=TRAIN_ONLY, config="method.split_at")  # fmt: skip
     reparam: int | None = option(None, "deep: MLP reparametrisation width (0 = off)", "Method", commands=TRAIN_ONLY,
                                  config="method.reparam")  # fmt: skip
     form: str | None = option(None, "deep: hidden (prompt tokens) | kv (key/value prefixes: P-tuning v2)", "Method",
@@ -166,9 +166,9 @@ def experiment_from_options(o: ExperimentOptions) -> ExperimentConfig:
     d = base.to_dict()
     if o.method is not None and o.method != d["method"]["name"]:
         d["method"] = {"name": o.method}  # a different method starts from its own defaults
-    for f, flag in declared(ExperimentOptions, "train") + declared(ExperimentOptions, "search"):
-        value = getattr(o, f.name)
-        if value is None or not flag.config:
+    for f in fields(ExperimentOptions):
+        flag, value = flag_of(f), getattr(o, f.name)
+        if flag is None or not flag.config or value is None:
             continue
         *sections, key = flag.config.split(".")
         target = d

@@ -61,7 +61,7 @@ def train_to_directory(
     out = check_output_dir(output, overwrite)
     resolve_device(cfg.train.device)  # a GPU asked for where none exists fails here, before loading
     ws = prepare_workspace(cfg)
-    result = trainer.train(cfg, ws, on_eval=evaluation_lines(cfg, progress) if progress else None)
+    result = trainer.train_experiment(cfg, ws, on_eval=evaluation_lines(cfg, progress) if progress else None)
     with staged_directory(out) as staging:
         save_run(result, staging)
     return result

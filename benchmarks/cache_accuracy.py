@@ -20,7 +20,7 @@ from typing import Any
 from study_overhead import machine
 
 from autoprompt_search.experiment_options import ExperimentOptions, experiment_from_options
-from autoprompt_search.training.loop import train
+from autoprompt_search.training.loop import train_experiment
 from autoprompt_search.training.workspace import prepare_workspace
 
 
@@ -54,7 +54,7 @@ def main() -> None:
             )  # fmt: skip
             cfg = experiment_from_options(opts)
             ws = ws or prepare_workspace(cfg)
-            m = train(cfg, ws).metrics
+            m = train_experiment(cfg, ws).metrics
             row = {
                 "seed": seed,
                 "cache": cache,

@@ -28,7 +28,7 @@ from autoprompt_search.study.options import resolve_space
 from autoprompt_search.study.space import SearchSpace, experiment_for
 from autoprompt_search.training.fused import partition
 from autoprompt_search.training.fused_loop import train_group
-from autoprompt_search.training.loop import train
+from autoprompt_search.training.loop import train_experiment
 from autoprompt_search.training.workspace import prepare_workspace
 
 
@@ -78,7 +78,7 @@ def main() -> None:
         cfgs.append(experiment_for(base.to_dict(), sampled))
 
     t0 = time.perf_counter()
-    alone = [train(cfg, ws) for cfg in cfgs]
+    alone = [train_experiment(cfg, ws) for cfg in cfgs]
     serial_s = time.perf_counter() - t0
     groups = partition(cfgs, info, args.fuse, float(ws.splits["train"].lengths.float().mean()))
     t0 = time.perf_counter()

@@ -87,7 +87,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
     from autoprompt_search.backbones import load_backbone
     from autoprompt_search.config import ExperimentConfig
-    from autoprompt_search.training.loop import train
+    from autoprompt_search.training.loop import train_experiment
     from autoprompt_search.training.recipe import lr_lambda, train_batches
     from autoprompt_search.training.workspace import build_model, prepare_workspace
 
@@ -132,7 +132,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
             "ms_per_step": 1000 * sorted(times[5:])[len(times[5:]) // 2],
             "trainable_params": sum(p.numel() for p in params),
         }
-    result = train(cfg, ws)
+    result = train_experiment(cfg, ws)
     m = result.metrics
     return row | {
         "dev": m["dev"],

@@ -122,20 +122,22 @@ def predict(
 
 
 @app.command()
+@declared_options("space", StudyOptions, ExperimentOptions)
 def space(
     path: Annotated[str, typer.Argument(help="search-space YAML, or a shipped one: all, layers, lpt, learned, ...")],
-    model: Annotated[str, Opt(help="model whose depth resolves layer fractions")] = "minilm-l6",
     samples: Annotated[int, Opt(help="random configurations to print")] = 5,
-    seed: Annotated[int, Opt()] = 0,
+    **options: Any,
 ) -> None:
     """Validate a search space (every problem at once) and print sample configurations."""
     import yaml
 
     from autoprompt_search.backbones import num_layers_of
+    from autoprompt_search.config import ExperimentConfig
     from autoprompt_search.study.space import preview
 
+    model = options.get("model") or ExperimentConfig().model  # its depth resolves the layer fractions
     try:
-        drawn = preview(path, num_layers_of(model), samples, seed)
+        drawn = preview(path, num_layers_of(model), samples, options.get("search_seed", 0))
     except ConfigError as exc:
         fail(exc)
     typer.echo(yaml.safe_dump(drawn, sort_keys=False))
@@ -167,10 +169,10 @@ def search(
         typer.echo(f"results: {study_dir}/trials.parquet (autoprompt status {study_dir})", err=True)
         typer.echo(f"tensorboard: tensorboard --logdir {study_dir}/tune", err=True)
 
-    from autoprompt_search.study.cluster import exposure_warning
+    from autoprompt_search.study.cluster import ray_dashboard_warning
 
     ray_settings = RaySettings(**{k: options.pop(k) for k in RAY_FIELDS if k in options})
-    warning = exposure_warning(ray_settings.dashboard_host)
+    warning = ray_dashboard_warning(ray_settings.dashboard_host)
     if warning:
         typer.echo(warning, err=True)
     connect = {"ray_settings": ray_settings, "on_connect": announce}
@@ -298,14 +300,14 @@ def dashboard(
     results_dir: Annotated[str, Opt(help="where study directories live (for a study given by name)")] = "results",
 ) -> None:
     """Serve optuna-dashboard on the study's Optuna journal (history, parameters, importances)."""
-    from autoprompt_search.study.dashboard import exposure_warning, journal_of, serve
+    from autoprompt_search.study.dashboard import journal_of, optuna_dashboard_warning, serve
 
     try:
         study_dir = _study_dir(study, results_dir)
         journal_of(study_dir)
     except ConfigError as exc:
         fail(exc)
-    warning = exposure_warning(host, port)
+    warning = optuna_dashboard_warning(host, port)
     if warning:
         typer.echo(warning, err=True)
     typer.echo(f"optuna-dashboard: http://{host}:{port}/ (Ctrl-C stops it)", err=True)

@@ -14,12 +14,12 @@ def print_status(study_dir: str | Path) -> None:
     from rich.table import Table
 
     from autoprompt_search.study.options import StudyOptions
-    from autoprompt_search.study.ranking import stopped_note, summarize
+    from autoprompt_search.study.ranking import stopped_note, summarize_study
     from autoprompt_search.study.records import optuna_numbers, study_rows
 
     options = StudyOptions.load(study_dir)
     rows = study_rows(study_dir)
-    summary = summarize(rows, options.parsed_objectives)
+    summary = summarize_study(rows, options.parsed_objectives)
     finalist_text = f", {summary['finalist_runs']} finalist runs" if summary["finalist_runs"] else ""
     budget_text = f", at most {options.max_trainable} trainable" if options.max_trainable else ""
     if options.budget:

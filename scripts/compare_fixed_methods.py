@@ -21,7 +21,7 @@ from autoprompt_search.backbones import load_backbone
 from autoprompt_search.config import ExperimentConfig, TrainConfig
 from autoprompt_search.data import DataConfig
 from autoprompt_search.methods import DeepConfig, LateConfig, ProbeConfig
-from autoprompt_search.training.loop import train
+from autoprompt_search.training.loop import train_experiment
 from autoprompt_search.training.workspace import prepare_workspace
 
 
@@ -83,7 +83,7 @@ def main() -> None:
                 device=args.device,
             )
             cfg = ExperimentConfig(model=args.model, data=data, method=method, train=train_cfg)
-            result = train(cfg, ws)
+            result = train_experiment(cfg, ws)
             m = result.metrics
             row = {
                 "method": name,

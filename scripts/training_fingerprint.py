@@ -32,7 +32,7 @@ METHODS: dict[str, dict[str, Any]] = {
 
 def runs(data_dir: str) -> dict[str, dict[str, Any]]:
     from autoprompt_search.config import ExperimentConfig
-    from autoprompt_search.training.loop import train
+    from autoprompt_search.training.loop import train_experiment
     from autoprompt_search.training.workspace import prepare_workspace
 
     base = {
@@ -48,15 +48,17 @@ def runs(data_dir: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for key, method in METHODS.items():
         for cache in (False, True):
-            r = train(config(method, cache), ws)
+            r = train_experiment(config(method, cache), ws)
             out[f"{key}-{cache}"] = {"state": r.best_state, "history": r.history, "status": r.status,
                                      "dev": r.metrics["dev"], "test": r.metrics.get("test")}  # fmt: skip
             print(key, "cache" if cache else "no cache", r.status, [round(h["eval_score"], 4) for h in r.history])
     states: list[Any] = []
-    train(config(METHODS["deep-hidden"]), ws, on_eval=lambda rec, s, c: states.append(rec["training_state"]()))
-    r = train(config(METHODS["deep-hidden"]), ws, resume=states[0])
+    train_experiment(
+        config(METHODS["deep-hidden"]), ws, on_eval=lambda rec, s, c: states.append(rec["training_state"]())
+    )
+    r = train_experiment(config(METHODS["deep-hidden"]), ws, resume=states[0])
     out["resumed"] = {"state": r.best_state, "history": r.history, "status": r.status, "test": r.metrics.get("test")}
-    r = train(config(METHODS["deep-hidden"]), ws, on_eval=lambda rec, s, c: rec["step"] >= 4)
+    r = train_experiment(config(METHODS["deep-hidden"]), ws, on_eval=lambda rec, s, c: rec["step"] >= 4)
     out["stopped"] = {"state": r.best_state, "history": r.history, "status": r.status}
     return out
 

@@ -10,14 +10,14 @@ from test_training import experiment
 
 from autoprompt_search.methods import DeepConfig, LateConfig
 from autoprompt_search.storage.checkpoint import load_run, predict_run, save_run
-from autoprompt_search.training.loop import train
+from autoprompt_search.training.loop import train_experiment
 from autoprompt_search.training.workspace import prepare_workspace
 
 
 @pytest.mark.parametrize(
     "method",
     [
-        DeepConfig(layers=(0, 2), length=3, position="split", split=1, reparam=8),
+        DeepConfig(layers=(0, 2), length=3, position="split", split_at=1, reparam=8),
         LateConfig(layer=1, length=2, generator="appg", bottleneck=8),
     ],
     ids=["deep", "late"],
@@ -25,7 +25,7 @@ from autoprompt_search.training.workspace import prepare_workspace
 def test_round_trip_reproduces_logits_and_metrics(tiny_model_dir: str, tiny_sst_dir: str, tmp_path, method) -> None:
     cfg = experiment(tiny_model_dir, tiny_sst_dir, method, steps=6, eval_every=3)
     ws = prepare_workspace(cfg)
-    result = train(cfg, ws)
+    result = train_experiment(cfg, ws)
     save_run(result, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "prompt.safetensors"]
     model, cfg2, ws2 = load_run(tmp_path / "run", device="cpu")
@@ -42,7 +42,7 @@ def test_round_trip_reproduces_logits_and_metrics(tiny_model_dir: str, tiny_sst_
 def test_weights_that_do_not_match_the_config_are_refused(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:
     cfg = experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0,), length=3), steps=2)
     ws = prepare_workspace(cfg)
-    save_run(train(cfg, ws), tmp_path / "run")
+    save_run(train_experiment(cfg, ws), tmp_path / "run")
     record = json.loads((tmp_path / "run" / "config.json").read_text())
     record["config"]["method"]["layers"] = [0, 1]
     (tmp_path / "run" / "config.json").write_text(json.dumps(record))

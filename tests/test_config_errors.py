@@ -68,8 +68,8 @@ def test_unknown_generator() -> None:
 def test_unknown_field_and_bad_split() -> None:
     with pytest.raises(ValueError, match=r"^method.lenght: unknown field; known fields are"):
         method_config("deep", {"lenght": 3})
-    with pytest.raises(ValueError, match=r"^method.split: 7 must be in 1..5"):
-        DeepConfig(length=5, position="split", split=7)
+    with pytest.raises(ValueError, match=r"^method.split_at: 7 must be in 1..5"):
+        DeepConfig(length=5, position="split", split_at=7)
     with pytest.raises(ValueError, match=r"^method.position: 'middle' unknown"):
         DeepConfig(position="middle")
 
@@ -136,7 +136,7 @@ def test_a_method_registers_itself_and_probe_is_one_of_them() -> None:
     [
         {"name": "deep", "layers": [0, 1, 2, 3], "form": "kv"},
         {"name": "deep", "layers": [1]},
-        {"name": "deep", "layers": [0], "position": "split", "split": 2},
+        {"name": "deep", "layers": [0], "position": "split", "split_at": 2},
         {"name": "late", "layer": 2},
     ],
 )
@@ -160,3 +160,10 @@ def test_input_prompt_init_is_checked(method: dict, error: str) -> None:
         ExperimentConfig.from_dict({"method": {"name": "deep", **method}})
     assert one_line(exc).startswith(error)
     assert ExperimentConfig.from_dict({"method": {"name": "deep", "layers": [0, 3], "init": "normal"}})
+
+
+def test_a_method_config_written_before_split_at_still_loads() -> None:
+    from autoprompt_search.methods import method_from_dict
+
+    old = {"name": "deep", "layers": [0], "length": 4, "position": "split", "split": 2}
+    assert method_from_dict(old).split_at == 2

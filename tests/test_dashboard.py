@@ -107,8 +107,8 @@ def test_the_dashboard_page_renders_the_study_in_headless_chromium(study_dir: Pa
 
 
 def test_exposing_the_dashboard_prints_the_risk() -> None:
-    from autoprompt_search.study.dashboard import exposure_warning
+    from autoprompt_search.study.dashboard import optuna_dashboard_warning
 
-    assert exposure_warning("127.0.0.1", 8080) is None
-    warning = exposure_warning("0.0.0.0", 8080)
+    assert optuna_dashboard_warning("127.0.0.1", 8080) is None
+    warning = optuna_dashboard_warning("0.0.0.0", 8080)
     assert warning is not None and "anyone who can reach that port" in warning and "\n" not in warning

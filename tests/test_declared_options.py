@@ -29,6 +29,7 @@ COMMANDS = {
     "train": ((ExperimentOptions,), {"output", "overwrite", "quiet"}),
     "search": ((StudyOptions, RaySettings, ExperimentOptions), {"ctx", "space", "resume", "results_dir", "overwrite"}),
     "compare": ((CompareOptions, RaySettings, ExperimentOptions), {"space", "results_dir", "overwrite"}),
+    "space": ((StudyOptions, ExperimentOptions), {"path", "samples"}),
 }
 
 

@@ -102,7 +102,7 @@ def test_deep_prompt_at_layer_k_equals_layer_by_layer_reference(family: str, k: 
 def test_split_position_equals_reordered_sequence(family: str) -> None:
     """position=split, j=2 equals the HF model on P[2:] + input + P[:2]."""
     length, j = 5, 2
-    model = make(family, DeepConfig(layers=(0,), length=length, position="split", split=j))
+    model = make(family, DeepConfig(layers=(0,), length=length, position="split", split_at=j))
     batch = full_batch()
     h, _ = model.hidden_states(batch)
     p = model.method.prompts[0].expand(2, -1, -1)
@@ -153,7 +153,7 @@ def test_lpt_at_layer_k_equals_reference(family: str, generator: str) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_padding_does_not_change_real_tokens(family: str) -> None:
-    model = make(family, DeepConfig(layers=(0, 2), length=3, position="split", split=1))
+    model = make(family, DeepConfig(layers=(0, 2), length=3, position="split", split_at=1))
     short = full_batch(1, 4, seed=3)
     padded = Batch(
         torch.cat([short.input_ids, torch.full((1, 3), 7)], 1),

@@ -12,7 +12,7 @@ from autoprompt_search.config import ExperimentConfig
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.methods import DeepConfig, LateConfig, ProbeConfig
 from autoprompt_search.training.fused_loop import train_group
-from autoprompt_search.training.loop import TrainResult, train
+from autoprompt_search.training.loop import TrainResult, train_experiment
 from autoprompt_search.training.workspace import build_model, prepare_workspace
 
 
@@ -20,7 +20,7 @@ def members(model_dir: str, data_dir: str, **kw: object) -> list[ExperimentConfi
     """Three members differing in learning rate, prompt length, layer set, position, method and seed."""
     return [
         experiment(model_dir, data_dir, DeepConfig(layers=(0,), length=2), lr=1e-1, seed=1, **kw),
-        experiment(model_dir, data_dir, DeepConfig(layers=(1, 3), length=4, position="split", split=2), lr=3e-2,
+        experiment(model_dir, data_dir, DeepConfig(layers=(1, 3), length=4, position="split", split_at=2), lr=3e-2,
                    seed=2, **kw),
         experiment(model_dir, data_dir, LateConfig(layer=2, length=3, bottleneck=8, dropout=0.0), lr=5e-3, seed=3,
                    weight_decay=0.1, **kw),
@@ -40,7 +40,7 @@ def test_group_of_three_equals_each_trained_alone(tiny_model_dir: str, tiny_sst_
     ws = prepare_workspace(cfgs[0])
     fused = train_group(cfgs, ws)
     for f, cfg in zip(fused, cfgs, strict=True):
-        alone = train(cfg, ws)
+        alone = train_experiment(cfg, ws)
         # a tiny member may predict one class at both evaluations (collapsed), alone as in the group
         assert f.status == alone.status in ("TERMINATED", "COLLAPSED") and f.metrics["group_size"] == 3
         assert_same(f, alone)
@@ -51,7 +51,7 @@ def test_group_equals_alone_on_other_families(tiny_model_dir: str, tiny_sst_dir:
     cfgs = members(tiny_model_dir, tiny_sst_dir, steps=4, eval_every=2, prefix_cache=False)
     ws = prepare_workspace(cfgs[0], backbone=backbone_from_config(tiny_configs()[family], seed=1))
     for f, cfg in zip(train_group(cfgs, ws), cfgs, strict=True):
-        assert_same(f, train(cfg, ws))
+        assert_same(f, train_experiment(cfg, ws))
 
 
 def test_member_with_nan_loss_fails_alone(tiny_model_dir: str, tiny_sst_dir: str) -> None:
@@ -61,7 +61,7 @@ def test_member_with_nan_loss_fails_alone(tiny_model_dir: str, tiny_sst_dir: str
     fused = train_group(cfgs, ws)
     assert fused[1].status == "ERROR" and "loss became nan" in (fused[1].error or "")
     for i in (0, 2):
-        alone = train(cfgs[i], ws)
+        alone = train_experiment(cfgs[i], ws)
         assert fused[i].status == alone.status in ("TERMINATED", "COLLAPSED")
         assert_same(fused[i], alone)
 
@@ -81,8 +81,8 @@ def test_members_leave_at_their_own_steps_or_when_stopped(tiny_model_dir: str, t
     assert [s for m, s in seen if m == 0] == [2, 4]
     assert [s for m, s in seen if m == 1] == [2, 4]
     assert [s for m, s in seen if m == 2] == [2, 4, 6, 8]
-    assert_same(fused[0], train(cfgs[0], ws))
-    assert_same(fused[2], train(cfgs[2], ws))  # unaffected by its neighbours leaving
+    assert_same(fused[0], train_experiment(cfgs[0], ws))
+    assert_same(fused[2], train_experiment(cfgs[2], ws))  # unaffected by its neighbours leaving
 
 
 def test_probe_member_and_cache_in_a_group(tiny_model_dir: str, tiny_sst_dir: str) -> None:
@@ -96,7 +96,7 @@ def test_probe_member_and_cache_in_a_group(tiny_model_dir: str, tiny_sst_dir: st
     assert fused[0].metrics["prefix_cache"]["layer"] == 2
     for f, cfg in zip(fused, cfgs, strict=True):
         cfg.train.prefix_cache = False
-        assert_same(f, train(cfg, ws))
+        assert_same(f, train_experiment(cfg, ws))
 
 
 def test_members_that_cannot_share_a_batch_are_refused(tiny_model_dir: str, tiny_sst_dir: str) -> None:
@@ -201,8 +201,8 @@ def test_a_run_resumed_from_its_training_state_ends_as_if_never_stopped(
         assert again.status == "TERMINATED"
         assert_same(again, first)
         assert [h["step"] for h in again.history] == [2, 4, 6, 8]
-    # One configuration alone through train(), resumed the same way.
-    alone = train(cfgs[2], ws, resume=load_training_state(tmp_path / "2"))
+    # One configuration alone through train_experiment(), resumed the same way.
+    alone = train_experiment(cfgs[2], ws, resume=load_training_state(tmp_path / "2"))
     assert_same(alone, whole[2])
 
 
@@ -220,7 +220,7 @@ def test_a_dynamic_prompting_member_trains_fused_as_alone(tiny_model_dir: str, t
     ws = prepare_workspace(cfgs[0])
     fused = train_group(cfgs, ws)
     for f, cfg in zip(fused, cfgs, strict=True):
-        assert_same(f, train(cfg, ws))
+        assert_same(f, train_experiment(cfg, ws))
 
 
 def test_members_with_dropout_train_fused_as_alone(tiny_model_dir: str, tiny_sst_dir: str) -> None:
@@ -242,4 +242,4 @@ def test_members_with_dropout_train_fused_as_alone(tiny_model_dir: str, tiny_sst
     ws = prepare_workspace(cfgs[0])
     assert build_model(cfgs[0], ws).head.dropout.p == 0.3
     for f, cfg in zip(train_group(cfgs, ws), cfgs, strict=True):
-        assert_same(f, train(cfg, ws))
+        assert_same(f, train_experiment(cfg, ws))

@@ -159,7 +159,7 @@ def test_kv_form_refuses_a_split_position() -> None:
     from autoprompt_search.errors import ConfigError
 
     with pytest.raises(ConfigError, match="kv prefix sits before the text only"):
-        DeepConfig(layers=(0,), length=4, position="split", split=2, form="kv")
+        DeepConfig(layers=(0,), length=4, position="split", split_at=2, form="kv")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -12,7 +12,7 @@ from autoprompt_search.errors import ConfigError
 from autoprompt_search.methods import DeepConfig, DpConfig, LateConfig, SptConfig, method_config
 from autoprompt_search.methods.spt_search import BilevelSearch, split_rows
 from autoprompt_search.storage.checkpoint import load_run, predict_run, save_run
-from autoprompt_search.training.loop import train
+from autoprompt_search.training.loop import train_experiment
 from autoprompt_search.training.workspace import prepare_workspace
 
 # ---- SPT --------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_spt_darts_end_to_end_retrains_the_derived_layers(tiny_model_dir: str, t
     cfg = experiment(tiny_model_dir, tiny_sst_dir, spt)
     ws = prepare_workspace(cfg)
     seen: list[object] = []
-    result = train(cfg, ws, on_eval=lambda record, state, trained: seen.append(trained.method))
+    result = train_experiment(cfg, ws, on_eval=lambda record, state, trained: seen.append(trained.method))
     search = result.metrics["spt_search"]
     probs = torch.tensor(search["gate_probs"])
     candidates = spt.candidates(4)  # (1, 2, 3): the gate probabilities are over these
@@ -170,7 +170,7 @@ def _rank_searches(rank: int, model_dir: str, data_dir: str, port: int, out: str
 
         darts.BilevelSearch.run = run  # type: ignore[method-assign]
         cfg = experiment(model_dir, data_dir, SptConfig(length=2, bottleneck=8, top_k=2, search_steps=4))
-        result = train(cfg, prepare_workspace(cfg))
+        result = train_experiment(cfg, prepare_workspace(cfg))
         assert isinstance(result.config.method, SptConfig)
         torch.save((list(result.config.method.layers), result.best_state), f"{out}.{rank}")
     finally:
@@ -254,7 +254,7 @@ def test_a_resumed_spt_darts_run_continues_its_derived_layers_without_searching_
     spt = SptConfig(length=2, bottleneck=8, top_k=2, search_steps=4, dropout=0.0)
     cfg = experiment(tiny_model_dir, tiny_sst_dir, spt, steps=8, eval_every=2, prefix_cache=False)
     ws = prepare_workspace(cfg)
-    whole = train(cfg, ws)
+    whole = train_experiment(cfg, ws)
 
     def crash_at_step_4(record: dict, state: dict, trained: object) -> bool:
         if record["step"] == 4:  # the checkpoint a study trial writes, then the worker dies
@@ -265,12 +265,12 @@ def test_a_resumed_spt_darts_run_continues_its_derived_layers_without_searching_
         return False
 
     with pytest.raises(Crash):
-        train(cfg, ws, on_eval=crash_at_step_4)
+        train_experiment(cfg, ws, on_eval=crash_at_step_4)
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)  # a Tune-level restart: found on disk
     trained, state = resume_point(cfg, tmp_path)
     assert state is not None and trained.method == whole.config.method  # the derived layers, search off
     monkeypatch.setattr(BilevelSearch, "run", lambda *_: pytest.fail("the gate search ran again"))
-    resumed = train(trained, ws, resume=state)
+    resumed = train_experiment(trained, ws, resume=state)
 
     # the search's record comes back from the checkpoint: the same search as the uninterrupted run's
     def timeless(search: dict) -> dict:
@@ -310,7 +310,7 @@ def fix_task_choice(model, choice: str, index: int) -> None:  # type: ignore[no-
 @pytest.mark.parametrize("j", [0, 2, 4])
 def test_task_level_dp_with_a_fixed_position_equals_deep_with_that_position(family: str, j: int) -> None:
     dp = make(family, DpConfig(length=4, pool=1, level="task", choose=("position",)))
-    position = {"position": "split", "split": j} if j else {}
+    position = {"position": "split", "split_at": j} if j else {}
     deep = make(family, DeepConfig(layers=(0,), length=4, **position))
     with torch.no_grad():
         deep.method.prompts.copy_(dp.method.prompts)
@@ -471,7 +471,7 @@ def test_rotary_dp_position_falls_back_to_the_chosen_options_scale() -> None:
 
 def test_dp_trains_and_reloads(tiny_model_dir: str, tiny_sst_dir: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cfg = experiment(tiny_model_dir, tiny_sst_dir, DpConfig(length=3, pool=2))
-    result = train(cfg, prepare_workspace(cfg))
+    result = train_experiment(cfg, prepare_workspace(cfg))
     save_run(result, tmp_path / "run")
     metrics, _ = predict_run(tmp_path / "run", "dev", device="cpu")
     assert metrics["score"] == pytest.approx(result.metrics["dev"]["score"], abs=1e-6)
@@ -483,7 +483,7 @@ def test_dp_config_errors() -> None:
     with pytest.raises(ConfigError, match="method.choose: 'width' unknown"):
         method_config("dp", {"choose": ["width"], "pool": 1})
     with pytest.raises(ConfigError, match="conflicts with choosing it"):
-        method_config("dp", {"split": 2})
+        method_config("dp", {"split_at": 2})
 
 
 def test_task_level_dp_learns_the_only_position_that_answers() -> None:

@@ -13,7 +13,7 @@ from test_training import experiment
 from autoprompt_search.backbones import backbone_from_config
 from autoprompt_search.engine.prefix_cache import PrefixStore, cache_root
 from autoprompt_search.methods import DeepConfig, DpConfig, LateConfig, ProbeConfig
-from autoprompt_search.training.loop import train
+from autoprompt_search.training.loop import train_experiment
 from autoprompt_search.training.workspace import build_model, prefix_feeder, prepare_workspace
 
 
@@ -23,8 +23,8 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _same_training(cfg_on: object, cfg_off: object, ws: object) -> tuple[dict, dict]:
-    on = train(cfg_on, ws)  # type: ignore[arg-type]
-    off = train(cfg_off, ws)  # type: ignore[arg-type]
+    on = train_experiment(cfg_on, ws)  # type: ignore[arg-type]
+    off = train_experiment(cfg_off, ws)  # type: ignore[arg-type]
     assert on.best_state.keys() == off.best_state.keys()
     for name, value in on.best_state.items():
         torch.testing.assert_close(value, off.best_state[name], rtol=1e-4, atol=1e-5)
@@ -37,7 +37,7 @@ def _same_training(cfg_on: object, cfg_off: object, ws: object) -> tuple[dict, d
     [
         LateConfig(layer=2, length=3, bottleneck=8),
         LateConfig(layer=1, length=2, bottleneck=8, generator="appg"),
-        DeepConfig(layers=(1, 3), length=2, position="split", split=1),
+        DeepConfig(layers=(1, 3), length=2, position="split", split_at=1),
         ProbeConfig(),
         DpConfig(length=3, pool=2),
     ],
@@ -53,7 +53,7 @@ def test_cached_training_equals_uncached(tiny_model_dir: str, tiny_sst_dir: str,
     expected = model.backbone.num_layers if isinstance(method, DpConfig) else model.first_layer
     assert on["prefix_cache"]["layer"] == expected
     assert on["prefix_cache"]["misses"] > 0
-    again = train(cfg_on, ws).metrics["prefix_cache"]
+    again = train_experiment(cfg_on, ws).metrics["prefix_cache"]
     assert again["misses"] == 0 and again["hits"] == on["prefix_cache"]["hits"] + on["prefix_cache"]["misses"]
 
 
@@ -129,9 +129,9 @@ def test_size_limit_evicts_old_files_and_skips_what_cannot_fit(tiny_model_dir: s
 def test_switch_off_and_unprompted_input_write_nothing(tiny_model_dir: str, tiny_sst_dir: str) -> None:
     before = set(Path(cache_root()).glob("*")) if cache_root().is_dir() else set()
     off = experiment(tiny_model_dir, tiny_sst_dir, LateConfig(layer=2, length=2, bottleneck=8), prefix_cache=False)
-    assert train(off, prepare_workspace(off)).metrics["prefix_cache"] is None
+    assert train_experiment(off, prepare_workspace(off)).metrics["prefix_cache"] is None
     at_input = experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0, 2), length=2))
-    assert train(at_input, prepare_workspace(at_input)).metrics["prefix_cache"] is None
+    assert train_experiment(at_input, prepare_workspace(at_input)).metrics["prefix_cache"] is None
     after = set(Path(cache_root()).glob("*")) if cache_root().is_dir() else set()
     assert after == before
 

@@ -31,11 +31,11 @@ def test_shipped_spaces_validate_and_sample_valid_configs(name: str) -> None:
 
 def test_fixed_trial_gives_exactly_the_config() -> None:
     sampler = SearchSpace.load(SPACES / "all.yaml").sampler(num_layers=6)
-    params = {"method": "deep", "deep.form": "hidden", "deep.length": 8, "deep.position": "split", "deep.split": 3}
+    params = {"method": "deep", "deep.form": "hidden", "deep.length": 8, "deep.position": "split", "deep.split_at": 3}
     params |= {f"deep.layers.{i}": i in (1, 4) for i in range(6)} | {"train.lr": 0.01, "head.pooling": "mean"}
     out = sampler(optuna.trial.FixedTrial(params))
     assert out == {
-        "method": {"name": "deep", "form": "hidden", "layers": [1, 4], "length": 8, "position": "split", "split": 3},
+        "method": {"name": "deep", "form": "hidden", "layers": [1, 4], "length": 8, "position": "split", "split_at": 3},
         "train": {"lr": 0.01, "steps": 300},
         "head": {"pooling": "mean"},
     }

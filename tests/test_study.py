@@ -26,7 +26,7 @@ from autoprompt_search.study.ranking import (
     finalist_groups,
     pareto_front,
     rank_top,
-    summarize,
+    summarize_study,
 )
 from autoprompt_search.study.records import error_line, read_trials
 from autoprompt_search.study.runner import resume_study, run_study
@@ -363,7 +363,7 @@ def test_a_collapsed_trial_is_collapsed_never_best_and_failed_in_optuna(
     for row in fine:
         assert row["status"] == "TERMINATED" and row["collapsed_evals"] == 2
         assert row["dev_score"] == pytest.approx(0.4583, abs=1e-3)  # not the collapsed evaluations' 0.5
-    assert summarize(run.rows, opts.parsed_objectives)["best"]["trial_id"] in {r["trial_id"] for r in fine}
+    assert summarize_study(run.rows, opts.parsed_objectives)["best"]["trial_id"] in {r["trial_id"] for r in fine}
     exported = [p.name.split("-")[1] for p in export_study(tmp_path / "s", top=5)]
     assert exported == [r["trial_id"] for r in fine]
     import optuna
@@ -544,10 +544,10 @@ def test_local_ray_listens_on_loopback_only(local_ray: None) -> None:
 
 
 def test_exposing_the_dashboard_says_the_risk() -> None:
-    from autoprompt_search.study.cluster import exposure_warning
+    from autoprompt_search.study.cluster import ray_dashboard_warning
 
-    assert exposure_warning("127.0.0.1") is None and exposure_warning("localhost") is None
-    warning = exposure_warning("0.0.0.0")
+    assert ray_dashboard_warning("127.0.0.1") is None and ray_dashboard_warning("localhost") is None
+    warning = ray_dashboard_warning("0.0.0.0")
     assert warning is not None and "run code" in warning and "SSH tunnel" in warning
 
 
@@ -730,7 +730,7 @@ def test_a_trial_trains_what_its_configuration_trains_alone(
     alone, gives the same history, with dropout on (the search path is reproducible)."""
     import shutil
 
-    from autoprompt_search.training.loop import train
+    from autoprompt_search.training.loop import train_experiment
     from autoprompt_search.training.workspace import prepare_workspace
 
     model = tmp_path / "tiny-dropout"
@@ -745,7 +745,7 @@ def test_a_trial_trains_what_its_configuration_trains_alone(
     (row,) = [r for r in rows if r["method"] == "deep"]
     cfg = experiment_for(opts.experiment, target)
     cfg.train.device = "cpu"
-    alone = train(cfg, prepare_workspace(cfg))
+    alone = train_experiment(cfg, prepare_workspace(cfg))
     keys = ("step", "train_loss", "eval_score")
     assert [[h[k] for k in keys] for h in json.loads(row["history"])] == [[h[k] for k in keys] for h in alone.history]
 

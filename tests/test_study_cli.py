@@ -153,7 +153,7 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
     assert [line.split("]")[0] for line in said] == ["[1/4", "[2/4", "[3/4", "[4/4"], done.stderr[-3000:]
     assert "finalists: 4 runs (2 best configurations x 2 fresh seeds at most)" in done.stderr
     from autoprompt_search.study.options import Objective
-    from autoprompt_search.study.ranking import summarize
+    from autoprompt_search.study.ranking import summarize_study
     from autoprompt_search.study.records import read_trials
 
     study = results / "finals"
@@ -190,7 +190,7 @@ def test_finalists_retrain_the_top_configurations_over_seeds(
             r["dev_score"] if r["status"] == "TERMINATED" else -1.0 for r in finals if r["finalist_of"] == source
         )
         medians[source] = sum(scores) / 2  # the median of two
-    best = summarize(rows, [Objective("dev_score", "max")])["best"]
+    best = summarize_study(rows, [Objective("dev_score", "max")])["best"]
     expected = max(sorted(sources), key=lambda s: medians[s])
     assert best["finalist_of"] == expected
     res = runner.invoke(app, ["status", str(study)])

@@ -11,7 +11,7 @@ from autoprompt_search.config import ExperimentConfig, TrainConfig
 from autoprompt_search.data import DataConfig
 from autoprompt_search.errors import TrainingError
 from autoprompt_search.methods import DeepConfig, LateConfig, LinearProbe, ProbeConfig, SptConfig
-from autoprompt_search.training.loop import train
+from autoprompt_search.training.loop import train_experiment
 from autoprompt_search.training.workspace import build_model, prepare_workspace
 
 
@@ -72,8 +72,8 @@ def test_train_learns_reports_and_is_seeded(tiny_model_dir: str, tiny_sst_dir: s
         tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0, 1), length=4), steps=80, eval_every=20, lr=3e-2
     )
     ws = prepare_workspace(cfg)
-    a = train(cfg, ws)
-    b = train(cfg, ws)
+    a = train_experiment(cfg, ws)
+    b = train_experiment(cfg, ws)
     assert a.metrics["dev"] == b.metrics["dev"]  # same seed, same numbers
     assert len(a.history) == 4 and a.metrics["best_step"] in (20, 40, 60, 80)
     assert a.metrics["dev"]["accuracy"] > 0.6  # the tiny task is learnable; chance is 0.5
@@ -88,7 +88,7 @@ def test_a_collapsed_evaluation_never_becomes_the_best(tiny_model_dir: str, tiny
     cfg = experiment(
         tiny_model_dir, tiny_sst_dir, ProbeConfig(), steps=6, eval_every=2, lr=10.0, warmup_ratio=0.0, grad_clip=0.0
     )
-    result = train(cfg, prepare_workspace(cfg))
+    result = train_experiment(cfg, prepare_workspace(cfg))
     collapsed = [h["eval_collapsed"] for h in result.history]
     assert collapsed == [True, False, True]
     assert (
@@ -101,7 +101,7 @@ def test_a_run_that_only_collapsed_ends_collapsed(tiny_model_dir: str, tiny_sst_
     cfg = experiment(
         tiny_model_dir, tiny_sst_dir, ProbeConfig(), steps=6, eval_every=2, lr=1000.0, warmup_ratio=0.0, grad_clip=0.0
     )
-    result = train(cfg, prepare_workspace(cfg))
+    result = train_experiment(cfg, prepare_workspace(cfg))
     assert [h["eval_collapsed"] for h in result.history] == [True, True, True]
     assert result.status == "COLLAPSED" and "every evaluation predicted a single class" in result.error
     assert result.metrics["collapsed"] and result.metrics["best_step"] == 6  # the last evaluation, for the record
@@ -112,7 +112,7 @@ def test_nan_loss_fails_the_trial_with_a_reason(tiny_model_dir: str, tiny_sst_di
     cfg = experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0,), length=2), lr=1e30)
     ws = prepare_workspace(cfg)
     with pytest.raises(TrainingError, match="loss became nan"):
-        train(cfg, ws)
+        train_experiment(cfg, ws)
 
 
 def test_gpu_requested_without_gpu_is_a_clear_error() -> None:
@@ -159,7 +159,7 @@ def test_mean_pooling_trains_and_bad_poolings_are_refused(tiny_model_dir: str, t
     cfg = experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0,), length=2), lr=0.1)
     cfg.head = HeadConfig(pooling="mean")
     ws = prepare_workspace(cfg)
-    assert build_model(cfg, ws).head.pooling == "mean" and train(cfg, ws).metrics["dev"]["n"] == 48
+    assert build_model(cfg, ws).head.pooling == "mean" and train_experiment(cfg, ws).metrics["dev"]["n"] == 48
     with pytest.raises(ConfigError, match="head.pooling: 'max' unknown; use token, mean or first"):
         HeadConfig(pooling="max")
     with pytest.raises(ConfigError, match="mean pooling is for the classifier head"):
@@ -169,7 +169,7 @@ def test_mean_pooling_trains_and_bad_poolings_are_refused(tiny_model_dir: str, t
 def test_epochs_set_the_number_of_steps(tiny_model_dir: str, tiny_sst_dir: str) -> None:
     cfg = experiment(tiny_model_dir, tiny_sst_dir, ProbeConfig(), epochs=0.5, eval_every=5)
     ws = prepare_workspace(cfg)
-    result = train(cfg, ws)
+    result = train_experiment(cfg, ws)
     assert len(ws.splits["train"]) == 160 and result.config.train.steps == 10  # 0.5 x 160 rows / batch 8
     assert result.history[-1]["step"] == 10 and result.metrics["train_examples_per_s"] > 0
 
@@ -187,7 +187,7 @@ def test_no_weight_decay_on_biases_and_norms(tiny_model_dir: str, tiny_sst_dir: 
     assert all(p.ndim >= 2 for p in decay["params"]) and len(decay["params"]) + len(plain["params"]) == len(named)
     ws = prepare_workspace(cfg)
     groups: list = []
-    train(
+    train_experiment(
         cfg, ws, on_eval=lambda record, state, trained: groups.append(record["training_state"]().meta["param_groups"])
     )
     assert [g["weight_decay"] for g in groups[-1]] == [0.1, 0.0]  # the trainer's AdamW uses these groups

@@ -50,7 +50,7 @@ def read_runs(out: str | Path) -> list[dict[str, Any]]:
     return read_table(Path(out) / RUNS_FILE, "compare", "run the comparison again with --overwrite")
 
 
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize_arms(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per arm (in run order): medians and spreads over seeds, parameters, compute."""
     arms: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -98,13 +98,13 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return sorted((r["number"] for r in front), key=lambda i: points[i][0])
 
 
-def write_report(
+def write_comparison_report(
     out: Path, options: Any, base: Any, ws: Any, rows: list[dict[str, Any]], gates: dict[str, Any]
 ) -> Path:
     """`report.md` and the plots from the runs so far."""
     import torch
 
-    summary = summarize(rows)
+    summary = summarize_arms(rows)
     split_origin = ws.data.origin
     device = "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
     lines = [

@@ -22,14 +22,14 @@ from typing import Any
 
 from autoprompt_search.backbones import BackboneInfo
 from autoprompt_search.compare.arms import Arm, CompareOptions, baseline_arms, check_overrides
-from autoprompt_search.compare.report import write_report, write_runs
+from autoprompt_search.compare.report import write_comparison_report, write_runs
 from autoprompt_search.config import ExperimentConfig
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.experiment_options import ExperimentOptions, experiment_from_options, parse_method_options
 from autoprompt_search.methods import SptConfig, method_from_dict, method_to_dict
 from autoprompt_search.storage.staging import replacing_directory
 from autoprompt_search.study.space import SearchSpace, fix_steps
-from autoprompt_search.training.loop import train
+from autoprompt_search.training.loop import train_experiment
 from autoprompt_search.training.workspace import Workspace, prepare_workspace
 
 SEARCH_DIR = "search"
@@ -140,7 +140,7 @@ def run_arms(
             log(f"final: {arm.name} seed {seed}")
             rows.append(final_run(arm, base, ws, seed))
             write_runs(out, rows)
-    write_report(out, options, base, ws, rows, gates)
+    write_comparison_report(out, options, base, ws, rows, gates)
 
 
 def discrete_search(
@@ -240,7 +240,7 @@ def final_run(arm: Arm, base: ExperimentConfig, ws: Workspace, seed: int) -> dic
         head=replace(base.head, **arm.head),
     )
     started = time.perf_counter()
-    result = train(cfg, ws)
+    result = train_experiment(cfg, ws)
     m = result.metrics
     return {
         "arm": arm.name, "phase": "final", "seed": seed, "trial": "",

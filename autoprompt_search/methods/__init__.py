@@ -24,7 +24,10 @@ def method_config(name: str, options: dict[str, Any] | None = None) -> Any:
     """Validated config of method `name` from a plain dict of its options."""
     if name not in METHODS:
         raise ConfigError(f"method: {name!r} unknown; use one of {', '.join(METHODS)}")
-    return from_dict(METHODS[name].config_class, options or {}, "method")
+    options = dict(options or {})
+    if "split" in options and "split_at" not in options:  # configs written before the rename
+        options["split_at"] = options.pop("split")
+    return from_dict(METHODS[name].config_class, options, "method")
 
 
 def method_name(config: Any) -> str:

@@ -69,12 +69,12 @@ class SlotLayout:
 
     @staticmethod
     def uniform(
-        batch: int, length: int, start: int, device: torch.device, split: int = 0, offset: int = 0
+        batch: int, length: int, start: int, device: torch.device, split_at: int = 0, offset: int = 0
     ) -> SlotLayout:
-        """Every row the same: slots [0, split) after the input, [split, L) before it."""
+        """Every row the same: slots [0, split_at) after the input, [split_at, L) before it."""
         live = torch.ones(batch, length, dtype=torch.bool, device=device)
         after = torch.zeros(batch, length, dtype=torch.bool, device=device)
-        after[:, :split] = True
+        after[:, :split_at] = True
         full = torch.full((batch,), start, dtype=torch.long, device=device)
         return SlotLayout(live, after, full, torch.full_like(full, offset) if offset else None)
 

@@ -37,7 +37,7 @@ class DeepConfig:
     layers: tuple[int, ...] = (0,)  # block indices; 0 = input embeddings, N-1 = the last block
     length: int = 20  # prompt length L
     position: str = "prefix"  # prefix | split
-    split: int = 0  # with position=split: P[split:] + input + P[:split], 1 <= split <= L
+    split_at: int = 0  # with position=split: P[j:] + input + P[:j] at j = split_at, 1 <= j <= L
     reparam: int = 0  # hidden size of an MLP reparametrisation (P-tuning v2); 0 = off
     form: str = "hidden"  # hidden: prompt tokens | kv: key/value prefixes in attention (P-tuning v2)
     dropout: float = 0.0  # dropout on the prompt (hidden) or on the prefix keys and values (kv)
@@ -51,11 +51,13 @@ class DeepConfig:
         require(self.position in POSITIONS, f"method.position: {self.position!r} unknown; use prefix or split")
         if self.position == "split":
             require(
-                1 <= self.split <= self.length,
-                f"method.split: {self.split} must be in 1..{self.length} with position=split",
+                1 <= self.split_at <= self.length,
+                f"method.split_at: {self.split_at} must be in 1..{self.length} with position=split",
             )
         else:
-            require(self.split == 0, "method.split: only used with position=split; set position: split or drop it")
+            require(
+                self.split_at == 0, "method.split_at: only used with position=split; set position: split or drop it"
+            )
         require(self.reparam >= 0, f"method.reparam: must be >= 0 (0 = off), got {self.reparam}")
         require(self.form in FORMS, f"method.form: {self.form!r} unknown; use hidden or kv")
         require(
@@ -144,7 +146,7 @@ class DeepPrompt(PromptMethod):
         b, device = ctx.input_ids.shape[0], ctx.input_ids.device
         if self.kv:
             return SlotLayout.uniform(b, 0, self.config.layers[0], device, offset=self.config.length)
-        return SlotLayout.uniform(b, self.length, self.config.layers[0], device, self.config.split)
+        return SlotLayout.uniform(b, self.length, self.config.layers[0], device, self.config.split_at)
 
     def inject(self, layer: int, slots: Tensor | None, text: Tensor, ctx: BatchContext) -> Tensor | None:
         if self.kv:  # no prompt tokens: an empty slot block where the prompt starts

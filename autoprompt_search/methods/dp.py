@@ -57,7 +57,7 @@ class DpConfig:
     pool: int = 4  # k prompt sets mixed (1 = a single prompt)
     level: str = "instance"  # instance (networks on a pooled first pass) | task (learned logits)
     choose: tuple[str, ...] = CHOICES  # which of position, length, pool are chosen; the rest fixed
-    split: int = 0  # position j when it is not chosen: P[j:] + input + P[:j]
+    split_at: int = 0  # position j when it is not chosen: P[j:] + input + P[:j]
     tau: float = 1.0  # initial Gumbel-Softmax temperature
     tau_min: float = 0.5
     anneal_until: float = 0.75  # tau reaches tau_min after this fraction of the run's steps
@@ -75,10 +75,10 @@ class DpConfig:
             self.pool == 1 or "pool" in self.choose,
             f"method.pool: {self.pool} prompt sets need 'pool' in method.choose (or set pool: 1)",
         )
-        require(0 <= self.split <= self.length, f"method.split: must be in 0..{self.length}, got {self.split}")
+        require(0 <= self.split_at <= self.length, f"method.split_at: must be in 0..{self.length}, got {self.split_at}")
         require(
-            self.split == 0 or "position" not in self.choose,
-            "method.split: a fixed position conflicts with choosing it; drop split or 'position' from choose",
+            self.split_at == 0 or "position" not in self.choose,
+            "method.split_at: a fixed position conflicts with choosing it; drop split_at or 'position' from choose",
         )
         require(
             0 < self.tau_min <= self.tau, f"method.tau_min: need 0 < tau_min <= tau, got {self.tau_min}, {self.tau}"
@@ -180,7 +180,7 @@ class DynamicPrompt(PromptMethod):
         b, device = ctx.input_ids.shape[0], ctx.input_ids.device
         scale = torch.ones(b, device=device)
         picked, samples = {}, {}
-        for choice, fixed in (("position", cfg.split), ("length", cfg.length)):
+        for choice, fixed in (("position", cfg.split_at), ("length", cfg.length)):
             samples[choice] = None
             if choice in cfg.choose:
                 y = self.one_hot(self.choice_logits(choice, ctx))  # (B, L+1)

@@ -87,7 +87,7 @@ def start_local(
     dashboard_host: str = "127.0.0.1",
 ) -> Any:
     """`ray.init` a new local Ray with every port and the dashboard on 127.0.0.1 (the dashboard on
-    `dashboard_host` only when the user asks for it: see `exposure_warning`).
+    `dashboard_host` only when the user asks for it: see `ray_dashboard_warning`).
 
     The dashboard is required, not optional: when ASHA (or Ctrl-C) stops a trial, its Train
     controller dies and Ray Train's detached PlacementGroupCleaner frees the workers' placement
@@ -125,7 +125,7 @@ def start_local(
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def exposure_warning(dashboard_host: str) -> str | None:
+def ray_dashboard_warning(dashboard_host: str) -> str | None:
     """The risk of a dashboard reachable beyond this machine, or None when it stays on loopback."""
     if dashboard_host in LOOPBACK_HOSTS:
         return None

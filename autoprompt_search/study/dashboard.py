@@ -23,7 +23,7 @@ def journal_of(study_dir: str | Path) -> Path:
     return journal
 
 
-def exposure_warning(host: str, port: int) -> str | None:
+def optuna_dashboard_warning(host: str, port: int) -> str | None:
     """The risk of a dashboard reachable beyond this machine, or None when it stays on loopback."""
     if host in LOOPBACK_HOSTS:
         return None

@@ -251,10 +251,10 @@ def _train_group_and_report(loop_config: dict[str, Any], ended: set[int]) -> Non
 def _alone(cfg: ExperimentConfig, ws: Any, on_eval: Any) -> Any:
     """A member that cannot be fused (SPT-DARTS) trained by itself, as a one-member result."""
     from autoprompt_search.errors import TrainingError
-    from autoprompt_search.training.loop import train
+    from autoprompt_search.training.loop import train_experiment
 
     try:
-        return train(cfg, ws, lambda record, state, trained: on_eval(0, record, state, trained))
+        return train_experiment(cfg, ws, lambda record, state, trained: on_eval(0, record, state, trained))
     except TrainingError as exc:
         from autoprompt_search.training.loop import TrainResult
 

@@ -123,7 +123,7 @@ class StudyOptions:
     )  # fmt: skip
     sampler: str = option("auto", "auto (TPE; NSGA-II for several objectives) | tpe | nsga2 | random", "Sampler",
                           commands=SEARCH)  # fmt: skip
-    search_seed: int = option(0, "the sampler's seed", "Sampler", commands=SEARCH)
+    search_seed: int = option(0, "the sampler's seed", "Sampler", commands=("search", "space"))
     startup_trials: int = option(
         0, "TPE: random trials before it models results (0 = 10, or a quarter of a smaller study)", "Sampler",
         commands=SEARCH,

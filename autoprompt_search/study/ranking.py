@@ -134,7 +134,7 @@ def best_row(rows: list[dict[str, Any]], objectives: list[Objective]) -> dict[st
     return top[0] if top else None
 
 
-def summarize(rows: list[dict[str, Any]], objectives: list[Objective]) -> dict[str, Any]:
+def summarize_study(rows: list[dict[str, Any]], objectives: list[Objective]) -> dict[str, Any]:
     """Counts per status, the finalists (median and range over seeds) and the study's best: the
     finalist with the best median once finalists ended, else the best trial of the search."""
     counts: dict[str, int] = {}

@@ -136,13 +136,13 @@ class SpaceSampler:
         if "form" in specs:  # drawn first: a kv prefix has no position to choose
             options["form"] = self._draw(trial, f"{method}.form", specs.pop("form"))
         for name, spec in specs.items():
-            if options.get("form") == "kv" and name in ("position", "split"):
+            if options.get("form") == "kv" and name in ("position", "split_at"):
                 continue
             options[name] = self._draw(trial, f"{method}.{name}", spec)
         if options.get("position") == "prefix":
-            options.pop("split", None)
-        elif options.get("position") == "split" and "split" not in options:
-            options["split"] = trial.suggest_int(f"{method}.split", 1, int(options.get("length", 20)))
+            options.pop("split_at", None)
+        elif options.get("position") == "split" and "split_at" not in options:
+            options["split_at"] = trial.suggest_int(f"{method}.split_at", 1, int(options.get("length", 20)))
         train = {
             name: self._draw(trial, f"{method}.train.{name}" if name in own_train else f"train.{name}", spec)
             for name, spec in (self.space.train | own_train).items()
@@ -166,8 +166,8 @@ class SpaceSampler:
         for name, spec in specs.items():
             if name in method_cfg:
                 self._param(params, f"{method}.{name}", spec, method_cfg[name], where)
-        if method_cfg.get("position") == "split" and "split" not in specs and "split" in method_cfg:
-            params[f"{method}.split"] = method_cfg["split"]
+        if method_cfg.get("position") == "split" and "split_at" not in specs and "split_at" in method_cfg:
+            params[f"{method}.split_at"] = method_cfg["split_at"]
         for name, spec in (self.space.train | own_train).items():
             if name in train_cfg:
                 key = f"{method}.train.{name}" if name in own_train else f"train.{name}"
@@ -201,9 +201,9 @@ class SpaceSampler:
             for name, value in given.items():
                 if name == "name" or isinstance(fixed.get(name), dict):
                     continue  # a dimension: checked against its range by _param
-                if section == "method" and name == "split" and given.get("position") == "split":
+                if section == "method" and name == "split_at" and given.get("position") == "split":
                     continue  # drawn as its own parameter
-                if section == "method" and name in ("position", "split") and given.get("form") == "kv":
+                if section == "method" and name in ("position", "split_at") and given.get("form") == "kv":
                     continue  # a kv prefix has no position: the sampler never sets one
                 expected = fixed[name] if name in fixed else defaults.get(name)
                 if plain(value) != plain(expected):

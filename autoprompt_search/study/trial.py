@@ -300,7 +300,7 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
 
     from autoprompt_search.storage.checkpoint import save_state, save_training_state
     from autoprompt_search.study.space import experiment_for
-    from autoprompt_search.training.loop import train
+    from autoprompt_search.training.loop import train_experiment
     from autoprompt_search.training.metrics import COLLAPSED
     from autoprompt_search.training.workspace import prepare_workspace
 
@@ -337,7 +337,7 @@ def _train_and_report(loop_config: dict[str, Any]) -> None:
             save_training_state(record["training_state"](), tmp)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    result = train(cfg, ws, on_eval=report, resume=resume)
+    result = train_experiment(cfg, ws, on_eval=report, resume=resume)
     if resume is not None and not reported["n"] and result.history:
         # Restarted after its last evaluation (a crash between the final report and the end):
         # report that evaluation again so Tune gets the trial's result.

@@ -16,7 +16,7 @@ from autoprompt_search.engine.precision import autocast
 from autoprompt_search.training.metrics import classification_metrics
 
 
-class Member(Protocol):
+class EvaluatedMember(Protocol):
     """What evaluation reads of a fused group's member (the loop's per-member state)."""
 
     index: int  # its place in the fused model
@@ -83,7 +83,7 @@ def evaluate(
 
 def evaluate_members(
     model: PromptedModel,
-    members: list[Member],
+    members: list[EvaluatedMember],
     split: TokenizedSplit,
     fetch: Callable[[Tensor], Batch],
     task_metric: str,

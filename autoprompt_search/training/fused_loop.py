@@ -60,7 +60,7 @@ def train_group(
     of the members' mean losses, so its gradients are the ones it would get alone. A member whose
     loss is not finite fails alone (status "ERROR" with the reason), one whose `on_eval` returns
     True stops early ("STOPPED"); either leaves the batch and the group goes on; a member that does
-    not fit the model fails alone ("ERROR"). A group of one trains as `training.loop.train` does, without
+    not fit the model fails alone ("ERROR"). A group of one trains as `training.loop.train_experiment` does, without
     a method's stage (SPT-DARTS searches run alone) and with its errors as statuses.
     Under an initialised `torch.distributed` group (a multi-worker Ray Train trial) each rank
     trains on its share of every batch and DDP averages the gradients.

@@ -82,7 +82,7 @@ class TrainingState:
 OnEval = Callable[[dict[str, Any], dict[str, Tensor], ExperimentConfig], "bool | None"]
 
 
-def train(
+def train_experiment(
     cfg: ExperimentConfig, ws: Workspace, on_eval: OnEval | None = None, resume: TrainingState | None = None
 ) -> TrainResult:
     """Train `cfg` on the workspace; returns the model holding its best (dev) state.
