@@ -224,7 +224,8 @@ def test_a_capped_finalist_count_is_said_before_the_study_starts() -> None:
 # ---- on a local Ray -------------------------------------------------------------------------
 
 
-def assert_no_placement_group_left(wait_s: float = 15.0) -> None:
+def assert_no_placement_group_left(wait_s: float = 60.0) -> None:
+    """Ray Train's cleaner frees a stopped trial's placement group asynchronously: slower on a loaded machine."""
     from ray.util import placement_group_table
 
     deadline = time.monotonic() + wait_s

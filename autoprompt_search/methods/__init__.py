@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 from autoprompt_search.backbones import BackboneInfo
@@ -18,6 +20,13 @@ from autoprompt_search.methods.late import LateConfig, LatePrompt
 from autoprompt_search.methods.spt import SelectivePrompt, SptConfig
 from autoprompt_search.methods.dp import DpConfig, DynamicPrompt
 # isort: on
+
+# A new method is one file in this folder: every module here but these support modules registers
+# by being imported (after the ones above, whose order users see in messages).
+SUPPORT_MODULES = {"base", "registry", "noise", "spt_search"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in SUPPORT_MODULES:
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def method_config(name: str, options: dict[str, Any] | None = None) -> Any:
