@@ -54,14 +54,20 @@ def check_output_dir(output: str | Path, overwrite: bool) -> Path:
 
 
 def train_to_directory(
-    cfg: ExperimentConfig, output: str | Path, overwrite: bool = False, progress: Callable[[str], None] | None = None
+    cfg: ExperimentConfig,
+    output: str | Path,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+    on_step: trainer.OnStep | None = None,
 ) -> TrainResult:
     """Validate, train, and save the run; the directory appears only when training succeeded.
-    `progress(line)` gets one line per evaluation (step, training loss, dev score, best so far)."""
+    `progress(line)` gets one line per evaluation (step, training loss, dev score, best so far),
+    `on_step(step, steps, loss)` every training step."""
     out = check_output_dir(output, overwrite)
     resolve_device(cfg.train.device)  # a GPU asked for where none exists fails here, before loading
     ws = prepare_workspace(cfg)
-    result = trainer.train_experiment(cfg, ws, on_eval=evaluation_lines(cfg, progress) if progress else None)
+    on_eval = evaluation_lines(cfg, progress) if progress else None
+    result = trainer.train_experiment(cfg, ws, on_eval=on_eval, on_step=on_step)
     with staged_directory(out) as staging:
         save_run(result, staging)
     return result
@@ -136,12 +142,14 @@ def train(
     output: str | Path = "runs/train",
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    on_step: trainer.OnStep | None = None,
     **options: Any,
 ) -> TrainResult:
     """Train one configuration and save it to `output`; `options` are the `autoprompt train`
     options (ExperimentOptions' fields: `help(train)` lists them); `progress(line)` gets one line
-    per evaluation."""
-    return train_to_directory(experiment_from_options(experiment_options(options)), output, overwrite, progress)
+    per evaluation, `on_step(step, steps, loss)` every training step."""
+    cfg = experiment_from_options(experiment_options(options))
+    return train_to_directory(cfg, output, overwrite, progress, on_step)
 
 
 train.__signature__ = api_signature(train, [(ExperimentOptions, "train")])  # type: ignore[attr-defined]

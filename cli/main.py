@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import fields
@@ -59,15 +60,20 @@ def fail(exc: Exception) -> NoReturn:
 def train(
     output: Annotated[str, Opt("--output", "--output-dir", help="run directory to write")] = "runs/train",
     overwrite: Annotated[bool, Opt(help="replace an existing run directory")] = False,
-    quiet: Annotated[bool, Opt("--quiet", "-q", help="no line per evaluation")] = False,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bar and no line per evaluation")] = False,
     **options: Any,
 ) -> None:
     """Train and evaluate one prompt configuration; saves safetensors weights and config.json."""
     from autoprompt_search import train as train_run
 
-    progress = None if quiet else (lambda line: typer.echo(line, err=True))
+    from .step_bar import StepBar
+
+    # A terminal gets a bar over the steps with each evaluation's line above it; a log, the lines.
+    bar = StepBar() if not quiet and sys.stderr.isatty() else None
+    progress = None if quiet else bar.line if bar else (lambda line: typer.echo(line, err=True))
     try:
-        result = train_run(output, overwrite, progress, **options)
+        with bar or contextlib.nullcontext():
+            result = train_run(output, overwrite, progress, bar.step if bar else None, **options)
     except ConfigError as exc:
         fail(exc)
     except KeyboardInterrupt:

@@ -231,3 +231,13 @@ def test_classifier_dropout_is_on_in_training_only_and_refused_for_label_words()
     assert torch.equal(head.eval()(token), head.linear(token))
     with pytest.raises(ValueError, match="head.dropout: the label_words head has no trainable input to drop"):
         HeadConfig(kind="label_words", dropout=0.1)
+
+
+def test_on_step_sees_every_step_and_its_loss(tiny_model_dir: str, tiny_sst_dir: str) -> None:
+    """`autoprompt train`'s progress bar moves on this hook: once per step, in order, with the loss."""
+    cfg = experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0,), length=2))
+    steps: list[tuple[int, int, float]] = []
+    result = train_experiment(cfg, prepare_workspace(cfg), on_step=lambda *s: steps.append(s))
+    assert [(s, n) for s, n, _ in steps] == [(i, 6) for i in range(1, 7)]
+    losses = [h["train_loss"] for h in result.history]  # each evaluation: the mean loss since the last one
+    assert losses[0] == pytest.approx(sum(v for _, _, v in steps[:3]) / 3)

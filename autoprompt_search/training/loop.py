@@ -80,15 +80,22 @@ class TrainingState:
 #: on_eval(record, best_state, trained_cfg) -> True to stop this trial early (a scheduler's call).
 #: `record["training_state"]()` returns the run's TrainingState (for a resumable checkpoint).
 OnEval = Callable[[dict[str, Any], dict[str, Tensor], ExperimentConfig], "bool | None"]
+#: on_step(step, steps, loss): after every training step (a progress bar).
+OnStep = Callable[[int, int, float], None]
 
 
 def train_experiment(
-    cfg: ExperimentConfig, ws: Workspace, on_eval: OnEval | None = None, resume: TrainingState | None = None
+    cfg: ExperimentConfig,
+    ws: Workspace,
+    on_eval: OnEval | None = None,
+    resume: TrainingState | None = None,
+    on_step: OnStep | None = None,
 ) -> TrainResult:
     """Train `cfg` on the workspace; returns the model holding its best (dev) state.
 
     `on_eval(record, best_state, trained_cfg)` runs after every evaluation (a study reports and
-    checkpoints there; returning True stops the run). A method's stage runs first (`training/stages.py`:
+    checkpoints there; returning True stops the run); `on_step(step, steps, loss)` after every
+    training step. A method's stage runs first (`training/stages.py`:
     an SPT config with `search: true` learns its layer gates, `methods/spt_search.py`, and the derived
     configuration is trained: `trained_cfg` and the result's `config` name it). Raises
     `TrainingError` on a NaN loss. A run whose every evaluation collapsed (one class) ends with
@@ -135,6 +142,8 @@ def train_experiment(
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - t0
         run.count(step, int(batch.labels.shape[0]), value)  # type: ignore[union-attr]
+        if on_step is not None:
+            on_step(step, tc.steps, value)
 
         if run.evaluates_at(step):
             dev = evaluate(
