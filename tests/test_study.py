@@ -237,6 +237,21 @@ def assert_no_placement_group_left(wait_s: float = 60.0) -> None:
 
 
 @pytest.mark.ray
+def test_a_placement_group_left_after_every_trial_ended_is_removed(local_ray: None) -> None:
+    """What Ray Train leaks when a stopped trial's controller restarts its workers as it dies."""
+    import ray
+    from ray.util import placement_group, placement_group_table
+
+    from autoprompt_search.study.cluster import remove_leaked_placement_groups
+
+    leaked = placement_group([{"CPU": 0.1}])
+    ray.get(leaked.ready())
+    assert remove_leaked_placement_groups(wait_s=0.5) == 1
+    assert placement_group_table()[leaked.id.hex()]["state"] == "REMOVED"
+    assert remove_leaked_placement_groups(wait_s=0.5) == 0
+
+
+@pytest.mark.ray
 def test_study_of_four_trials_two_concurrent(
     local_ray: None, tiny_model_dir: str, tiny_sst_dir: str, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from autoprompt_search.study.cluster import remove_leaked_placement_groups
 from autoprompt_search.study.journal import OPTUNA_FILE, open_study
 from autoprompt_search.study.options import StudyOptions
 from autoprompt_search.study.progress import FinalistProgress, ProgressBar
@@ -93,6 +94,7 @@ def run_finalists(options: StudyOptions, study_dir: Path) -> bool:
             resume_unfinished=True,
             restart_errored=False,
         ).fit()
+        remove_leaked_placement_groups()
         tell_optuna(options, study_dir)
         return all_ended(grid, len(groups))
     grid = tune.Tuner(
@@ -116,6 +118,7 @@ def run_finalists(options: StudyOptions, study_dir: Path) -> bool:
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
         ),
     ).fit()
+    remove_leaked_placement_groups()  # every finalist run has ended
     tell_optuna(options, study_dir)
     return all_ended(grid, len(groups))
 

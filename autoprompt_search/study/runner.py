@@ -290,9 +290,12 @@ def search_then_finalists(options: StudyOptions, study_dir: Path, tuner: Any) ->
     """Run the search, then its finalists, then mark the study finished; False where an
     interruption (Ctrl-C: Tune stops its trials, saves its state and returns) cut a phase short,
     so the finalists are never chosen from a partial search."""
+    from autoprompt_search.study.cluster import remove_leaked_placement_groups
     from autoprompt_search.study.finalists import run_finalists
 
-    if not search_ended(tuner.fit(), options, study_dir) or not run_finalists(options, study_dir):
+    grid = tuner.fit()
+    remove_leaked_placement_groups()  # every trial has ended: what Ray Train left behind goes
+    if not search_ended(grid, options, study_dir) or not run_finalists(options, study_dir):
         return False
     (study_dir / FINISHED_FILE).write_text(json.dumps({"finished_at": time.time()}) + "\n")
     return True
