@@ -603,7 +603,7 @@ def test_a_fused_group_trains_over_two_ddp_workers_as_over_one(
     for workers in (1, 2):
         opts = options(
             tiny_model_dir, tiny_sst_dir, name=f"w{workers}", fuse=2, num_samples=2, max_concurrent=1,
-            workers_per_trial=workers, sampler="random", seed=5, space=space,
+            workers_per_trial=workers, sampler="random", search_seed=5, space=space,
         )  # fmt: skip
         run_study(opts, tmp_path)
         rows = read_trials(tmp_path / f"w{workers}")
