@@ -8,6 +8,7 @@ it names. `None` means: keep the config file's value.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -111,12 +112,18 @@ def experiment_options(values: dict[str, Any]) -> ExperimentOptions:
     return ExperimentOptions(**values)
 
 
+@functools.cache
+def embedded_defaults() -> dict[str, Any]:
+    """The embedded experiment as a dict, built once (--help reads a default per option)."""
+    return ExperimentConfig().to_dict()
+
+
 def default_shown(config_path: str) -> str:
     """The embedded default of an experiment value (`train.steps` -> '300'), for --help; '' when the
     value depends on the method."""
     if not config_path or config_path.startswith("method."):
         return ""
-    value: Any = ExperimentConfig().to_dict()
+    value: Any = embedded_defaults()
     for key in config_path.split("."):
         value = value[key]
     return "" if value in ("", None) else str(value)

@@ -15,7 +15,7 @@ from autoprompt_search.compare.arms import CompareOptions
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.experiment_options import ExperimentOptions
 from autoprompt_search.option_fields import declared
-from autoprompt_search.study.cluster import RaySettings
+from autoprompt_search.study.cluster import RaySettings, ray_settings_from
 from autoprompt_search.study.options import StudyOptions
 
 from .declared import declared_options
@@ -177,7 +177,7 @@ def search(
 
     from autoprompt_search.study.cluster import ray_dashboard_warning
 
-    ray_settings = RaySettings(**{k: options.pop(k) for k in RAY_FIELDS if k in options})
+    ray_settings = ray_settings_from(options)
     warning = ray_dashboard_warning(ray_settings.dashboard_host)
     if warning:
         typer.echo(warning, err=True)
@@ -202,8 +202,7 @@ def search(
 
 
 # What --resume may take: where the study is and how to reach Ray; the rest is the stored study's.
-RAY_FIELDS = tuple(f.name for f, _ in declared(RaySettings, "search"))
-RESUME_FLAGS = {"resume", "results_dir", *RAY_FIELDS}
+RESUME_FLAGS = {"resume", "results_dir", *(f.name for f, _ in declared(RaySettings, "search"))}
 
 
 def _given_flags(ctx: typer.Context, allowed: set[str]) -> dict[str, object]:
@@ -227,7 +226,7 @@ def compare(
     """Compare discrete search, SPT-DARTS, dynamic prompting and fixed baselines on one task and model."""
     from autoprompt_search.compare.runner import make_compare_options, run_compare
 
-    ray_settings = RaySettings(**{k: options.pop(k) for k in ("address", "num_cpus") if k in options})
+    ray_settings = ray_settings_from(options, "compare")
     base = ExperimentOptions(**{k: options.pop(k) for k in list(options) if k in EXPERIMENT_FIELDS})
     try:
         out = run_compare(

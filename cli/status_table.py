@@ -11,8 +11,6 @@ from rich.table import Table
 
 
 def print_status(study_dir: str | Path) -> None:
-    from rich.table import Table
-
     from autoprompt_search.study.options import StudyOptions
     from autoprompt_search.study.ranking import stopped_note, summarize_study
     from autoprompt_search.study.records import optuna_numbers, study_rows

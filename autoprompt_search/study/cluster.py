@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprompt_search.errors import ConfigError
-from autoprompt_search.option_fields import option
+from autoprompt_search.option_fields import declared, option
 from autoprompt_search.study.options import StudyOptions
 
 
@@ -42,6 +42,11 @@ class RaySettings:
         commands=("search",),
     )  # fmt: skip
     preload_modules: tuple[str, ...] = ()  # local mode: imported by every Ray worker process at start
+
+
+def ray_settings_from(options: dict[str, Any], command: str = "search") -> RaySettings:
+    """The RaySettings that `command`'s options name, popped from `options` (the rest stay)."""
+    return RaySettings(**{f.name: options.pop(f.name) for f, _ in declared(RaySettings, command) if f.name in options})
 
 
 def connect(settings: RaySettings | None = None) -> ClusterInfo:

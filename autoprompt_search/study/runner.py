@@ -27,9 +27,16 @@ from autoprompt_search.config import ExperimentConfig
 from autoprompt_search.dataclass_io import to_dict
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.experiment_options import ExperimentOptions
-from autoprompt_search.option_fields import api_signature, declared
+from autoprompt_search.option_fields import api_signature
 from autoprompt_search.storage.staging import replacing_directory
-from autoprompt_search.study.cluster import RaySettings, check_before_connecting, check_resources, connect, shutdown
+from autoprompt_search.study.cluster import (
+    RaySettings,
+    check_before_connecting,
+    check_resources,
+    connect,
+    ray_settings_from,
+    shutdown,
+)
 from autoprompt_search.study.journal import RESUMED_STUDY
 from autoprompt_search.study.options import StudyOptions, resume_conflicts, study_options, study_path
 from autoprompt_search.study.preflight import (
@@ -100,13 +107,12 @@ def search(
     ...), each declared once (StudyOptions, RaySettings, ExperimentOptions; `help(search)` lists
     them). `ray_settings` replaces Ray's; `on_connect(cluster, study_dir)` runs once Ray is up;
     `callbacks`: more Ray Tune callbacks for the search."""
-    ray_options = {k: options.pop(k) for k in RAY_FIELDS if k in options}
+    settings = ray_settings_from(options)  # popped first: the rest describe the study and experiment
     study = study_options(space, name=name, results_dir=results_dir, **options)
-    settings = ray_settings or RaySettings(**ray_options)
+    settings = ray_settings or settings
     return run_study(study, results_dir, overwrite, settings, on_connect, callbacks)
 
 
-RAY_FIELDS = tuple(f.name for f, _ in declared(RaySettings, "search"))
 search.__signature__ = api_signature(  # type: ignore[attr-defined]
     search, [(StudyOptions, "search"), (RaySettings, "search"), (ExperimentOptions, "search")]
 )
