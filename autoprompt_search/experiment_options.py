@@ -51,9 +51,9 @@ class ExperimentOptions:
                                    config="data.max_train")  # fmt: skip
     metric: str | None = option(None, "the score to select on: accuracy | f1 | f1_acc | mcc (default: the task's)",
                                 "Data", commands=TRAIN_AND_SEARCH, config="data.metric")  # fmt: skip
-    method: str | None = option(None, "probe | deep | late | spt (SPT-DARTS gates) | dp (dynamic prompting)",
+    method: str | None = option(None, "probe | deep | late | spt (SPT-DARTS gates) | dp (dynamic prompting) | lora",
                                 "Method", commands=TRAIN_ONLY, config="method.name")  # fmt: skip
-    layers: str | None = option(None, "deep: block indices '0,3,5', 'all', 'lower-half', 'upper-half'", "Method",
+    layers: str | None = option(None, "deep, lora: block indices '0,3,5', 'all', 'lower-half', 'upper-half'", "Method",
                                 commands=TRAIN_ONLY)  # fmt: skip
     length: int | None = option(None, "prompt length L", "Method", commands=TRAIN_ONLY, config="method.length")
     position: str | None = option(None, "deep: prefix | split", "Method", commands=TRAIN_ONLY,
@@ -69,6 +69,11 @@ class ExperimentOptions:
                                    config="method.generator")  # fmt: skip
     bottleneck: int | None = option(None, "late: generator bottleneck r", "Method", commands=TRAIN_ONLY,
                                     config="method.bottleneck")  # fmt: skip
+    targets: str | None = option(None, "lora: projections 'query,value' of query, key, value, output, ffn_in, "
+                                 "ffn_out, or 'all'", "Method", commands=TRAIN_ONLY, config="method.targets")  # fmt: skip
+    rank: int | None = option(None, "lora: rank r", "Method", commands=TRAIN_ONLY, config="method.rank")
+    alpha: float | None = option(None, "lora: the update is scaled by alpha / r", "Method", commands=TRAIN_ONLY,
+                                 config="method.alpha")  # fmt: skip
     method_options: list[str] | None = option(
         None, "KEY=VALUE for any method field, repeatable (e.g. budget=3, choose=[position])", "Method",
         names=("--method-option",), commands=TRAIN_ONLY,

@@ -260,7 +260,12 @@ def export(
     overwrite: Annotated[bool, Opt()] = False,
     results_dir: Annotated[str, Opt(help="where study directories live (for a study given by name)")] = "results",
     form: Annotated[
-        str, Opt("--format", help="native | peft (also an adapter PeftModel.from_pretrained loads)")
+        str,
+        Opt(
+            "--format",
+            help="native | peft (also an adapter PeftModel.from_pretrained loads) | merged "
+            "(also a LoRA run folded into a transformers model in merged/)",
+        ),
     ] = "native",
 ) -> None:
     """Export chosen trials as run directories: config.yaml (retrain) + safetensors weights (serve)."""
@@ -277,6 +282,8 @@ def export(
         typer.echo(f"{run}  (autoprompt predict {run} | autoprompt train --config {run}/config.yaml)")
         if form == "peft":
             typer.echo(f"  peft: {loading_code(run)}")
+        if form == "merged":
+            typer.echo(f"  transformers: AutoModelForSequenceClassification.from_pretrained({str(run / 'merged')!r})")
 
 
 @app.command()

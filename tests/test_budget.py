@@ -10,11 +10,12 @@ import optuna
 import pytest
 from conftest import tiny_experiment
 
-from autoprompt_search.backbones import BackboneInfo
+from autoprompt_search.backbones import BackboneInfo, backbone_info
 from autoprompt_search.config import DataConfig, ExperimentConfig, TrainConfig
 from autoprompt_search.engine.heads import HeadConfig
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.methods import DeepConfig, DpConfig, LateConfig, ProbeConfig, SptConfig
+from autoprompt_search.methods.lora import LoraConfig
 from autoprompt_search.study.budget import CONSTRAINT, ParamBudget, check_budget, param_budget
 from autoprompt_search.study.group_search import GroupSearcher
 from autoprompt_search.study.journal import journal_storage
@@ -31,6 +32,7 @@ METHODS = {
     "dp": DpConfig(length=4, pool=2),
     "spt": SptConfig(search=False, layers=(1, 3), length=2, bottleneck=8),
     "probe": ProbeConfig(),
+    "lora": LoraConfig(layers=(1, 3), targets="query,ffn_in", rank=3),
 }
 
 
@@ -49,7 +51,7 @@ def test_the_driver_count_equals_what_the_built_model_trains(
         train=TrainConfig(steps=2, device="cpu"),
     )
     ws = prepare_workspace(cfg)
-    info = BackboneInfo.of(ws.backbone)
+    info = backbone_info(tiny_model_dir)  # the driver's: the model built on the meta device
     assert count_trainable(cfg, info, num_classes=2) == build_model(cfg, ws).num_trainable()
 
 

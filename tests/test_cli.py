@@ -120,8 +120,8 @@ def test_space_command_validates_and_samples(tiny_model_dir: str, tmp_path) -> N
     res = runner.invoke(app, ["space", space_file, "--model", tiny_model_dir, "--samples", "3"])
     assert res.exit_code == 0, res.output
     drawn = yaml.safe_load(res.stdout)
-    assert len(drawn) == 3 and all(d["method"]["name"] in ("probe", "deep", "late") for d in drawn)
-    (tmp_path / "bad.yaml").write_text("methods: {deep: {length: {type: int, low: 5, high: 1}}, lora: {}}\n")
+    assert len(drawn) == 3 and all(d["method"]["name"] in ("probe", "deep", "late", "lora") for d in drawn)
+    (tmp_path / "bad.yaml").write_text("methods: {deep: {length: {type: int, low: 5, high: 1}}, adapter: {}}\n")
     res = runner.invoke(app, ["space", str(tmp_path / "bad.yaml"), "--model", tiny_model_dir])
     assert res.exit_code == 2 and "2 problem(s)" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 

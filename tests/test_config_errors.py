@@ -55,8 +55,8 @@ def test_non_positive_length(length: int) -> None:
 
 def test_unknown_method() -> None:
     with pytest.raises(ValueError) as exc:
-        method_config("lora")
-    assert one_line(exc) == "method: 'lora' unknown; use one of probe, deep, late, spt, dp"
+        method_config("adapter")
+    assert one_line(exc) == "method: 'adapter' unknown; use one of probe, deep, late, spt, dp, lora"
 
 
 def test_unknown_generator() -> None:

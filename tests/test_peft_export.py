@@ -47,6 +47,9 @@ def cfg_of(method: dict, head: dict | None = None) -> ExperimentConfig:
         ({"name": "deep", "layers": EVERY, "form": "kv"}, {"pooling": "mean"}, "bert", "reads [CLS] through the pooler"),
         ({"name": "deep", "layers": EVERY, "form": "kv"}, None, "roberta", "classifier for roberta is not a linear"),
         ({"name": "deep", "layers": EVERY, "form": "kv"}, None, "bert", ""),  # peft's prefix tuning
+        ({"name": "lora", "layers": [1, 3], "targets": "all"}, None, "bert", ""),  # peft's LoRA
+        ({"name": "lora"}, {"pooling": "mean"}, "bert", "reads [CLS] through the pooler; this run's head pools mean"),
+        ({"name": "lora"}, None, "gpt2", "classifier for gpt2 is not a linear"),
     ],
 )  # fmt: skip
 def test_what_peft_cannot_hold_is_refused_with_the_reason(method: dict, head: dict, model_type: str, why: str) -> None:
@@ -110,4 +113,30 @@ def test_a_run_loads_in_peft_with_our_logits(
         pytest.skip(f"peft {peft.__version__} prefix tuning unsupported here: {exc}")
     assert theirs_model.peft_config["default"].peft_type.value == peft_type
     assert mine.abs().max() > 0.05  # a trained head, not zeros
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("targets", ["query,value", "all"])
+def test_a_lora_run_loads_in_peft_with_our_logits(
+    targets: str, bert_with_pooler: str, tiny_sst_dir: str, tmp_path: Path
+) -> None:
+    """A LoRA run at a layer subset (every target: attention output and FFN output are both
+    `*.output.dense` in BERT, told apart by the expression) loads as peft's LoRA with our logits."""
+    pytest.importorskip("peft")
+    cfg = ExperimentConfig.from_dict(
+        {
+            "model": bert_with_pooler,
+            "data": {"task": "sst2", "data_dir": tiny_sst_dir, "max_length": 16},
+            "method": {"name": "lora", "layers": [1, 3], "targets": targets, "rank": 3, "alpha": 5.0},
+            "train": {"steps": 3, "batch_size": 8, "eval_every": 3, "device": "cpu", "lr": 0.05},
+        }
+    )
+    run = tmp_path / "run"
+    train_to_directory(cfg, run)
+    write_peft_adapter(*run_adapter(run), run)
+    theirs_model, mine, theirs = peft_and_our_logits(run, bert_with_pooler)
+    assert theirs_model.peft_config["default"].peft_type.value == "LORA"
+    updated = {n.split(".lora_A")[0] for n, _ in theirs_model.named_parameters() if ".lora_A." in n}
+    assert len(updated) == 2 * (2 if targets == "query,value" else 6)  # two layers: exactly our projections
+    assert mine.abs().max() > 0.05
     torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)

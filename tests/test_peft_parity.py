@@ -1,6 +1,7 @@
 """Our forms of peft's methods equal peft's forward given the same tensors.
 
 - `deep --form kv --layers all` equals peft's PrefixTuning;
+- `lora` at a layer subset equals peft's LoRA on the same projections (BERT, Llama, Qwen2);
 - `deep --layers 0 --init normal` with a first-slot head (the benchmark's `prompt-tuning-as-peft`)
   equals peft's PromptTuning for sequence classification, logits and gradients, dropout included.
 
@@ -111,3 +112,47 @@ def test_input_prompt_with_first_slot_head_equals_peft_prompt_tuning() -> None:
     mine = ours(batch)
     torch.manual_seed(5)
     torch.testing.assert_close(mine, theirs(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("family", "blocks"), [("bert", "encoder.layer"), ("llama", "layers"), ("qwen2", "layers")])
+@pytest.mark.parametrize("targets", ["query,value", "all"])
+def test_lora_equals_peft_lora_given_the_same_a_and_b(family: str, blocks: str, targets: str) -> None:
+    """`lora` at a layer subset equals peft's LoraConfig on the same projections with the same A and
+    B (random B: a zero B would hide a wrong update), hidden states and gradients of A and B."""
+    import copy
+    import re
+
+    from transformers import AutoModel
+
+    from autoprompt_search.methods.lora import LoraConfig
+
+    ours = make(family, LoraConfig(layers=(1, 3), targets=targets, rank=3, alpha=5.0, dropout=0.0))
+    method = ours.method
+    with torch.no_grad():
+        for up in method.up:
+            up.normal_(generator=torch.Generator().manual_seed(1))
+    base = AutoModel.from_config(copy.deepcopy(tiny_configs()[family]))
+    base.load_state_dict(make(family, None).backbone.model.state_dict())
+    paths = "|".join(re.escape(site.path) for _, site, _, _ in method.sites)
+    config = peft.LoraConfig(r=3, lora_alpha=5.0, target_modules=rf"{re.escape(blocks)}\.(1|3)\.({paths})")
+    reference = peft.get_peft_model(base, config).eval()
+    modules = dict(reference.named_modules())
+    with torch.no_grad():
+        for index, layer in enumerate(method.layers):
+            for s, (_, site, _, _) in enumerate(method.sites):
+                module = modules[f"base_model.model.{blocks}.{layer}.{site.path}"]
+                module.lora_A["default"].weight.copy_(method.down[s][index])
+                module.lora_B["default"].weight.copy_(method.up[s][index])
+    batch = full_batch(b=2, t=6)
+    mine, _ = ours.hidden_states(batch)
+    theirs = reference(input_ids=batch.input_ids, attention_mask=batch.text_mask.long()).last_hidden_state
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+    weights = torch.randn(mine.shape, generator=torch.Generator().manual_seed(2))  # (a norm's sum of squares is flat)
+    (mine * weights).sum().backward()
+    (theirs * weights).sum().backward()
+    for s, (_, site, _, _) in enumerate(method.sites):
+        module = modules[f"base_model.model.{blocks}.3.{site.path}"]
+        for mine_grad, theirs_grad in ((method.down[s].grad[1], module.lora_A["default"].weight.grad),
+                                       (method.up[s].grad[1], module.lora_B["default"].weight.grad)):  # fmt: skip
+            scale = theirs_grad.abs().max().item()  # float32 rounding of a large loss's gradient
+            torch.testing.assert_close(mine_grad, theirs_grad, atol=1e-5 * scale, rtol=1e-4)

@@ -16,15 +16,21 @@ from autoprompt_search.study.space import SearchSpace, SearchSpaceError, depth_r
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
-@pytest.mark.parametrize("name", ["layers.yaml", "lpt.yaml", "all.yaml", "learned.yaml"])
+@pytest.mark.parametrize("name", ["layers.yaml", "lpt.yaml", "all.yaml", "learned.yaml", "lora.yaml"])
 def test_shipped_spaces_validate_and_sample_valid_configs(name: str) -> None:
+    from transformers import BertConfig
+
+    from autoprompt_search.backbones import backbone_from_config
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=6, num_attention_heads=4, intermediate_size=64)
+    info = BackboneInfo.of(backbone_from_config(config))
     sampler = SearchSpace.load(SPACES / name).sampler(num_layers=6)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(15):
         trial = study.ask()
         overlay = sampler(trial)
         cfg = ExperimentConfig.from_dict(overlay)
-        cfg.method.check(BackboneInfo(num_layers=6, hidden_size=32, max_positions=512, causal=False))
+        cfg.method.check(info)
         study.tell(trial, 0.5)
     pickle.dumps(sampler)  # Tune checkpoints the searcher by pickling it
 
@@ -98,7 +104,7 @@ def test_three_errors_are_all_reported(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"methods": {"lora": {}}}, "methods.lora: unknown method"),
+        ({"methods": {"adapter": {}}}, "methods.adapter: unknown method"),
         ({"methods": {}}, "methods: needs at least one method"),
         ({"methods": {"deep": {"length": {"type": "uniform"}}}}, "methods.deep.length.type: 'uniform' unknown"),
         ({"methods": {"deep": {"layers": {"type": "layer_set", "depth": [0.5, 1.5]}}}}, "must satisfy 0 <= low"),

@@ -577,7 +577,7 @@ def test_space_yaml_files_load() -> None:
         assert Path(path) == shipped()[name] and Path(path).parent.name == "search_spaces"
         assert data["methods"], name  # validated by resolve_space itself (it raises otherwise)
     data, _ = resolve_space("all")
-    assert set(data["methods"]) == {"probe", "deep", "late"}
+    assert set(data["methods"]) == {"probe", "deep", "late", "lora"}
     assert (
         data["methods"]["deep"]["form"]["choices"] == ["hidden", "kv"]
         and data["methods"]["deep"]["length"]["high"] == 128

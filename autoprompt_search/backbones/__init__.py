@@ -17,7 +17,7 @@ One file per family (`bert.py`, `roberta.py`, `mpnet.py`, `gpt2.py`, `llama.py`)
 interface and the key/value prefix attention, `loading.py` finds a checkpoint's family and loads it.
 """
 
-from autoprompt_search.backbones.base import Backbone, KvPrefix
+from autoprompt_search.backbones.base import Backbone, KvPrefix, LoraSite, LoraUpdate
 from autoprompt_search.backbones.loading import (
     FAMILIES,
     PACKAGED_MODELS,
@@ -39,6 +39,8 @@ __all__ = [
     "Backbone",
     "BackboneInfo",
     "KvPrefix",
+    "LoraSite",
+    "LoraUpdate",
     "ModelSource",
     "backbone_from_config",
     "backbone_info",

@@ -1,8 +1,9 @@
-"""The adapter interface every backbone family implements, and the key/value prefix attention
-the sdpa families run under."""
+"""The adapter interface every backbone family implements, the key/value prefix attention the
+sdpa families run under, and the low-rank (LoRA) updates a block's projections add."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -35,6 +36,47 @@ def prepend_prefix(
     if mask.dtype != torch.bool:
         live = torch.where(live, 0.0, torch.finfo(mask.dtype).min).to(mask.dtype)
     return keys, values, torch.cat([live, mask], -1)  # (B, 1|H, S, P+S)
+
+
+class LoraSite(NamedTuple):
+    """One projection inside a block that a LoRA target updates: its module path, and for a fused
+    projection (GPT-2's QKV `c_attn`) which of its `parts` equal column blocks."""
+
+    path: str
+    part: int = 0
+    parts: int = 1
+
+
+class LoraUpdate(NamedTuple):
+    """What one projection of one block adds to its output: up(down(dropout(x))), as peft's LoRA
+    `lora_B(lora_A(dropout(x))) * alpha / r` with the scale folded into `up`."""
+
+    site: LoraSite
+    down: Tensor  # A: (r, in) for every row, or (B, r, in) one per row (a fused group)
+    up: Tensor  # (alpha / r) B: (out, r), or (B, out, r)
+    dropout: Callable[[Tensor], Tensor]  # on the projection's input (B, S, in)
+
+
+def lora_delta(x: Tensor, update: LoraUpdate) -> Tensor:
+    """The update (B, S, out) of a projection whose input is x (B, S, in)."""
+    x = update.dropout(x)
+    if update.down.dim() == 2:
+        return (x @ update.down.mT) @ update.up.mT
+    return torch.bmm(torch.bmm(x, update.down.mT), update.up.mT)  # per-row A and B: one batched matmul each
+
+
+def _lora_hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+    updates: list[LoraUpdate] = module.lora_updates
+    if not updates:
+        return None
+    for update in updates:
+        delta = lora_delta(args[0], update).to(output.dtype)  # (B, S, out / parts)
+        if update.site.parts > 1:  # one column block of a fused projection
+            width = output.shape[-1] // update.site.parts
+            before = update.site.part * width
+            delta = nn.functional.pad(delta, (before, output.shape[-1] - before - width))
+        output = output + delta
+    return output
 
 
 #: The attention implementation our sdpa families run under: SDPA, plus a block's `kv_prefix`.
@@ -71,6 +113,8 @@ class Backbone(nn.Module):
     causal: ClassVar[bool] = False
     position_offset: ClassVar[int] = 0  # added to logical positions (RoBERTa/MPNet pad offset)
     attn_implementation: ClassVar[str] = "sdpa"
+    #: LoRA targets -> the projections inside a block each one updates
+    lora_targets: ClassVar[dict[str, tuple[LoraSite, ...]]] = {}
 
     def __init__(self, model: nn.Module, lm_head: nn.Module | None) -> None:
         super().__init__()
@@ -80,6 +124,7 @@ class Backbone(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         self._enable_prefixes()
+        self._enable_lora()
 
     def _enable_prefixes(self) -> None:
         """Let `run_block` hand each block's attention a `KvPrefix` (none by default)."""
@@ -87,6 +132,30 @@ class Backbone(nn.Module):
         self.config._attn_implementation = PREFIX_ATTENTION
         for i in range(self.num_layers):
             self.attention(i).kv_prefix = None
+
+    def _enable_lora(self) -> None:
+        """Let `run_block` hand a block's projections low-rank updates (none by default)."""
+        for block in self.blocks:
+            for sites in self.lora_targets.values():
+                for site in sites:
+                    module = block.get_submodule(site.path)
+                    if not hasattr(module, "lora_updates"):
+                        module.lora_updates = []
+                        module.register_forward_hook(_lora_hook)
+
+    def lora_shapes(self) -> dict[str, tuple[tuple[LoraSite, int, int], ...]]:
+        """Every LoRA target's projections with their (in, out) widths (out: the site's column block)."""
+        shapes = {}
+        for target, sites in self.lora_targets.items():
+            found = []
+            for site in sites:
+                module = self.blocks[0].get_submodule(site.path)
+                out, fan_in = module.weight.shape  # nn.Linear: (out, in)
+                if not isinstance(module, nn.Linear):  # transformers' Conv1D (GPT-2): (in, out)
+                    fan_in, out = out, fan_in
+                found.append((site, int(fan_in), int(out) // site.parts))
+            shapes[target] = tuple(found)
+        return shapes
 
     def attention(self, index: int) -> nn.Module:
         """Block `index`'s self-attention module (the one that receives a key/value prefix)."""
@@ -143,14 +212,28 @@ class Backbone(nn.Module):
         """
         return {"attention_mask": visible[:, None, :, :]}  # (B, 1, S, S) bool, for SDPA
 
-    def run_block(self, index: int, h: Tensor, inputs: dict[str, Any], prefix: KvPrefix | None = None) -> Tensor:
-        """Block `index` on h (B, S, d); with `prefix`, its attention also attends the prefix's keys."""
+    def run_block(
+        self,
+        index: int,
+        h: Tensor,
+        inputs: dict[str, Any],
+        prefix: KvPrefix | None = None,
+        lora: list[LoraUpdate] | tuple[()] = (),
+    ) -> Tensor:
+        """Block `index` on h (B, S, d); with `prefix`, its attention also attends the prefix's keys;
+        each of `lora` adds its low-rank update to its projection's output."""
         attention = self.attention(index)
         attention.kv_prefix = prefix
+        block = self.blocks[index]
+        sites = [block.get_submodule(update.site.path) for update in lora]
+        for module, update in zip(sites, lora, strict=True):
+            module.lora_updates.append(update)
         try:
-            out = self.blocks[index](h, **inputs)
+            out = block(h, **inputs)
         finally:
             attention.kv_prefix = None
+            for module in sites:
+                module.lora_updates.clear()
         return out[0] if isinstance(out, tuple) else out
 
     def final_norm(self, h: Tensor) -> Tensor:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
-from autoprompt_search.backbones.base import Backbone
+from autoprompt_search.backbones.base import Backbone, LoraSite
 
 
 class BertBackbone(Backbone):
     """BERT, MiniLM and other BertModel checkpoints (absolute positions, token types, pooler)."""
 
     model_types = ("bert",)
+    lora_targets: ClassVar[dict[str, tuple[LoraSite, ...]]] = {
+        "query": (LoraSite("attention.self.query"),),
+        "key": (LoraSite("attention.self.key"),),
+        "value": (LoraSite("attention.self.value"),),
+        "output": (LoraSite("attention.output.dense"),),
+        "ffn_in": (LoraSite("intermediate.dense"),),
+        "ffn_out": (LoraSite("output.dense"),),
+    }
 
     @property
     def blocks(self) -> nn.ModuleList:

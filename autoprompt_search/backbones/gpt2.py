@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor, nn
 
-from autoprompt_search.backbones.base import Backbone
+from autoprompt_search.backbones.base import Backbone, LoraSite
 
 
 class GPT2Backbone(Backbone):
@@ -12,6 +14,16 @@ class GPT2Backbone(Backbone):
 
     model_types = ("gpt2",)
     causal = True
+    lora_targets: ClassVar[
+        dict[str, tuple[LoraSite, ...]]
+    ] = {  # query, key and value are column blocks of one fused projection
+        "query": (LoraSite("attn.c_attn", 0, 3),),
+        "key": (LoraSite("attn.c_attn", 1, 3),),
+        "value": (LoraSite("attn.c_attn", 2, 3),),
+        "output": (LoraSite("attn.c_proj"),),
+        "ffn_in": (LoraSite("mlp.c_fc"),),
+        "ffn_out": (LoraSite("mlp.c_proj"),),
+    }
 
     @property
     def blocks(self) -> nn.ModuleList:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from autoprompt_search.backbones.base import Backbone
+from autoprompt_search.backbones.base import Backbone, LoraSite
 
 
 class LlamaBackbone(Backbone):
@@ -15,6 +15,14 @@ class LlamaBackbone(Backbone):
     model_types = ("llama", "qwen2", "qwen3", "mistral")
     causal = True
     positions_in_embeddings = False  # rotary: positions act inside attention only
+    lora_targets: ClassVar[dict[str, tuple[LoraSite, ...]]] = {
+        "query": (LoraSite("self_attn.q_proj"),),
+        "key": (LoraSite("self_attn.k_proj"),),
+        "value": (LoraSite("self_attn.v_proj"),),
+        "output": (LoraSite("self_attn.o_proj"),),
+        "ffn_in": (LoraSite("mlp.gate_proj"), LoraSite("mlp.up_proj")),  # the gated FFN's two inputs
+        "ffn_out": (LoraSite("mlp.down_proj"),),
+    }
 
     @property
     def blocks(self) -> nn.ModuleList:

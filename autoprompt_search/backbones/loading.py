@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprompt_search.backbones.base import Backbone
+from autoprompt_search.backbones.base import Backbone, LoraSite
 from autoprompt_search.backbones.bert import BertBackbone
 from autoprompt_search.backbones.gpt2 import GPT2Backbone
 from autoprompt_search.backbones.llama import LlamaBackbone
@@ -180,6 +180,8 @@ class BackboneInfo:
     # Weights of the base transformer (LM head excluded): what "% of the model" divides by. Not
     # compared: read on the meta device it includes a pooler that a checkpoint saved without one lacks.
     num_params: int = field(default=0, compare=False)
+    # LoRA targets -> (projection, in, out) of each projection it updates in a block
+    lora_shapes: dict[str, tuple[tuple[LoraSite, int, int], ...]] = field(default_factory=dict, compare=False)
 
     @property
     def kv_shape(self) -> tuple[int, int]:
@@ -197,6 +199,7 @@ class BackboneInfo:
             backbone.head_dim,
             backbone.positions_in_embeddings,
             sum(p.numel() for p in backbone.model.parameters()),
+            backbone.lora_shapes(),
         )
 
 

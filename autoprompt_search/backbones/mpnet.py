@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import types
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from autoprompt_search.backbones.base import additive_mask
+from autoprompt_search.backbones.base import LoraSite, additive_mask
 from autoprompt_search.backbones.bert import BertBackbone
 
 
@@ -17,6 +17,14 @@ class MPNetBackbone(BertBackbone):
 
     model_types = ("mpnet",)
     attn_implementation = "eager"
+    lora_targets: ClassVar[dict[str, tuple[LoraSite, ...]]] = {
+        "query": (LoraSite("attention.attn.q"),),
+        "key": (LoraSite("attention.attn.k"),),
+        "value": (LoraSite("attention.attn.v"),),
+        "output": (LoraSite("attention.attn.o"),),
+        "ffn_in": (LoraSite("intermediate.dense"),),
+        "ffn_out": (LoraSite("output.dense"),),
+    }
 
     def _enable_prefixes(self) -> None:
         # MPNet's attention is hand-written (no attention interface): its modules get ours instead.

@@ -164,8 +164,8 @@ class PromptedModel(nn.Module):
                 new = method.inject(i, h[:, :length], h[:, length:], ctx)
                 if new is not None:
                     h = torch.cat([new, h[:, length:]], 1)
-            prefix = method.kv_prefix(i, ctx)
-            h = bb.run_block(i, h, layouts.inputs(i, h), prefix)  # (B, L+T, d)
+            prefix, lora = method.kv_prefix(i, ctx), method.lora_updates(i, ctx)
+            h = bb.run_block(i, h, layouts.inputs(i, h), prefix, lora)  # (B, L+T, d)
         if first >= n_layers:  # a method that starts after the last block (probe) added no slots
             return bb.final_norm(h), sequence_layout(empty[:, :0], empty[:, :0], text_mask, bb.causal)
         return bb.final_norm(h), layouts.at(n_layers)

@@ -15,7 +15,8 @@ At each block `i >= start`, the engine calls `inject(i, slots, text, ctx)`: the 
 new slot states (a fresh deep prompt, a generated LPT prompt, or a gate-weighted mix of the
 propagated `slots` and a new prompt, as SPT does) or None to let the propagated ones go on.
 It also asks `kv_prefix(i, ctx)` for keys and values the block's attention prepends to the
-text's own (P-tuning v2's form: nothing flows on to the next block).
+text's own (P-tuning v2's form: nothing flows on to the next block), and `lora_updates(i, ctx)` for
+low-rank updates the block's projections add to their outputs (LoRA's form).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from autoprompt_search.backbones import BackboneInfo, KvPrefix
+from autoprompt_search.backbones import BackboneInfo, KvPrefix, LoraUpdate
 from autoprompt_search.errors import ConfigError
 
 
@@ -119,6 +120,10 @@ class PromptMethod(nn.Module):
     def kv_prefix(self, layer: int, ctx: BatchContext) -> KvPrefix | None:
         """Keys and values block `layer`'s attention prepends (P-tuning v2's form), or None."""
         return None
+
+    def lora_updates(self, layer: int, ctx: BatchContext) -> list[LoraUpdate]:
+        """Low-rank updates block `layer`'s projections add (LoRA's form), or none."""
+        return []
 
     def embed_input(self, embed: Callable[..., Tensor], after: Tensor) -> Tensor:
         """The input embeddings (B, L+T, d) of `[slots | text]` at block 0.

@@ -1,11 +1,12 @@
 """A run as a peft adapter: `adapter_config.json` + `adapter_model.safetensors` that
 `PeftModel.from_pretrained` loads over `AutoModelForSequenceClassification`.
 
-peft can hold two of our configurations exactly, on a BERT-family encoder whose classifier reads
+peft can hold three of our configurations exactly, on a BERT-family encoder whose classifier reads
 the first position through the pretrained pooler (BertForSequenceClassification's head): key/value
-prefixes at every layer (its prefix tuning, head on [CLS]) and an input prompt alone (its prompt
+prefixes at every layer (its prefix tuning, head on [CLS]), an input prompt alone (its prompt
 tuning: the prompt sits before [CLS], so that classifier reads the first virtual token; ours
-does with `head.pooling: first`). The rest it cannot, and `peft_adapter` says why in one line:
+does with `head.pooling: first`) and LoRA at any layer set and targets (its LoRA, the projections
+named by a regular expression). The rest it cannot, and `peft_adapter` says why in one line:
 other families' sequence classifiers are not a linear layer on one token (RoBERTa's has a dense
 + tanh layer, GPT-2's has no bias); mean pooling, label-word heads, deeper hidden-state prompts,
 layer subsets and generators have no peft counterpart.
@@ -36,6 +37,8 @@ def refusals(cfg: Any, model_type: str, num_layers: int) -> list[str]:
     method, name = cfg.method, method_name(cfg.method)
     if name == "deep" and method.form == "hidden" and tuple(method.layers) == (0,):
         return _prompt_tuning_refusals(cfg, model_type)
+    if name == "lora":
+        return head_refusals(cfg, model_type)
     reasons = []
     if getattr(method, "form", None) != "kv":
         what = "hidden-state prompts" if name == "deep" else f"the {name} method"
@@ -43,6 +46,12 @@ def refusals(cfg: Any, model_type: str, num_layers: int) -> list[str]:
     layers = getattr(method, "layers", None)
     if layers is not None and tuple(layers) != tuple(range(num_layers)):
         reasons.append(f"peft's prefix tuning prefixes every layer; this run prompts layers {list(layers)}")
+    return reasons + head_refusals(cfg, model_type)
+
+
+def head_refusals(cfg: Any, model_type: str) -> list[str]:
+    """Why peft's sequence classifier is not this run's head (none when it is)."""
+    reasons = []
     if model_type != "bert":
         reasons.append(
             f"peft's sequence classifier for {model_type} is not a linear layer on the pooled first token "
@@ -85,6 +94,8 @@ def peft_adapter(model: Any, cfg: Any, model_path: str) -> tuple[dict[str, Any],
     if why:
         raise ConfigError(f"export --format peft: {why}; export it without --format peft")
     method = model.method
+    if method_name(cfg.method) == "lora":
+        return _lora_adapter(model, model_path)
     if not method.kv:
         return _prompt_tuning_adapter(model, model_path)
     with torch.no_grad():
@@ -137,6 +148,43 @@ def _prompt_tuning_adapter(model: Any, model_path: str) -> tuple[dict[str, Any],
         "num_attention_heads": config.num_attention_heads,
         "num_layers": model.backbone.num_layers,
         "prompt_tuning_init": "RANDOM",
+        "inference_mode": True,
+        "modules_to_save": ["classifier", "score"],
+        "revision": None,
+    }
+    return adapter, tensors
+
+
+def _lora_adapter(model: Any, model_path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """peft's LoRA: each of our (A, B) pairs under the module name BertForSequenceClassification
+    gives that projection, the projections chosen by one regular expression (peft full-matches it)."""
+    import re
+
+    method, config = model.method, model.method.config
+    tensors = {
+        "base_model.model.classifier.weight": model.head.linear.weight.detach().float().contiguous(),
+        "base_model.model.classifier.bias": model.head.linear.bias.detach().float().contiguous(),
+    }
+    with torch.no_grad():
+        for index, layer in enumerate(method.layers):
+            for s, (_, site, _, _) in enumerate(method.sites):
+                name = f"base_model.model.bert.encoder.layer.{layer}.{site.path}"
+                tensors[f"{name}.lora_A.weight"] = method.down[s][index].float().contiguous()  # (r, in)
+                tensors[f"{name}.lora_B.weight"] = method.up[s][index].float().contiguous()  # (out, r)
+    layers = "|".join(str(layer) for layer in method.layers)
+    paths = "|".join(re.escape(site.path) for _, site, _, _ in method.sites)
+    adapter = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": model_path,
+        "r": config.rank,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "target_modules": rf".*encoder\.layer\.({layers})\.({paths})",
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "use_rslora": False,
         "inference_mode": True,
         "modules_to_save": ["classifier", "score"],
         "revision": None,

@@ -16,13 +16,16 @@ import yaml
 
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.storage.checkpoint import CONFIG, WEIGHTS, read_run
+from autoprompt_search.storage.merged_format import MERGED_DIR, merged_model, write_merged_model
 from autoprompt_search.storage.peft_format import run_adapter, write_peft_adapter
 from autoprompt_search.storage.staging import refuse_study_dir, staged_directory
 from autoprompt_search.study.options import Objective, StudyOptions
 from autoprompt_search.study.ranking import SELECTABLE, finalist_groups, objective_value, pareto_front, rank_top
 from autoprompt_search.study.records import study_rows
 
-FORMS = ("native", "peft")  # peft: adapter_config.json + adapter_model.safetensors beside our files
+# peft: adapter_config.json + adapter_model.safetensors beside our files; merged: a LoRA run folded
+# into a transformers model in merged/
+FORMS = ("native", "peft", "merged")
 
 
 def export_study(
@@ -34,7 +37,8 @@ def export_study(
     form: str = "native",
 ) -> list[Path]:
     """Export chosen trials into `output` (default: <study>/export); returns the run directories.
-    form="peft" also writes each run as a peft adapter (every chosen one must be representable)."""
+    form="peft" also writes each run as a peft adapter, form="merged" a LoRA run as a transformers
+    model in merged/ (every chosen one must be representable)."""
     study_dir = Path(study_dir)
     if top < 1:
         raise ConfigError(f"export: --top must be >= 1, got {top}")
@@ -63,6 +67,7 @@ def export_study(
         raise ConfigError(f"export: the checkpoint of trial {missing[0]} is gone; was the study directory moved?")
     # Every adapter is built before anything is written: one that peft cannot hold fails the export.
     adapters = [run_adapter(r["checkpoint"]) for r in chosen] if form == "peft" else []
+    merged = [merged_model(r["checkpoint"]) for r in chosen] if form == "merged" else []
     names = []
     with staged_directory(out) as staging:
         for rank, row in enumerate(chosen, start=1):
@@ -70,6 +75,8 @@ def export_study(
             write_run(row, options, staging / name)
             if adapters:
                 write_peft_adapter(*adapters[rank - 1], staging / name)
+            if merged:
+                write_merged_model(merged[rank - 1], row["checkpoint"], staging / name / MERGED_DIR)
             names.append(name)
         summary = [
             {"rank": i + 1, "dir": n, **_summary(r, objectives)}

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from autoprompt_search.backbones import BackboneInfo, KvPrefix
+from autoprompt_search.backbones import BackboneInfo, KvPrefix, LoraSite, LoraUpdate
 from autoprompt_search.config import ExperimentConfig
 from autoprompt_search.engine.batch import Batch, spans
 from autoprompt_search.engine.model import PromptedModel
@@ -115,6 +115,46 @@ class FusedMethod(PromptMethod):
             values.append(nn.functional.pad(prefix.values, (0, 0, 0, pad)))
             live.append(nn.functional.pad(prefix.live, (0, pad)))  # padding slots are dead
         return KvPrefix(torch.cat(keys), torch.cat(values), torch.cat(live))
+
+    def lora_updates(self, layer: int, ctx: BatchContext) -> list[LoraUpdate]:
+        """One update per projection for the whole batch: each row gets its member's A and B (ranks
+        padded with zeros to the group's largest; zeros for members without one there), applied
+        with one batched matmul, as multi-adapter serving batches many LoRAs."""
+        spans_ = self._spans(ctx)
+        own = [{u.site: u for u in m.lora_updates(layer, ctx.rows(lo, hi))} for m, lo, hi in spans_]
+        sites = sorted({site for updates in own for site in updates}, key=lambda site: site[:2])  # the members' order
+        return [self._merged(site, [(updates.get(site), lo, hi) for updates, (_, lo, hi) in zip(own, spans_, strict=True)], ctx)
+                for site in sites]  # fmt: skip
+
+    @staticmethod
+    def _merged(site: LoraSite, parts: list[tuple[LoraUpdate | None, int, int]], ctx: BatchContext) -> LoraUpdate:
+        present = [u for u, _, _ in parts if u is not None]
+        rank = max(u.down.shape[0] for u in present)
+        (_, fan_in), (fan_out, _) = present[0].down.shape, present[0].up.shape
+        downs, ups = [], []
+        for update, lo, hi in parts:
+            if update is None:
+                downs.append(present[0].down.new_zeros(hi - lo, rank, fan_in))
+                ups.append(present[0].up.new_zeros(hi - lo, fan_out, rank))
+                continue
+            pad = rank - update.down.shape[0]
+            downs.append(nn.functional.pad(update.down, (0, 0, 0, pad)).expand(hi - lo, -1, -1))  # (b, r, in)
+            ups.append(nn.functional.pad(update.up, (0, pad)).expand(hi - lo, -1, -1))  # (b, out, r)
+        text = ctx.input_ids.shape[1]
+
+        def dropout(x: Tensor) -> Tensor:  # x: (B, S, in)
+            # Each member draws its own mask on its own rows' text, the shape it draws alone (its
+            # padding slots are dead), so its noise is the same fused or alone.
+            rows = []
+            for update, lo, hi in parts:
+                mine = x[lo:hi]
+                if update is not None:
+                    slots = mine.shape[1] - text
+                    mine = torch.cat([mine[:, :slots], update.dropout(mine[:, slots:])], 1)
+                rows.append(mine)
+            return torch.cat(rows)
+
+        return LoraUpdate(site, torch.cat(downs), torch.cat(ups), dropout)
 
     def embed_input(self, embed: Callable[..., Tensor], after: Tensor) -> Tensor:
         """Each member that mixes arrangements (dynamic prompting) does so on its own rows."""
