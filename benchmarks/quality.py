@@ -36,7 +36,7 @@ from quality_table import table  # this script's directory is on sys.path
 from reporting import code_version, machine
 
 HERE = Path(__file__).resolve().parent
-PEERS = {"peft-prompt": 3e-2, "peft-prefix": 1e-2, "full-ft": 5e-5, "hf-probe": 1e-2}  # arm -> lr
+PEERS = {"peft-prompt": 3e-2, "peft-prefix": 1e-2, "peft-lora": 1e-3, "full-ft": 5e-5, "hf-probe": 1e-2}  # arm -> lr
 # Diagnostic arms: a peer run with another learning rate (arm -> (peer arm, lr)). 8e-2 is the rate
 # the TREC studies' best kv configurations were sampled at, so `peft-prefix-lr8e-2` asks whether a
 # user of peft gets the study's gain by raising the rate alone.
@@ -65,6 +65,8 @@ def our_arms(num_layers: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]
         "dp": ({"name": "dp", "length": 20, "pool": 4, "level": "instance"}, {"lr": 3e-2}),
         # SPT-DARTS: gates over layers 1..N-1 learned bi-level, then the derived layer set retrained
         "spt-darts": ({"name": "spt", "search": True, "length": 5, "bottleneck": 128}, {"lr": 3e-3}),
+        # LoRA as the peft-lora peer sets it: r 8, alpha 16, dropout 0.1, query and value of every layer
+        "lora": ({"name": "lora", "targets": "query,value", "rank": 8, "alpha": 16.0, "dropout": 0.1}, {"lr": 1e-3}),
     }
 
 
@@ -77,6 +79,7 @@ ARM_HEADS = {
     "prompt-tuning-normal": {"pooling": "first"},
     "prompt-tuning-as-peft": {"pooling": "first", "dropout": 0.1},
     "deep-kv-lr8e-2-mean": {"pooling": "mean"},
+    "lora": {"dropout": 0.1},  # BertForSequenceClassification's dropout before the classifier, as peft-lora's
 }
 
 
