@@ -57,6 +57,10 @@ def our_arms(num_layers: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]
         # diagnostics (not a method's preset): deep-kv at the studies' sampled rate, then with mean pooling
         "deep-kv-lr8e-2": ({"name": "deep", "layers": every, "length": 20, "form": "kv"}, {"lr": 8e-2}),
         "deep-kv-lr8e-2-mean": ({"name": "deep", "layers": every, "length": 20, "form": "kv"}, {"lr": 8e-2}),
+        # the kv position rule (automl issue): P-tuning v2 at the automl protocol's chosen rate, the
+        # text at positions L.. (as peft and a KV cache: today's rule when layer 0 is prompted) or at 0..
+        "deep-kv-lr3e-2": ({"name": "deep", "layers": every, "length": 20, "form": "kv"}, {"lr": 3e-2}),
+        "deep-kv-lr3e-2-noshift": ({"name": "deep", "layers": every, "length": 20, "form": "kv"}, {"lr": 3e-2}),
         "lpt-half": (
             {"name": "late", "layer": num_layers // 2, "length": 5, "generator": "npg", "bottleneck": 128},
             {"lr": 3e-3, "weight_decay": 0.1},
@@ -83,6 +87,19 @@ ARM_HEADS = {
 }
 
 
+def keep_text_positions() -> None:
+    """Diagnostic: key/value prefixes take no logical positions, so the text keeps 0..T-1 (the rule
+    a layer set without block 0 has today) whatever the layer set."""
+    from autoprompt_search.methods.base import SlotLayout
+    from autoprompt_search.methods.deep import DeepPrompt
+
+    def layout(self: DeepPrompt, ctx: Any) -> SlotLayout:
+        assert self.kv, "the -noshift arms are kv prefixes"
+        return SlotLayout.uniform(ctx.input_ids.shape[0], 0, self.config.layers[0], ctx.input_ids.device)
+
+    DeepPrompt.layout = layout  # type: ignore[method-assign]
+
+
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     """One (arm, seed) of ours in this process: a full training run, or `--time-steps` timed steps."""
     import torch
@@ -96,6 +113,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
     code = code_version()  # the code that starts the run (the checkout may change while it runs)
     torch.set_num_threads(args.threads)
+    if args.one.endswith("-noshift"):
+        keep_text_positions()
     backbone = load_backbone(args.model)
     method, overrides = our_arms(backbone.num_layers)[args.one]
     steps = args.time_steps + 5 if args.time_steps else args.steps
