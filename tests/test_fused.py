@@ -243,3 +243,21 @@ def test_members_with_dropout_train_fused_as_alone(tiny_model_dir: str, tiny_sst
     assert build_model(cfgs[0], ws).head.dropout.p == 0.3
     for f, cfg in zip(train_group(cfgs, ws), cfgs, strict=True):
         assert_same(f, train_experiment(cfg, ws))
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_lora_members_with_dropout_train_fused_as_alone(tiny_model_dir: str, tiny_sst_dir: str, family: str) -> None:
+    """LoRA members of different ranks, targets, layer sets and rates, beside a kv member, with LoRA
+    dropout on: the training loop gives each fused what it gives alone (GPT-2: fused QKV column blocks)."""
+    from autoprompt_search.methods.lora import LoraConfig
+
+    common = dict(steps=6, eval_every=3, prefix_cache=False)
+    cfgs = [
+        experiment(tiny_model_dir, tiny_sst_dir, LoraConfig(layers=(0, 2), rank=2, dropout=0.2), lr=1e-2, seed=1, **common),
+        experiment(tiny_model_dir, tiny_sst_dir, LoraConfig(layers=(0, 1, 3), targets="all", rank=6, alpha=4.0, dropout=0.1),
+                   lr=3e-3, seed=2, **common),
+        experiment(tiny_model_dir, tiny_sst_dir, DeepConfig(layers=(0, 3), length=3, form="kv"), lr=3e-2, seed=3, **common),
+    ]  # fmt: skip
+    ws = prepare_workspace(cfgs[0], backbone=backbone_from_config(tiny_configs()[family], seed=1))
+    for f, cfg in zip(train_group(cfgs, ws), cfgs, strict=True):
+        assert_same(f, train_experiment(cfg, ws))

@@ -13,6 +13,7 @@ from test_training import experiment
 from autoprompt_search.backbones import backbone_from_config
 from autoprompt_search.engine.prefix_cache import PrefixStore, cache_root
 from autoprompt_search.methods import DeepConfig, DpConfig, LateConfig, ProbeConfig
+from autoprompt_search.methods.lora import LoraConfig
 from autoprompt_search.training.loop import train_experiment
 from autoprompt_search.training.workspace import build_model, prefix_feeder, prepare_workspace
 
@@ -40,8 +41,9 @@ def _same_training(cfg_on: object, cfg_off: object, ws: object) -> tuple[dict, d
         DeepConfig(layers=(1, 3), length=2, position="split", split_at=1),
         ProbeConfig(),
         DpConfig(length=3, pool=2),
+        LoraConfig(layers=(2, 3), targets="all", rank=2, dropout=0.1),
     ],
-    ids=["lpt-2", "lpt-1-appg", "deep-1-3-split", "probe", "dp-summary"],
+    ids=["lpt-2", "lpt-1-appg", "deep-1-3-split", "probe", "dp-summary", "lora-2-3"],
 )
 def test_cached_training_equals_uncached(tiny_model_dir: str, tiny_sst_dir: str, method: object) -> None:
     cfg_on = experiment(tiny_model_dir, tiny_sst_dir, method, steps=8, eval_every=4, lr=3e-2)

@@ -24,6 +24,9 @@ class Batch:
     prefix_layer: int = 0
     # Fused trial groups: consecutive row spans, one per member, as (member index, rows).
     groups: tuple[tuple[int, int], ...] | None = None
+    # Fused trial groups: each member's own text width T before padding to the widest (what its
+    # batch alone would be: noise drawn over the text, e.g. LoRA dropout, keeps alone's shape).
+    widths: tuple[int, ...] | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         def move(t: Tensor | None) -> Tensor | None:
@@ -37,6 +40,7 @@ class Batch:
             move(self.prefix),
             self.prefix_layer,
             self.groups,
+            self.widths,
         )
 
 
@@ -75,4 +79,5 @@ def concat_batches(parts: list[tuple[int, Batch]]) -> Batch:
         prefix,
         prefix_layer,
         tuple((member, b.input_ids.shape[0]) for member, b in parts),
+        tuple(b.input_ids.shape[1] for b in batches),
     )

@@ -127,7 +127,7 @@ class PromptedModel(nn.Module):
         bb, method = self.backbone, self.method
         ids, text_mask = batch.input_ids, batch.text_mask
         n_layers = bb.num_layers
-        ctx = BatchContext(ids, text_mask, groups=batch.groups)
+        ctx = BatchContext(ids, text_mask, groups=batch.groups, widths=batch.widths)
         if method.needs_summary:
             ctx.summary = self._summary(batch)
 

@@ -50,6 +50,7 @@ class BatchContext:
     text_mask: Tensor  # (B, T) bool, True on real tokens
     summary: Tensor | None = None  # (B, d) mean-pooled frozen last layer, for methods that ask
     groups: tuple[tuple[int, int], ...] | None = None  # fused groups: (member, rows) spans, see engine.Batch
+    widths: tuple[int, ...] | None = None  # fused groups: each member's own text width, see engine.Batch
 
     def rows(self, start: int, end: int) -> BatchContext:
         """The context of rows [start, end) (one member of a fused group)."""

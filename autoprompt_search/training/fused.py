@@ -121,18 +121,26 @@ class FusedMethod(PromptMethod):
         padded with zeros to the group's largest; zeros for members without one there), applied
         with one batched matmul, as multi-adapter serving batches many LoRAs."""
         spans_ = self._spans(ctx)
+        widths = ctx.widths or (ctx.input_ids.shape[1],) * len(spans_)
         own = [{u.site: u for u in m.lora_updates(layer, ctx.rows(lo, hi))} for m, lo, hi in spans_]
         sites = sorted({site for updates in own for site in updates}, key=lambda site: site[:2])  # the members' order
-        return [self._merged(site, [(updates.get(site), lo, hi) for updates, (_, lo, hi) in zip(own, spans_, strict=True)], ctx)
-                for site in sites]  # fmt: skip
+        return [
+            self._merged(
+                site,
+                [(u.get(site), lo, hi, w) for u, (_, lo, hi), w in zip(own, spans_, widths, strict=True)],
+                ctx.input_ids.shape[1],
+            )
+            for site in sites
+        ]
 
     @staticmethod
-    def _merged(site: LoraSite, parts: list[tuple[LoraUpdate | None, int, int]], ctx: BatchContext) -> LoraUpdate:
-        present = [u for u, _, _ in parts if u is not None]
+    def _merged(site: LoraSite, parts: list[tuple[LoraUpdate | None, int, int, int]], text: int) -> LoraUpdate:
+        """parts: (the member's update or None, first row, end row, its text width); text: the batch's."""
+        present = [u for u, _, _, _ in parts if u is not None]
         rank = max(u.down.shape[0] for u in present)
         (_, fan_in), (fan_out, _) = present[0].down.shape, present[0].up.shape
         downs, ups = [], []
-        for update, lo, hi in parts:
+        for update, lo, hi, _ in parts:
             if update is None:
                 downs.append(present[0].down.new_zeros(hi - lo, rank, fan_in))
                 ups.append(present[0].up.new_zeros(hi - lo, fan_out, rank))
@@ -140,17 +148,19 @@ class FusedMethod(PromptMethod):
             pad = rank - update.down.shape[0]
             downs.append(nn.functional.pad(update.down, (0, 0, 0, pad)).expand(hi - lo, -1, -1))  # (b, r, in)
             ups.append(nn.functional.pad(update.up, (0, pad)).expand(hi - lo, -1, -1))  # (b, out, r)
-        text = ctx.input_ids.shape[1]
 
-        def dropout(x: Tensor) -> Tensor:  # x: (B, S, in)
-            # Each member draws its own mask on its own rows' text, the shape it draws alone (its
-            # padding slots are dead), so its noise is the same fused or alone.
+        def dropout(x: Tensor) -> Tensor:  # x: (B, S, in), S = the group's slots + its widest text
+            # Each member draws its mask on its own rows' text at its own width: the shape it draws
+            # alone (its padding slots are dead, the padding past its width is masked), so its noise
+            # is the same fused or alone.
             rows = []
-            for update, lo, hi in parts:
+            for update, lo, hi, width in parts:
                 mine = x[lo:hi]
                 if update is not None:
-                    slots = mine.shape[1] - text
-                    mine = torch.cat([mine[:, :slots], update.dropout(mine[:, slots:])], 1)
+                    slots = x.shape[1] - text  # slot columns before the text
+                    mine = torch.cat(
+                        [mine[:, :slots], update.dropout(mine[:, slots : slots + width]), mine[:, slots + width :]], 1
+                    )
                 rows.append(mine)
             return torch.cat(rows)
 
