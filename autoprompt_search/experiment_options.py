@@ -51,7 +51,7 @@ class ExperimentOptions:
                                    config="data.max_train")  # fmt: skip
     metric: str | None = option(None, "the score to select on: accuracy | f1 | f1_acc | mcc (default: the task's)",
                                 "Data", commands=TRAIN_AND_SEARCH, config="data.metric")  # fmt: skip
-    method: str | None = option(None, "probe | deep | late | spt (SPT-DARTS gates) | dp (dynamic prompting) | lora",
+    method: str | None = option(None, "probe | deep | late | spt (SPT-DARTS gates) | dp (dynamic prompting) | lora | kv_lora",
                                 "Method", commands=TRAIN_ONLY, config="method.name")  # fmt: skip
     layers: str | None = option(None, "deep, lora: block indices '0,3,5', 'all', 'lower-half', 'upper-half'", "Method",
                                 commands=TRAIN_ONLY)  # fmt: skip

@@ -15,6 +15,7 @@ from autoprompt_search.config import ExperimentConfig
 from autoprompt_search.engine.model import Batch
 from autoprompt_search.errors import ConfigError
 from autoprompt_search.methods import DeepConfig, build_method
+from autoprompt_search.methods.kv_lora import KvLoraConfig
 from autoprompt_search.methods.lora import LoraConfig
 from autoprompt_search.methods.noise import seed_noise
 from autoprompt_search.runs import train_to_directory
@@ -24,12 +25,13 @@ from autoprompt_search.training.fused import FusedModel
 ATOL = 1e-5
 
 
-def lora_model(family: str, config: LoraConfig, seed: int = 0) -> torch.nn.Module:
+def lora_model(family: str, config: LoraConfig | KvLoraConfig, seed: int = 0) -> torch.nn.Module:
     """A LoRA model whose B is random (an untrained B is zero and would hide a wrong update)."""
     model = make(family, config, seed=seed)
     g = torch.Generator().manual_seed(seed + 100)
+    method = model.method.updates if isinstance(config, KvLoraConfig) else model.method
     with torch.no_grad():
-        for up in model.method.up:
+        for up in method.up:
             up.copy_(torch.randn(up.shape, generator=g))
     return model
 
@@ -99,17 +101,18 @@ def test_fused_lora_members_equal_alone_with_dropout(family: str) -> None:
         LoraConfig(layers=(1, 3), targets="all", rank=5, alpha=3.0, dropout=0.2),
         DeepConfig(layers=(1, 3), length=3, form="kv"),
         DeepConfig(layers=(1,), length=3),  # prompt slots: the LoRA rows carry dead ones
+        KvLoraConfig(prefix_layers=(2, 3), length=2, layers=(1, 2), rank=3, dropout=0.2),
         None,
     ]
-    members = [lora_model(family, c, seed=k) if isinstance(c, LoraConfig) else make(family, c, seed=k)
+    members = [lora_model(family, c, seed=k) if isinstance(c, (LoraConfig, KvLoraConfig)) else make(family, c, seed=k)
                for k, c in enumerate(configs)]  # fmt: skip
     backbone = members[0].backbone
     for m in members[1:]:
         m.backbone = backbone
     fused = FusedModel(members).train()
-    batch = full_batch(b=10, t=6)
+    batch = full_batch(b=12, t=6)
     batch.text_mask[1, 3:] = False
-    batch.groups = ((0, 2), (1, 2), (2, 2), (3, 2), (4, 2))
+    batch.groups = ((0, 2), (1, 2), (2, 2), (3, 2), (4, 2), (5, 2))
     for k, m in enumerate(members):
         seed_noise(m, k)
     together = fused(batch)
@@ -280,3 +283,30 @@ def test_a_fused_study_over_prompts_and_lora(
     best = max((r for r in rows if r["dev_score"] is not None), key=lambda r: (r["dev_score"], -r["number"]))
     metrics, _ = predict_run(exported, "dev", device="cpu")
     assert metrics["score"] == pytest.approx(best["dev_score"], abs=1e-6)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_kv_prefixes_and_lora_equal_the_prefixes_over_the_merged_model(family: str) -> None:
+    """kv_lora = its kv prefixes run over a model whose weights have its LoRA folded in."""
+    both = lora_model(family, KvLoraConfig(prefix_layers=(2, 3), length=3, layers=(0, 1), targets="all")).eval()
+    prefixes = make(family, DeepConfig(layers=(2, 3), length=3, form="kv")).eval()
+    prefixes.method.load_state_dict(both.method.prefixes.state_dict())
+    prefixes.head.load_state_dict(both.head.state_dict())
+    both.method.updates.merge_into(prefixes.backbone.blocks)
+    batch = full_batch(b=3, t=6)
+    batch.text_mask[2, 4:] = False
+    with torch.no_grad():
+        # Llama: rotary angles at positions shifted from block 2 alone, unshifted in both: equal
+        # attention up to float rounding (~3e-5)
+        torch.testing.assert_close(both(batch), prefixes(batch), atol=1e-4, rtol=1e-4)
+    assert both.first_layer == 0
+
+
+def test_kv_lora_options_are_checked_by_their_part() -> None:
+    with pytest.raises(ConfigError, match="method.rank: must be a positive integer"):
+        KvLoraConfig(rank=0)
+    with pytest.raises(ConfigError, match="method.length: must be > 0"):
+        KvLoraConfig(length=0)
+    info = BackboneInfo.of(backbone_from_config(tiny_configs()["bert"]))
+    with pytest.raises(ConfigError, match="method.layers: layer 4 out of range for a 4-layer model"):
+        build_method(KvLoraConfig(prefix_layers=(1, 4)), info)

@@ -16,7 +16,7 @@ from autoprompt_search.study.space import SearchSpace, SearchSpaceError, depth_r
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
-@pytest.mark.parametrize("name", ["layers.yaml", "lpt.yaml", "all.yaml", "learned.yaml", "lora.yaml"])
+@pytest.mark.parametrize("name", ["layers.yaml", "lpt.yaml", "all.yaml", "learned.yaml", "lora.yaml", "kv_lora.yaml"])
 def test_shipped_spaces_validate_and_sample_valid_configs(name: str) -> None:
     from transformers import BertConfig
 

@@ -105,7 +105,7 @@ class SearchSpace:
         for method, options in self.methods.items():
             for name, spec in options.items():
                 fixed = [] if isinstance(spec, dict) else (list(spec) if isinstance(spec, (list, tuple)) else [spec])
-                if name in ("layer", "layers"):
+                if name in ("layer", "layers") or name.endswith("_layers"):
                     bad = [i for i in fixed if not 0 <= int(i) < num_layers]
                     if bad:
                         problems.append(
