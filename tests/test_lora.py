@@ -251,6 +251,7 @@ def test_a_fused_study_over_prompts_and_lora(
     from autoprompt_search.study.export import export_study
     from autoprompt_search.study.options import StudyOptions
     from autoprompt_search.study.records import read_trials
+    from autoprompt_search.study.report import write_report
     from autoprompt_search.study.runner import run_study
     from autoprompt_search.study.space import experiment_for
     from autoprompt_search.training.workspace import count_trainable
@@ -283,6 +284,8 @@ def test_a_fused_study_over_prompts_and_lora(
     best = max((r for r in rows if r["dev_score"] is not None), key=lambda r: (r["dev_score"], -r["number"]))
     metrics, _ = predict_run(exported, "dev", device="cpu")
     assert metrics["score"] == pytest.approx(best["dev_score"], abs=1e-6)
+    page = write_report(tmp_path / "s")  # the report's method and layer views take LoRA trials
+    assert "lora" in Path(page).read_text()
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
