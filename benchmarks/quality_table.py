@@ -9,6 +9,10 @@ from typing import Any
 
 from reporting import machine, spread  # this script's directory is on sys.path
 
+# (a, b) arms compared seed by seed where both ran (a seed's arms share its batches): ours against
+# its peer, and the kv position rule's two arms
+PAIRS = [("lora", "peft-lora"), ("deep-kv", "peft-prefix"), ("deep-kv-lr3e-2-noshift", "deep-kv-lr3e-2")]
+
 
 def table(
     rows: list[dict[str, Any]],
@@ -26,7 +30,8 @@ def table(
     unnamed = sum(1 for r in rows if not r.get("command") and "error" not in r)
     if args.time_steps:
         ms = {arm: statistics.median(r["ms_per_step"] for r in rs) for arm, rs in by_arm.items()}
-        base = ms.get("peft-prefix")
+        base_arm = "peft-prefix" if "peft-prefix" in ms else next(iter(ms), "")
+        base = ms.get(base_arm)
         lines = [
             f"# Step time on the same batches: {args.task}, {args.model}",
             "",
@@ -35,7 +40,7 @@ def table(
             f"batch {args.batch_size}, max length {args.max_length} (padded to the batch's longest).",
             f"Machine: {machine()}. Command: `{cmd}`",
             "",
-            "| arm | ms / step (median of rounds) | vs peft prefix tuning | rounds |",
+            f"| arm | ms / step (median of rounds) | vs {base_arm} | rounds |",
             "|---|---|---|---|",
         ]
         for arm, rs in by_arm.items():
@@ -71,6 +76,7 @@ def table(
             f"| {arm} | {side} | {len(rs)} | {spread(dev)} | {spread(test)} | {trainable:,} | {share} | {ms:.0f} "
             f"| {sum(bool(r['collapsed']) for r in rs)}/{len(rs)} |"
         )
+    lines += paired_lines(by_arm)
     studies = {r["arm"]: r["study"] for r in rows if r.get("study")}  # one paragraph per search seed
     for arm, study in studies.items():
         lines += ["", study_paragraph(arm, study, by_arm.get("full-ft", []))]
@@ -78,6 +84,22 @@ def table(
     if errors:
         lines += ["", "Failed runs: " + "; ".join(f"{r['arm']} seed {r['seed']}: {r['error']}" for r in errors)]
     return "\n".join(lines) + "\n"
+
+
+def paired_lines(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Test differences a - b per seed (x100) for every pair in PAIRS with a seed in common."""
+    lines = []
+    for a, b in PAIRS:
+        tests = {
+            arm: {r["seed"]: 100 * r["test"]["score"] for r in by_arm.get(arm, []) if r.get("test")} for arm in (a, b)
+        }
+        seeds = sorted(set(tests[a]) & set(tests[b]))
+        if not seeds:
+            continue
+        diffs = [tests[a][s] - tests[b][s] for s in seeds]
+        per_seed = ", ".join(f"seed {s}: {d:+.1f}" for s, d in zip(seeds, diffs, strict=True))
+        lines.append(f"- {a} - {b}, test: {per_seed}; median {statistics.median(diffs):+.1f}")
+    return ["", "Paired test differences (a seed's arms share its batches):", *lines] if lines else []
 
 
 def study_paragraph(arm: str, study: dict[str, Any], full_ft: list[dict[str, Any]]) -> str:
