@@ -3,7 +3,7 @@ sdpa families run under, and the low-rank (LoRA) updates a block's projections a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -218,7 +218,7 @@ class Backbone(nn.Module):
         h: Tensor,
         inputs: dict[str, Any],
         prefix: KvPrefix | None = None,
-        lora: list[LoraUpdate] | tuple[()] = (),
+        lora: Sequence[LoraUpdate] = (),
     ) -> Tensor:
         """Block `index` on h (B, S, d); with `prefix`, its attention also attends the prefix's keys;
         each of `lora` adds its low-rank update to its projection's output."""
