@@ -56,7 +56,7 @@ def test_non_positive_length(length: int) -> None:
 def test_unknown_method() -> None:
     with pytest.raises(ValueError) as exc:
         method_config("adapter")
-    assert one_line(exc) == "method: 'adapter' unknown; use one of probe, deep, late, spt, dp, lora"
+    assert one_line(exc) == "method: 'adapter' unknown; use one of probe, deep, late, spt, dp, lora, kv_lora"
 
 
 def test_unknown_generator() -> None:
