@@ -15,6 +15,7 @@ layer subsets and generators have no peft counterpart.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +159,6 @@ def _prompt_tuning_adapter(model: Any, model_path: str) -> tuple[dict[str, Any],
 def _lora_adapter(model: Any, model_path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """peft's LoRA: each of our (A, B) pairs under the module name BertForSequenceClassification
     gives that projection, the projections chosen by one regular expression (peft full-matches it)."""
-    import re
-
     method, config = model.method, model.method.config
     tensors = {
         "base_model.model.classifier.weight": model.head.linear.weight.detach().float().contiguous(),
